@@ -1,0 +1,21 @@
+//! Airlock's pure domain: everything that decides, nothing that does I/O.
+//!
+//! Layout:
+//! - [`ids`] and [`values`]: identifiers and value types that can only hold valid values
+//!   (parse, don't validate);
+//! - [`catalog`]: which resources and roles exist, each role's ceiling and approval count;
+//! - [`policy`]: Cedar policies, indexed by resource and action, returning decisions with reasons;
+//! - [`lifecycle`]: the request → approval → grant state machine; every transition takes `now`
+//!   and returns the audit events it caused;
+//! - [`audit`]: audit events and the hash chain that makes edits, deletions and reorders visible;
+//! - [`policy_test`]: policy test cases that run like unit tests.
+//!
+//! Invariant: no I/O, no clock, no randomness. Time and fresh ids are arguments.
+
+pub mod audit;
+pub mod catalog;
+pub mod ids;
+pub mod lifecycle;
+pub mod policy;
+pub mod policy_test;
+pub mod values;
