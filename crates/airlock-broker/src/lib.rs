@@ -1,1 +1,19 @@
+//! Airlock's use cases over the store: open a request, review it, start and end grants, and keep
+//! the audit chain in step with every change.
+//!
+//! Layout:
+//! - [`config`]: the `airlock.toml` file;
+//! - [`bundle`]: the catalog and Cedar policies loaded from disk, with their version;
+//! - [`clock`]: where time comes from (the system, or a hand-moved clock in tests);
+//! - [`secrets`]: API tokens (shown once, stored hashed) and the broker's signing key;
+//! - [`broker`]: the use cases, each one transaction with its audit events;
+//! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
 
+pub mod broker;
+pub mod bundle;
+pub mod clock;
+pub mod config;
+pub mod scheduler;
+pub mod secrets;
+
+pub use broker::{Broker, BrokerError, Caller, ErrorKind};

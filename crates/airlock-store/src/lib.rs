@@ -1,1 +1,168 @@
+//! Airlock's persistence: one [`Store`] over an embedded SQLite database in the data directory.
+//!
+//! Every use case runs in one [`Tx`], begun with `BEGIN IMMEDIATE` so that read-then-write
+//! transactions are serialised, also across processes (`airlock admin` works on the same file
+//! as a running broker). A [`Tx`] is the only way to append audit records, so a state change
+//! and its audit record commit together or not at all.
 
+mod rows;
+mod tx;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use airlock_core::audit::ChainRecord;
+use airlock_core::ids::UserName;
+use airlock_core::lifecycle::{AccessRequest, Grant};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use time::OffsetDateTime;
+
+pub use rows::User;
+pub use tx::Tx;
+
+/// The one audit chain a broker writes.
+pub const BROKER_CHAIN: &str = "broker";
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory `{path}`: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored record `{id}` cannot be read: {message}")]
+    Corrupt { id: String, message: String },
+}
+
+/// Which requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    pub pending_only: bool,
+    pub requester: Option<UserName>,
+    pub limit: u32,
+}
+
+/// Which grants to list.
+#[derive(Debug, Clone, Default)]
+pub struct GrantFilter {
+    pub active_only: bool,
+    pub holder: Option<UserName>,
+    pub limit: u32,
+}
+
+/// The database of one broker.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating when missing) the store in `data_dir` and brings its schema up to date.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::DataDir { path: data_dir.display().to_string(), source })?;
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(data_dir.join("airlock.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Begins a use case's transaction, taking the write lock at once.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx::new(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(rows::USER_COLUMNS_BY_TOKEN).bind(token_hash).fetch_optional(&self.pool).await?;
+        row.map(|r| rows::user(&r)).transpose()
+    }
+
+    pub async fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+        let row = sqlx::query("SELECT id, body FROM requests WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| rows::body(&r)).transpose()
+    }
+
+    pub async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        let row = sqlx::query("SELECT id, body FROM grants WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| rows::body(&r)).transpose()
+    }
+
+    /// The grant an approved request made, if any.
+    pub async fn grant_of_request(&self, request_id: &str) -> Result<Option<Grant>, StoreError> {
+        let row = sqlx::query("SELECT id, body FROM grants WHERE request_id = ?")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| rows::body(&r)).transpose()
+    }
+
+    /// Requests, newest first.
+    pub async fn requests(&self, filter: &RequestFilter) -> Result<Vec<AccessRequest>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, body FROM requests
+             WHERE (?1 = 0 OR state = 'pending') AND (?2 IS NULL OR requester = ?2)
+             ORDER BY created_ms DESC, id DESC LIMIT ?3",
+        )
+        .bind(filter.pending_only)
+        .bind(filter.requester.as_ref().map(|u| u.as_str()))
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::body).collect()
+    }
+
+    /// Grants, newest first.
+    pub async fn grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, body FROM grants
+             WHERE (?1 = 0 OR state = 'active') AND (?2 IS NULL OR holder = ?2)
+             ORDER BY starts_ms DESC, id DESC LIMIT ?3",
+        )
+        .bind(filter.active_only)
+        .bind(filter.holder.as_ref().map(|u| u.as_str()))
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::body).collect()
+    }
+
+    /// The earliest time something is due: a pending request's expiry or an active grant's end.
+    pub async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT min(ms) FROM (
+                SELECT min(expires_ms) AS ms FROM requests WHERE state = 'pending'
+                UNION ALL SELECT min(ends_ms) FROM grants WHERE state = 'active')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(rows::time_of_ms))
+    }
+
+    /// The whole audit chain, in order.
+    pub async fn audit_chain(&self, chain_id: &str) -> Result<Vec<ChainRecord>, StoreError> {
+        let rows = sqlx::query(rows::AUDIT_SELECT).bind(chain_id).bind(i64::MAX).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(rows::chain_record).collect())
+    }
+
+    /// The last `n` audit records, oldest first.
+    pub async fn audit_tail(&self, chain_id: &str, n: u32) -> Result<Vec<ChainRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT seq, chain_id, prev_hash, hash, at_ms, kind, actor, details FROM audit_events
+             WHERE chain_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        )
+        .bind(chain_id)
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(rows::chain_record).collect())
+    }
+}

@@ -1,0 +1,572 @@
+//! The use cases. Each one authorises its caller, runs the core transition, and writes the new
+//! state with its audit events in one transaction: both land or neither does.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, EventKind, verify};
+use airlock_core::catalog::{Resource, Role};
+use airlock_core::ids::{GrantId, GroupName, RequestId, ResourceName, RoleName, UserName};
+use airlock_core::lifecycle::{AccessRequest, CancelError, Grant, NewRequest, NotActive, OpenError, ReviewError};
+use airlock_core::policy::{Action, Decision, Facts, Principal};
+use airlock_core::values::{GrantDuration, Reason};
+use airlock_store::{BROKER_CHAIN, GrantFilter, RequestFilter, Store, StoreError, Tx};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::bundle::PolicyBundle;
+use crate::clock::Clock;
+use crate::secrets::{self, SecretError};
+
+/// How an error should be reported: the HTTP edge and the CLI map these to codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadInput,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Conflict,
+    Internal,
+}
+
+/// Why a use case did not happen. Nothing was changed when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("missing or invalid API token, or the user is disabled")]
+    Unauthenticated,
+    #[error("unknown resource `{0}`")]
+    UnknownResource(ResourceName),
+    #[error("resource `{resource}` has no role `{role}`")]
+    UnknownRole { resource: ResourceName, role: RoleName },
+    #[error("request `{0}` not found")]
+    RequestNotFound(String),
+    #[error("grant `{0}` not found")]
+    GrantNotFound(String),
+    #[error("user `{0}` not found")]
+    UserNotFound(UserName),
+    #[error("user `{0}` already exists")]
+    UserExists(UserName),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+    #[error(transparent)]
+    Cancel(#[from] CancelError),
+    #[error(transparent)]
+    NotActive(#[from] NotActive),
+    #[error("only the holder, a reviewer of role `{role}` on `{resource}` or an auditor may revoke this grant")]
+    RevokeForbidden { resource: ResourceName, role: RoleName },
+    #[error("only members of the auditor groups may read the audit chain")]
+    AuditForbidden,
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl BrokerError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BrokerError::Unauthenticated => ErrorKind::Unauthenticated,
+            BrokerError::UnknownResource(_) | BrokerError::UnknownRole { .. } => ErrorKind::BadInput,
+            BrokerError::Open(OpenError::TooLong { .. }) => ErrorKind::BadInput,
+            BrokerError::Open(OpenError::Refused { .. }) => ErrorKind::Forbidden,
+            BrokerError::RequestNotFound(_) | BrokerError::GrantNotFound(_) | BrokerError::UserNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            BrokerError::Review(ReviewError::OwnRequest | ReviewError::NotAllowed { .. })
+            | BrokerError::Cancel(CancelError::NotRequester)
+            | BrokerError::RevokeForbidden { .. }
+            | BrokerError::AuditForbidden => ErrorKind::Forbidden,
+            BrokerError::Review(_) | BrokerError::Cancel(_) | BrokerError::NotActive(_) | BrokerError::UserExists(_) => {
+                ErrorKind::Conflict
+            }
+            BrokerError::Secret(_) | BrokerError::Store(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// An authenticated caller and where they connected from.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub source_ip: IpAddr,
+}
+
+/// What a new request asks for, as the caller typed it.
+#[derive(Debug, Clone)]
+pub struct RequestInput {
+    pub resource: ResourceName,
+    pub role: RoleName,
+    pub duration: GrantDuration,
+    pub reason: Reason,
+}
+
+/// What happened to the audit chain when it was checked.
+#[derive(Debug, Clone)]
+pub enum ChainCheck {
+    Intact(ChainHead),
+    Broken(airlock_core::audit::ChainError),
+}
+
+/// How the broker behaves, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pending_ttl: GrantDuration,
+    pub auditors: Vec<GroupName>,
+}
+
+/// What ending a user's access did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disabled {
+    pub requests_cancelled: usize,
+    pub grants_revoked: usize,
+}
+
+/// What one pass of the expiry sweep ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub requests_expired: usize,
+    pub grants_expired: usize,
+}
+
+/// The broker: policies, store and clock, shared by every HTTP handler and the scheduler.
+#[derive(Clone)]
+pub struct Broker {
+    store: Store,
+    policies: Arc<PolicyBundle>,
+    clock: Arc<dyn Clock>,
+    settings: Arc<Settings>,
+    /// Woken whenever a new deadline appears, so the scheduler can sleep until the next one.
+    deadlines: Arc<Notify>,
+}
+
+fn new_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+impl Broker {
+    pub fn new(store: Store, policies: PolicyBundle, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        Self {
+            store,
+            policies: Arc::new(policies),
+            clock,
+            settings: Arc::new(settings),
+            deadlines: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    pub fn policies(&self) -> &PolicyBundle {
+        &self.policies
+    }
+
+    pub(crate) fn deadlines(&self) -> &Notify {
+        &self.deadlines
+    }
+
+    /// Finds the user a bearer token belongs to; disabled users and unknown tokens are refused.
+    pub async fn authenticate(&self, token: &str, source_ip: IpAddr) -> Result<Caller, BrokerError> {
+        let user = self.store.user_by_token_hash(&secrets::token_hash(token)).await?;
+        match user {
+            Some(user) if !user.disabled => Ok(Caller {
+                principal: Principal { name: user.name, groups: user.groups, service: user.service },
+                source_ip,
+            }),
+            _ => Err(BrokerError::Unauthenticated),
+        }
+    }
+
+    fn resource_and_role(&self, resource: &ResourceName, role: &RoleName) -> Result<(&Resource, &Role), BrokerError> {
+        let found =
+            self.policies.catalog.resource(resource).ok_or_else(|| BrokerError::UnknownResource(resource.clone()))?;
+        let role = found
+            .roles
+            .get(role)
+            .ok_or_else(|| BrokerError::UnknownRole { resource: resource.clone(), role: role.clone() })?;
+        Ok((found, role))
+    }
+
+    /// Asks the policies about `request` on behalf of `caller`.
+    fn decide(&self, action: Action, caller: &Caller, request: &AccessRequest, now: OffsetDateTime) -> Decision {
+        let Some(resource) = self.policies.catalog.resource(&request.resource) else {
+            return Decision { allowed: false, policies: Vec::new(), errors: vec!["resource left the catalog".into()] };
+        };
+        let facts = Facts {
+            role: &request.role,
+            duration: request.duration,
+            reason: request.reason.as_str(),
+            requester: &request.requester,
+            now,
+            source_ip: caller.source_ip,
+        };
+        self.policies.engine.decide(action, &caller.principal, resource, &facts)
+    }
+
+    fn is_auditor(&self, caller: &Caller) -> bool {
+        caller.principal.groups.iter().any(|g| self.settings.auditors.contains(g))
+    }
+
+    /// Whether `caller` may see `request`: their own, one they may review, or any for auditors.
+    fn may_see(&self, caller: &Caller, request: &AccessRequest, now: OffsetDateTime) -> bool {
+        request.requester == caller.principal.name
+            || self.is_auditor(caller)
+            || self.decide(Action::Approve, caller, request, now).allowed
+    }
+
+    /// Opens a request; an auto-approved one comes back with its grant.
+    pub async fn create_request(
+        &self,
+        caller: &Caller,
+        input: RequestInput,
+    ) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
+        let (resource, role) = self.resource_and_role(&input.resource, &input.role)?;
+        let now = self.clock.now();
+        let new = NewRequest {
+            id: RequestId::from_uuid(new_id()),
+            requester: caller.principal.name.clone(),
+            resource: input.resource,
+            role: input.role,
+            duration: input.duration,
+            reason: input.reason,
+        };
+        let facts = Facts {
+            role: &new.role,
+            duration: new.duration,
+            reason: new.reason.as_str(),
+            requester: &new.requester,
+            now,
+            source_ip: caller.source_ip,
+        };
+        let engine = &self.policies.engine;
+        let request_decision = engine.decide(Action::Request, &caller.principal, resource, &facts);
+        let auto_decision = engine.decide(Action::AutoApprove, &caller.principal, resource, &facts);
+        let opened = AccessRequest::open(
+            new.clone(),
+            role,
+            &request_decision,
+            &auto_decision,
+            &self.policies.version,
+            now,
+            self.settings.pending_ttl.as_time(),
+            GrantId::from_uuid(new_id()),
+        );
+        let (request, outcome) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                if let OpenError::Refused { decision, .. } = &error {
+                    self.record_refusal(&new, caller, decision, now).await?;
+                }
+                return Err(error.into());
+            }
+        };
+        let mut tx = self.store.begin().await?;
+        tx.insert_request(&request).await?;
+        if let Some(grant) = &outcome.grant {
+            tx.insert_grant(grant).await?;
+        }
+        tx.append(&outcome.events).await?;
+        tx.commit().await?;
+        self.deadlines.notify_one();
+        Ok((request, outcome.grant))
+    }
+
+    /// A refused request changes no state, but the refusal is part of the record.
+    async fn record_refusal(
+        &self,
+        new: &NewRequest,
+        caller: &Caller,
+        decision: &airlock_core::lifecycle::RecordedDecision,
+        now: OffsetDateTime,
+    ) -> Result<(), BrokerError> {
+        let event = AuditEvent {
+            kind: EventKind::RequestRefused,
+            actor: caller.principal.name.to_string(),
+            at: now,
+            details: json!({
+                "request": {
+                    "id": new.id, "requester": new.requester, "resource": new.resource, "role": new.role,
+                    "duration": new.duration, "reason": new.reason, "decision": decision,
+                    "source_ip": caller.source_ip.to_string(),
+                }
+            }),
+        };
+        let mut tx = self.store.begin().await?;
+        tx.append(&[event]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Loads a pending-or-not request for a review inside `tx`; an overdue one is expired first
+    /// (and that expiry is committed, since it is true whatever the review would have said).
+    async fn request_for_review(&self, id: &str, now: OffsetDateTime) -> Result<(Tx, AccessRequest), BrokerError> {
+        let mut tx = self.store.begin().await?;
+        let mut request = tx.request(id).await?.ok_or_else(|| BrokerError::RequestNotFound(id.to_owned()))?;
+        if let Some(event) = request.expire(now) {
+            tx.update_request(&request).await?;
+            tx.append(&[event]).await?;
+            tx.commit().await?;
+            return Err(ReviewError::Expired.into());
+        }
+        Ok((tx, request))
+    }
+
+    /// Adds the caller's approval; the last one needed starts the grant.
+    pub async fn approve(
+        &self,
+        caller: &Caller,
+        id: &str,
+        comment: Option<String>,
+    ) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
+        let now = self.clock.now();
+        let (mut tx, mut request) = self.request_for_review(id, now).await?;
+        if !self.may_see(caller, &request, now) {
+            return Err(BrokerError::RequestNotFound(id.to_owned()));
+        }
+        let decision = self.decide(Action::Approve, caller, &request, now);
+        let outcome = request.approve(
+            &caller.principal.name,
+            &decision,
+            comment,
+            &self.policies.version,
+            now,
+            GrantId::from_uuid(new_id()),
+        )?;
+        tx.update_request(&request).await?;
+        if let Some(grant) = &outcome.grant {
+            tx.insert_grant(grant).await?;
+        }
+        tx.append(&outcome.events).await?;
+        tx.commit().await?;
+        self.deadlines.notify_one();
+        Ok((request, outcome.grant))
+    }
+
+    /// Denies the request: one denial ends it.
+    pub async fn deny(&self, caller: &Caller, id: &str, reason: Reason) -> Result<AccessRequest, BrokerError> {
+        let now = self.clock.now();
+        let (mut tx, mut request) = self.request_for_review(id, now).await?;
+        if !self.may_see(caller, &request, now) {
+            return Err(BrokerError::RequestNotFound(id.to_owned()));
+        }
+        let decision = self.decide(Action::Approve, caller, &request, now);
+        let event = request.deny(&caller.principal.name, &decision, &reason, now)?;
+        tx.update_request(&request).await?;
+        tx.append(&[event]).await?;
+        tx.commit().await?;
+        Ok(request)
+    }
+
+    /// Withdraws the caller's own pending request.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<AccessRequest, BrokerError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let mut request = tx.request(id).await?.ok_or_else(|| BrokerError::RequestNotFound(id.to_owned()))?;
+        if !self.may_see(caller, &request, now) {
+            return Err(BrokerError::RequestNotFound(id.to_owned()));
+        }
+        let event = request.cancel(&caller.principal.name, now)?;
+        tx.update_request(&request).await?;
+        tx.append(&[event]).await?;
+        tx.commit().await?;
+        Ok(request)
+    }
+
+    /// Ends a grant at once. The holder may give it up; reviewers of its role and auditors may
+    /// take it away.
+    pub async fn revoke(&self, caller: &Caller, grant_id: &str, reason: Reason) -> Result<Grant, BrokerError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let mut grant = tx.grant(grant_id).await?.ok_or_else(|| BrokerError::GrantNotFound(grant_id.to_owned()))?;
+        let request = tx
+            .request(&grant.request_id.to_string())
+            .await?
+            .ok_or_else(|| BrokerError::GrantNotFound(grant_id.to_owned()))?;
+        if !self.may_see(caller, &request, now) {
+            return Err(BrokerError::GrantNotFound(grant_id.to_owned()));
+        }
+        let is_holder = grant.holder == caller.principal.name;
+        if !(is_holder || self.is_auditor(caller) || self.decide(Action::Approve, caller, &request, now).allowed) {
+            return Err(BrokerError::RevokeForbidden { resource: grant.resource.clone(), role: grant.role.clone() });
+        }
+        // A grant whose time is up is expired, not revoked, even if the sweep has not run yet.
+        if let Some(event) = grant.expire(now) {
+            tx.update_grant(&grant).await?;
+            tx.append(&[event]).await?;
+            tx.commit().await?;
+            return Err(NotActive(grant.state).into());
+        }
+        let event = grant.revoke(caller.principal.name.as_str(), reason.as_str(), now)?;
+        tx.update_grant(&grant).await?;
+        tx.append(&[event]).await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    /// One request and its grant, if the caller may see it.
+    pub async fn request(&self, caller: &Caller, id: &str) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
+        let now = self.clock.now();
+        let request = self.store.request(id).await?.filter(|r| self.may_see(caller, r, now));
+        let request = request.ok_or_else(|| BrokerError::RequestNotFound(id.to_owned()))?;
+        let grant = self.store.grant_of_request(id).await?;
+        Ok((request, grant))
+    }
+
+    /// Requests the caller may see, newest first.
+    pub async fn requests(
+        &self,
+        caller: &Caller,
+        pending_only: bool,
+        mine: bool,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, BrokerError> {
+        let now = self.clock.now();
+        let filter = RequestFilter {
+            pending_only,
+            requester: mine.then(|| caller.principal.name.clone()),
+            limit: limit.clamp(1, 1000),
+        };
+        let requests = self.store.requests(&filter).await?;
+        Ok(requests.into_iter().filter(|r| self.may_see(caller, r, now)).collect())
+    }
+
+    /// Grants the caller may see, newest first.
+    pub async fn grants(
+        &self,
+        caller: &Caller,
+        active_only: bool,
+        mine: bool,
+        limit: u32,
+    ) -> Result<Vec<Grant>, BrokerError> {
+        let now = self.clock.now();
+        let filter =
+            GrantFilter { active_only, holder: mine.then(|| caller.principal.name.clone()), limit: limit.clamp(1, 1000) };
+        let mut visible = Vec::new();
+        for grant in self.store.grants(&filter).await? {
+            let seen = grant.holder == caller.principal.name
+                || self.is_auditor(caller)
+                || match self.store.request(&grant.request_id.to_string()).await? {
+                    Some(request) => self.decide(Action::Approve, caller, &request, now).allowed,
+                    None => false,
+                };
+            if seen {
+                visible.push(grant);
+            }
+        }
+        Ok(visible)
+    }
+
+    /// The last `n` audit records; auditors only.
+    pub async fn audit_tail(&self, caller: &Caller, n: u32) -> Result<Vec<ChainRecord>, BrokerError> {
+        if !self.is_auditor(caller) {
+            return Err(BrokerError::AuditForbidden);
+        }
+        Ok(self.store.audit_tail(BROKER_CHAIN, n.clamp(1, 10_000)).await?)
+    }
+
+    /// Checks the whole audit chain; auditors only.
+    pub async fn audit_verify(&self, caller: &Caller) -> Result<ChainCheck, BrokerError> {
+        if !self.is_auditor(caller) {
+            return Err(BrokerError::AuditForbidden);
+        }
+        self.verify_chain().await
+    }
+
+    /// Checks the whole audit chain (for administrators with the data directory in hand).
+    pub async fn verify_chain(&self) -> Result<ChainCheck, BrokerError> {
+        let records = self.store.audit_chain(BROKER_CHAIN).await?;
+        Ok(match verify(&records) {
+            Ok(head) => ChainCheck::Intact(head),
+            Err(error) => ChainCheck::Broken(error),
+        })
+    }
+
+    /// Ends every pending request and grant whose time is up at the clock's `now`.
+    pub async fn sweep(&self) -> Result<Swept, BrokerError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let mut swept = Swept::default();
+        let mut events = Vec::new();
+        for mut request in tx.overdue_requests(now).await? {
+            if let Some(event) = request.expire(now) {
+                tx.update_request(&request).await?;
+                events.push(event);
+                swept.requests_expired += 1;
+            }
+        }
+        for mut grant in tx.overdue_grants(now).await? {
+            if let Some(event) = grant.expire(now) {
+                tx.update_grant(&grant).await?;
+                events.push(event);
+                swept.grants_expired += 1;
+            }
+        }
+        tx.append(&events).await?;
+        tx.commit().await?;
+        Ok(swept)
+    }
+
+    /// Adds a user and returns their API token, which is never stored or shown again.
+    pub async fn add_user(
+        &self,
+        name: &UserName,
+        groups: &[GroupName],
+        service: bool,
+        actor: &str,
+    ) -> Result<String, BrokerError> {
+        let now = self.clock.now();
+        let token = secrets::new_token()?;
+        let mut tx = self.store.begin().await?;
+        if tx.user(name).await?.is_some() {
+            return Err(BrokerError::UserExists(name.clone()));
+        }
+        tx.insert_user(name, groups, service, &secrets::token_hash(&token), now).await?;
+        let details = json!({ "user": name, "groups": groups, "service": service });
+        tx.append(&[AuditEvent { kind: EventKind::UserAdded, actor: actor.to_owned(), at: now, details }]).await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// Disables a user and ends, at once, all their pending requests and live grants.
+    pub async fn disable_user(&self, name: &UserName, actor: &str) -> Result<Disabled, BrokerError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if tx.user(name).await?.is_none() {
+            return Err(BrokerError::UserNotFound(name.clone()));
+        }
+        tx.disable_user(name).await?;
+        let reason = "user disabled";
+        let mut events = vec![AuditEvent {
+            kind: EventKind::UserDisabled,
+            actor: actor.to_owned(),
+            at: now,
+            details: json!({ "user": name }),
+        }];
+        let mut done = Disabled { requests_cancelled: 0, grants_revoked: 0 };
+        for mut request in tx.pending_requests_of(name).await? {
+            if let Some(event) = request.withdraw(actor, reason, now) {
+                tx.update_request(&request).await?;
+                events.push(event);
+                done.requests_cancelled += 1;
+            }
+        }
+        for mut grant in tx.active_grants_of(name).await? {
+            let event = grant.expire(now).map_or_else(|| grant.revoke(actor, reason, now), Ok)?;
+            tx.update_grant(&grant).await?;
+            events.push(event);
+            done.grants_revoked += usize::from(grant.state == airlock_core::lifecycle::GrantState::Revoked);
+        }
+        tx.append(&events).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+}

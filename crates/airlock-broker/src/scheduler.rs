@@ -1,0 +1,38 @@
+//! The expiry scheduler: sleeps until the next deadline (a pending request's expiry or a grant's
+//! end) and ends whatever is due. Its first pass, at start, ends everything that fell due while
+//! the broker was down.
+
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+
+/// The longest the scheduler sleeps without looking again: changes made by another process
+/// (`airlock admin` on the same data directory) are picked up at least this often.
+const IDLE_RECHECK: time::Duration = time::Duration::seconds(5);
+
+/// Runs until `shutdown` turns true.
+pub async fn run(broker: Broker, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match broker.sweep().await {
+            Ok(swept) if swept.requests_expired + swept.grants_expired > 0 => {
+                tracing::info!(swept.requests_expired, swept.grants_expired, "expired what was due");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "expiry sweep failed; retrying"),
+        }
+        let now = broker.clock().now();
+        let next = match broker.store().next_deadline().await {
+            Ok(Some(deadline)) => deadline.min(now + IDLE_RECHECK),
+            Ok(None) => now + IDLE_RECHECK,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the next deadline");
+                now + time::Duration::milliseconds(200)
+            }
+        };
+        tokio::select! {
+            _ = broker.clock().sleep_until(next) => {}
+            _ = broker.deadlines().notified() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Secrets the broker makes: API tokens and its signing key.
+//!
+//! An API token is 32 random bytes, shown once; only its SHA-256 is stored. A slow password hash
+//! (argon2) would add nothing here: the token has 256 bits of entropy, so it cannot be guessed
+//! from its hash, and a fast hash lets every request be authenticated by an indexed lookup.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+
+const TOKEN_PREFIX: &str = "airlock_";
+
+/// Why a secret could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("the system's random source failed: {0}")]
+    Random(String),
+    #[error("signing key `{path}`: {source}")]
+    KeyFile { path: String, source: std::io::Error },
+    #[error("signing key `{path}` is not a 32-byte hex key")]
+    KeyFormat { path: String },
+}
+
+fn random_bytes() -> Result<[u8; 32], SecretError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// A new API token, to be shown once.
+pub fn new_token() -> Result<String, SecretError> {
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(random_bytes()?)))
+}
+
+/// What the store keeps of a token.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The broker's Ed25519 key and its public id.
+pub struct BrokerKey {
+    pub signing: SigningKey,
+    pub key_id: String,
+}
+
+impl BrokerKey {
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.signing.verifying_key().to_bytes())
+    }
+}
+
+/// Reads the signing key in `data_dir`, generating it (file mode 0600) at first start.
+pub fn load_or_create_key(data_dir: &Path) -> Result<BrokerKey, SecretError> {
+    let path = data_dir.join("signing.key");
+    let display = path.display().to_string();
+    let io = |source| SecretError::KeyFile { path: display.clone(), source };
+    let seed = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = hex::decode(text.trim()).map_err(|_| SecretError::KeyFormat { path: display.clone() })?;
+            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| SecretError::KeyFormat { path: display.clone() })?
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let seed = random_bytes()?;
+            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+            file.write_all(hex::encode(seed).as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            seed
+        }
+        Err(error) => return Err(io(error)),
+    };
+    let signing = SigningKey::from_bytes(&seed);
+    let key_id = hex::encode(&Sha256::digest(signing.verifying_key().to_bytes())[..8]);
+    Ok(BrokerKey { signing, key_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_key(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("signing.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create_key(dir.path()).unwrap();
+        assert_eq!(first.public_hex(), again.public_hex());
+        assert_eq!(first.key_id.len(), 16);
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_hashed() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_ne!(a, b);
+        assert!(a.starts_with("airlock_") && a.len() == 8 + 64);
+        assert_ne!(token_hash(&a), a);
+        assert_eq!(token_hash(&a), token_hash(&a));
+    }
+}
