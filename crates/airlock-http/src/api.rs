@@ -1,0 +1,295 @@
+//! The JSON documents of the API. Field names are stable: scripts read them through `--json`.
+
+use airlock_core::audit::ChainRecord;
+use airlock_core::lifecycle::{AccessRequest, Approval, Closure, Grant};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// An error: what was wrong, and a stable code.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// One of `bad_input`, `unauthenticated`, `forbidden`, `not_found`, `conflict`, `internal`.
+    pub code: String,
+    pub error: String,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub service: bool,
+    pub source_ip: String,
+}
+
+/// A new access request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// A resource of the catalog.
+    pub resource: String,
+    /// One of the resource's roles.
+    pub role: String,
+    /// How long, e.g. `90s`, `15m`, `2h`: at least 1s and at most the role's maximum.
+    pub duration: String,
+    /// Why: required, shown to reviewers and kept in the audit chain.
+    pub reason: String,
+}
+
+/// An approval.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    pub comment: Option<String>,
+}
+
+/// A reason for a denial or a revocation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    pub reason: String,
+}
+
+/// Filters of `GET /v1/requests`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsQuery {
+    /// Only pending requests.
+    #[serde(default)]
+    pub pending: bool,
+    /// Only the caller's own requests.
+    #[serde(default)]
+    pub mine: bool,
+    /// At most this many (1-1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// Filters of `GET /v1/grants`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsQuery {
+    /// Only active grants.
+    #[serde(default)]
+    pub active: bool,
+    /// Only the caller's own grants.
+    #[serde(default)]
+    pub mine: bool,
+    /// At most this many (1-1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// How many audit records `GET /v1/audit` returns.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// The last `n` records (1-10000, default 20).
+    pub n: Option<u32>,
+}
+
+/// A policy decision as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DecisionView {
+    /// The policies that allowed the request (or, when auto-approved, that skipped review).
+    pub policies: Vec<String>,
+    /// SHA-256 of the catalog and policies that decided.
+    pub policy_version: String,
+    pub auto_approved: bool,
+}
+
+/// One reviewer's approval.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalView {
+    pub approver: String,
+    pub comment: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub policies: Vec<String>,
+}
+
+/// How something was closed: by whom, why, when.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClosureView {
+    pub by: String,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// An access request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequestView {
+    pub id: Uuid,
+    /// `pending`, `approved`, `denied`, `expired` or `cancelled`.
+    pub state: String,
+    pub resource: String,
+    pub role: String,
+    pub requester: String,
+    pub reason: String,
+    /// The duration asked for, e.g. `30m`.
+    pub duration: String,
+    pub duration_seconds: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When a pending request expires unreviewed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub approvals: Vec<ApprovalView>,
+    pub required_approvals: u32,
+    /// How many approvals are still needed (0 once decided).
+    pub approvals_needed: u32,
+    pub decision: DecisionView,
+    /// Set when the request was denied, cancelled or expired.
+    pub closed: Option<ClosureView>,
+    /// The grant, once approved.
+    pub grant: Option<GrantView>,
+}
+
+/// A time-bound grant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantView {
+    pub id: Uuid,
+    pub request_id: Uuid,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+    pub resource: String,
+    pub role: String,
+    pub holder: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts_at: OffsetDateTime,
+    /// When the grant ends; nothing extends it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Seconds left while active, else 0.
+    pub remaining_seconds: i64,
+    /// Set when the grant ended.
+    pub ended: Option<ClosureView>,
+}
+
+/// One audit record, with its place in the chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecordView {
+    pub seq: i64,
+    pub chain_id: String,
+    pub prev_hash: String,
+    pub hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub kind: String,
+    pub actor: String,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// The result of checking the audit chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VerifyView {
+    pub intact: bool,
+    /// How many records were checked and found intact.
+    pub records: i64,
+    /// The hash of the last intact record.
+    pub head_hash: Option<String>,
+    /// The first bad record, when the chain is broken.
+    pub first_bad_seq: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// The broker's public signing key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    pub algorithm: String,
+    pub key_id: String,
+    /// The Ed25519 public key, hex.
+    pub public_key: String,
+}
+
+/// Liveness.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    pub status: String,
+    pub policy_version: String,
+}
+
+fn closure(c: &Closure) -> ClosureView {
+    ClosureView { by: c.by.clone(), reason: c.reason.clone(), at: c.at }
+}
+
+fn approval(a: &Approval) -> ApprovalView {
+    ApprovalView {
+        approver: a.approver.to_string(),
+        comment: a.comment.clone(),
+        at: a.at,
+        policies: a.decision.policies.clone(),
+    }
+}
+
+impl RequestView {
+    pub fn new(request: &AccessRequest, grant: Option<&Grant>, now: OffsetDateTime) -> Self {
+        let approvals_needed = match request.state {
+            airlock_core::lifecycle::RequestState::Pending => {
+                request.required_approvals.saturating_sub(request.approvals.len() as u32)
+            }
+            _ => 0,
+        };
+        Self {
+            id: request.id.as_uuid(),
+            state: request.state.as_str().to_owned(),
+            resource: request.resource.to_string(),
+            role: request.role.to_string(),
+            requester: request.requester.to_string(),
+            reason: request.reason.to_string(),
+            duration: request.duration.to_string(),
+            duration_seconds: request.duration.as_secs(),
+            created_at: request.created_at,
+            expires_at: request.expires_at,
+            approvals: request.approvals.iter().map(approval).collect(),
+            required_approvals: request.required_approvals,
+            approvals_needed,
+            decision: DecisionView {
+                policies: request.decision.policies.clone(),
+                policy_version: request.decision.policy_version.clone(),
+                auto_approved: request.auto_approved,
+            },
+            closed: request.closure.as_ref().map(closure),
+            grant: grant.map(|g| GrantView::new(g, now)),
+        }
+    }
+}
+
+impl GrantView {
+    pub fn new(grant: &Grant, now: OffsetDateTime) -> Self {
+        let remaining = if grant.is_live(now) { (grant.ends_at - now).whole_seconds().max(0) } else { 0 };
+        Self {
+            id: grant.id.as_uuid(),
+            request_id: grant.request_id.as_uuid(),
+            state: grant.state.as_str().to_owned(),
+            resource: grant.resource.to_string(),
+            role: grant.role.to_string(),
+            holder: grant.holder.to_string(),
+            starts_at: grant.starts_at,
+            expires_at: grant.ends_at,
+            remaining_seconds: remaining,
+            ended: grant.closure.as_ref().map(closure),
+        }
+    }
+}
+
+impl AuditRecordView {
+    pub fn new(record: &ChainRecord) -> Self {
+        Self {
+            seq: record.seq,
+            chain_id: record.chain_id.clone(),
+            prev_hash: record.prev_hash.clone(),
+            hash: record.hash.clone(),
+            at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.at_ms) * 1_000_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            kind: record.kind.clone(),
+            actor: record.actor.clone(),
+            details: serde_json::from_str(&record.details).unwrap_or(serde_json::Value::String(record.details.clone())),
+        }
+    }
+}

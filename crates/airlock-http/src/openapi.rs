@@ -1,0 +1,39 @@
+//! The OpenAPI document, generated from the handlers' annotations and the API types, so it says
+//! what the server really accepts.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api::*;
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Airlock broker API", description = "Just-in-time, time-bound access: requests, reviews, grants and their audit chain."),
+    paths(
+        routes::health, routes::openapi_document, routes::whoami, routes::keys,
+        routes::create_request, routes::list_requests, routes::get_request,
+        routes::approve, routes::deny, routes::cancel,
+        routes::list_grants, routes::revoke, routes::audit_tail, routes::audit_verify,
+    ),
+    components(schemas(
+        ErrorBody, WhoAmI, CreateRequest, ApproveBody, ReasonBody, DecisionView, ApprovalView, ClosureView,
+        RequestView, GrantView, AuditRecordView, VerifyView, KeyView, HealthView,
+    )),
+    modifiers(&BearerToken),
+)]
+struct ApiDoc;
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The document served at `/v1/openapi.json`.
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises")
+}

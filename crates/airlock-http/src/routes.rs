@@ -1,0 +1,241 @@
+//! One handler per route. Every route but `/v1/health` and `/v1/openapi.json` authenticates its
+//! caller; the broker then checks what that caller may do.
+
+use airlock_broker::broker::{ChainCheck, RequestInput};
+use airlock_core::ids::{ResourceName, RoleName};
+use airlock_core::values::{GrantDuration, Reason};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::AppState;
+use crate::api::*;
+use crate::error::ApiError;
+use crate::extract::{Authenticated, Body, Params};
+use crate::openapi;
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_document))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/keys", get(keys))
+        .route("/v1/requests", post(create_request).get(list_requests))
+        .route("/v1/requests/{id}", get(get_request))
+        .route("/v1/requests/{id}/approve", post(approve))
+        .route("/v1/requests/{id}/deny", post(deny))
+        .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/grants", get(list_grants))
+        .route("/v1/grants/{id}/revoke", post(revoke))
+        .route("/v1/audit", get(audit_tail))
+        .route("/v1/audit/verify", get(audit_verify))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(ErrorBody { code: "bad_input".into(), error: "method not allowed".into() }),
+            )
+        })
+        .with_state(state)
+}
+
+fn parse<T, E: std::fmt::Display>(field: &str, result: Result<T, E>) -> Result<T, ApiError> {
+    result.map_err(|e| ApiError::bad_input(format!("{field}: {e}")))
+}
+
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, body = HealthView)))]
+async fn health(State(state): State<AppState>) -> Json<HealthView> {
+    Json(HealthView { status: "ok".into(), policy_version: state.broker.policies().version.clone() })
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "this document")))]
+async fn openapi_document() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+#[utoipa::path(get, path = "/v1/whoami", security(("token" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: caller.principal.name.to_string(),
+        groups: caller.principal.groups.iter().map(ToString::to_string).collect(),
+        service: caller.principal.service,
+        source_ip: caller.source_ip.to_string(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/keys", security(("token" = [])),
+    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody)))]
+async fn keys(State(state): State<AppState>, Authenticated(_): Authenticated) -> Json<KeyView> {
+    Json(KeyView { algorithm: "ed25519".into(), key_id: state.key.key_id.clone(), public_key: state.key.public_hex() })
+}
+
+#[utoipa::path(post, path = "/v1/requests", security(("token" = [])), request_body = CreateRequest,
+    responses(
+        (status = 201, body = RequestView, description = "the request; an auto-approved one carries its grant"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "no policy allows the request")))]
+async fn create_request(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Body(body): Body<CreateRequest>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    let input = RequestInput {
+        resource: parse("resource", ResourceName::parse(&body.resource))?,
+        role: parse("role", RoleName::parse(&body.role))?,
+        duration: parse("duration", GrantDuration::parse(&body.duration))?,
+        reason: parse("reason", Reason::parse(&body.reason))?,
+    };
+    let (request, grant) = state.broker.create_request(&caller, input).await?;
+    let now = state.broker.clock().now();
+    Ok((StatusCode::CREATED, Json(RequestView::new(&request, grant.as_ref(), now))))
+}
+
+#[utoipa::path(get, path = "/v1/requests", security(("token" = [])), params(RequestsQuery),
+    responses((status = 200, body = Vec<RequestView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_requests(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(query): Params<RequestsQuery>,
+) -> Result<Json<Vec<RequestView>>, ApiError> {
+    let broker = &state.broker;
+    let requests = broker.requests(&caller, query.pending, query.mine, query.limit.unwrap_or(100)).await?;
+    let now = broker.clock().now();
+    let mut views = Vec::with_capacity(requests.len());
+    for request in &requests {
+        let grant = broker
+            .store()
+            .grant_of_request(&request.id.to_string())
+            .await
+            .map_err(airlock_broker::BrokerError::from)?;
+        views.push(RequestView::new(request, grant.as_ref(), now));
+    }
+    Ok(Json(views))
+}
+
+#[utoipa::path(get, path = "/v1/requests/{id}", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = RequestView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_request(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let (request, grant) = state.broker.request(&caller, &id).await?;
+    Ok(Json(RequestView::new(&request, grant.as_ref(), state.broker.clock().now())))
+}
+
+#[utoipa::path(post, path = "/v1/requests/{id}/approve", security(("token" = [])), params(("id" = String, Path)),
+    request_body = ApproveBody,
+    responses(
+        (status = 200, body = RequestView, description = "the request; the last approval needed starts its grant"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn approve(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Body(body): Body<ApproveBody>,
+) -> Result<Json<RequestView>, ApiError> {
+    let comment = body.comment.map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+    if comment.as_ref().is_some_and(|c| c.chars().count() > 1000) {
+        return Err(ApiError::bad_input("comment: longer than 1000 characters"));
+    }
+    let (request, grant) = state.broker.approve(&caller, &id, comment).await?;
+    Ok(Json(RequestView::new(&request, grant.as_ref(), state.broker.clock().now())))
+}
+
+#[utoipa::path(post, path = "/v1/requests/{id}/deny", security(("token" = [])), params(("id" = String, Path)),
+    request_body = ReasonBody,
+    responses((status = 200, body = RequestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn deny(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Body(body): Body<ReasonBody>,
+) -> Result<Json<RequestView>, ApiError> {
+    let reason = parse("reason", Reason::parse(&body.reason))?;
+    let request = state.broker.deny(&caller, &id, reason).await?;
+    Ok(Json(RequestView::new(&request, None, state.broker.clock().now())))
+}
+
+#[utoipa::path(post, path = "/v1/requests/{id}/cancel", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = RequestView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn cancel(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let request = state.broker.cancel(&caller, &id).await?;
+    Ok(Json(RequestView::new(&request, None, state.broker.clock().now())))
+}
+
+#[utoipa::path(get, path = "/v1/grants", security(("token" = [])), params(GrantsQuery),
+    responses((status = 200, body = Vec<GrantView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_grants(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(query): Params<GrantsQuery>,
+) -> Result<Json<Vec<GrantView>>, ApiError> {
+    let grants = state.broker.grants(&caller, query.active, query.mine, query.limit.unwrap_or(100)).await?;
+    let now = state.broker.clock().now();
+    Ok(Json(grants.iter().map(|g| GrantView::new(g, now)).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/grants/{id}/revoke", security(("token" = [])), params(("id" = String, Path)),
+    request_body = ReasonBody,
+    responses((status = 200, body = GrantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn revoke(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Body(body): Body<ReasonBody>,
+) -> Result<Json<GrantView>, ApiError> {
+    let reason = parse("reason", Reason::parse(&body.reason))?;
+    let grant = state.broker.revoke(&caller, &id, reason).await?;
+    Ok(Json(GrantView::new(&grant, state.broker.clock().now())))
+}
+
+#[utoipa::path(get, path = "/v1/audit", security(("token" = [])), params(AuditQuery),
+    responses((status = 200, body = Vec<AuditRecordView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn audit_tail(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(query): Params<AuditQuery>,
+) -> Result<Json<Vec<AuditRecordView>>, ApiError> {
+    let records = state.broker.audit_tail(&caller, query.n.unwrap_or(20)).await?;
+    Ok(Json(records.iter().map(AuditRecordView::new).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/audit/verify", security(("token" = [])),
+    responses((status = 200, body = VerifyView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn audit_verify(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<VerifyView>, ApiError> {
+    Ok(Json(verify_view(state.broker.audit_verify(&caller).await?)))
+}
+
+/// The answer to a chain check, for the API and for `airlock admin audit verify`.
+pub fn verify_view(check: ChainCheck) -> VerifyView {
+    match check {
+        ChainCheck::Intact(head) => VerifyView {
+            intact: true,
+            records: head.seq,
+            head_hash: (head.seq > 0).then_some(head.hash),
+            first_bad_seq: None,
+            error: None,
+        },
+        ChainCheck::Broken(error) => VerifyView {
+            intact: false,
+            records: error.seq() - 1,
+            head_hash: None,
+            first_bad_seq: Some(error.seq()),
+            error: Some(error.to_string()),
+        },
+    }
+}

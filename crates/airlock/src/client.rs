@@ -1,0 +1,63 @@
+//! The HTTP client of the user commands: the broker's URL from `AIRLOCK_URL`, the caller's API
+//! token from `AIRLOCK_TOKEN`. Broker refusals become exit code 1; everything else exit code 2.
+
+use airlock_http::api::ErrorBody;
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Failure;
+use crate::cli::Remote;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(remote: &Remote) -> Result<Self, Failure> {
+        let token = std::env::var("AIRLOCK_TOKEN").ok().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+            anyhow!("AIRLOCK_TOKEN is not set: export the API token `airlock admin user add` printed")
+        })?;
+        let base = remote.url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(anyhow!("AIRLOCK_URL `{base}` must start with http:// or https://").into());
+        }
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self { http, base, token: token.trim().to_owned() })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Failure> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, Failure> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| anyhow!("the broker's answer was cut off: {e}"))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow!("the broker's answer is not what this version of airlock expects: {e}").into());
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|body| body.error)
+            .unwrap_or_else(|_| format!("HTTP {status}"));
+        if status.is_client_error() {
+            Err(Failure::Refused(message))
+        } else {
+            Err(anyhow!("the broker failed: {message}").into())
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Commands that work on files, not on a running broker: `admin` (the data directory, like an
+//! administrator's tool on the server) and `policy` (the config's catalog and policies).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use airlock_broker::broker::Settings;
+use airlock_broker::bundle::{PolicyBundle, load_cases};
+use airlock_broker::clock::SystemClock;
+use airlock_broker::config::Config;
+use airlock_broker::{Broker, BrokerError};
+use airlock_core::ids::{GroupName, UserName};
+use airlock_core::policy_test::run_case;
+use airlock_store::Store;
+use anyhow::{Context, anyhow};
+
+use crate::cli::{AdminCommand, Files, PolicyCommand, UserCommand};
+use crate::{Failure, Outcome};
+
+/// The actor recorded for changes made with `airlock admin`.
+fn admin_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("admin:{user}")
+}
+
+/// Opens the broker over the data directory, as `serve` would (without serving).
+pub async fn open_broker(files: &Files) -> Result<(Broker, Config), Failure> {
+    let config = Config::load(&files.config)?;
+    let bundle = PolicyBundle::load(&config.policy)?;
+    let store = Store::open(&files.data_dir)
+        .await
+        .with_context(|| format!("cannot open the store in `{}`", files.data_dir.display()))?;
+    let settings = Settings { pending_ttl: config.broker.pending_ttl, auditors: config.broker.auditors.clone() };
+    Ok((Broker::new(store, bundle, Arc::new(SystemClock), settings), config))
+}
+
+fn refused_or_usage(error: BrokerError) -> Failure {
+    match error.kind() {
+        airlock_broker::ErrorKind::Internal => Failure::Usage(error.into()),
+        _ => Failure::Refused(error.to_string()),
+    }
+}
+
+pub async fn admin(files: &Files, command: AdminCommand) -> Outcome {
+    let AdminCommand::User { command } = command;
+    match command {
+        UserCommand::Add { name, groups, service } => {
+            let name = UserName::parse(&name).map_err(|e| anyhow!("{e}"))?;
+            let groups = groups
+                .iter()
+                .map(|g| GroupName::parse(g).map_err(|e| anyhow!("--group: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (broker, _) = open_broker(files).await?;
+            let token = broker.add_user(&name, &groups, service, &admin_actor()).await.map_err(refused_or_usage)?;
+            eprintln!("added user `{name}`; their API token follows, shown only this once:");
+            println!("{token}");
+            Ok(())
+        }
+        UserCommand::Disable { name } => {
+            let name = UserName::parse(&name).map_err(|e| anyhow!("{e}"))?;
+            let (broker, _) = open_broker(files).await?;
+            let done = broker.disable_user(&name, &admin_actor()).await.map_err(refused_or_usage)?;
+            println!(
+                "disabled `{name}`: {} pending request(s) cancelled, {} grant(s) revoked",
+                done.requests_cancelled, done.grants_revoked
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn policy(config_path: &Path, command: PolicyCommand) -> Outcome {
+    let config = Config::load(config_path)?;
+    let loaded = PolicyBundle::load(&config.policy);
+    match command {
+        PolicyCommand::Check => {
+            let bundle = loaded.map_err(|e| Failure::Refused(e.to_string()))?;
+            println!(
+                "ok: {} policies, {} resources, version {}",
+                bundle.engine.policy_count(),
+                bundle.catalog.resources().count(),
+                bundle.version
+            );
+            Ok(())
+        }
+        PolicyCommand::Test { dir } => {
+            let bundle = loaded?;
+            let dir = dir.unwrap_or(config.policy.tests);
+            let files = load_cases(&dir)?;
+            let (mut passed, mut failed) = (0, 0);
+            for (file, cases) in &files {
+                for case in cases {
+                    match run_case(case, &bundle.engine, &bundle.catalog) {
+                        Ok(()) => {
+                            passed += 1;
+                            println!("ok     {file}: {}", case.name);
+                        }
+                        Err(why) => {
+                            failed += 1;
+                            println!("FAILED {file}: {}: {why}", case.name);
+                        }
+                    }
+                }
+            }
+            println!("\n{passed} passed, {failed} failed");
+            if passed + failed == 0 {
+                return Err(Failure::Usage(anyhow!("no test cases in `{}`", dir.display())));
+            }
+            if failed > 0 { Err(Failure::Refused(format!("{failed} policy test(s) failed"))) } else { Ok(()) }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `airlock`: the broker (`serve`), its administration (`admin`), policy tools (`policy`) and the
+//! user commands that talk to a broker over HTTP.
+//!
+//! Layout:
+//! - [`cli`]: the command line, as clap types;
+//! - [`local`]: commands that work on files (the config, policies, the data directory);
+//! - [`serve`]: the broker process: store, scheduler and HTTP API;
+//! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
+//! - [`output`]: tables and JSON for people and scripts.
+//!
+//! Exit codes: 0 done; 1 refused by the broker (or a failed check), with the reason printed;
+//! 2 bad usage, bad configuration or an unreachable broker.
+
+mod cli;
+mod client;
+mod local;
+mod output;
+mod remote;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// A failure and the exit code it deserves.
+#[derive(Debug)]
+pub enum Failure {
+    /// The broker (or a check) said no: exit 1.
+    Refused(String),
+    /// Bad usage, bad configuration, unreachable broker: exit 2.
+    Usage(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Usage(error)
+    }
+}
+
+impl From<airlock_broker::config::ConfigError> for Failure {
+    fn from(error: airlock_broker::config::ConfigError) -> Self {
+        Failure::Usage(error.into())
+    }
+}
+
+impl From<airlock_broker::bundle::BundleError> for Failure {
+    fn from(error: airlock_broker::bundle::BundleError) -> Self {
+        Failure::Usage(error.into())
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("airlock: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(message)) => {
+            eprintln!("airlock: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(error)) => {
+            eprintln!("airlock: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `airlock serve`: the store, the signing key, the policies, the expiry scheduler and the API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use airlock_broker::scheduler;
+use airlock_broker::secrets::load_or_create_key;
+use airlock_http::AppState;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Outcome;
+use crate::cli::Files;
+use crate::local::open_broker;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
+
+pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
+    let (broker, config) = open_broker(files).await?;
+    let key = load_or_create_key(&files.data_dir).context("cannot load the signing key")?;
+    let listen =
+        listen.or(config.broker.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr().context("cannot read the listening address")?;
+
+    let (stop, stopped) = watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(broker.clone(), stopped));
+    tracing::info!(
+        policies = broker.policies().engine.policy_count(),
+        policy_version = %broker.policies().version,
+        data_dir = %files.data_dir.display(),
+        key_id = %key.key_id,
+        "broker started"
+    );
+    println!("airlock broker listening on http://{address}");
+    let state = AppState { broker, key: Arc::new(key) };
+    airlock_http::serve(listener, state, shutdown_signal()).await.context("the HTTP server failed")?;
+    let _ = stop.send(true);
+    let _ = scheduler.await;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM can be watched");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
