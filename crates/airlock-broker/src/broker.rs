@@ -80,9 +80,10 @@ impl BrokerError {
             | BrokerError::Cancel(CancelError::NotRequester)
             | BrokerError::RevokeForbidden { .. }
             | BrokerError::AuditForbidden => ErrorKind::Forbidden,
-            BrokerError::Review(_) | BrokerError::Cancel(_) | BrokerError::NotActive(_) | BrokerError::UserExists(_) => {
-                ErrorKind::Conflict
-            }
+            BrokerError::Review(_)
+            | BrokerError::Cancel(_)
+            | BrokerError::NotActive(_)
+            | BrokerError::UserExists(_) => ErrorKind::Conflict,
             BrokerError::Secret(_) | BrokerError::Store(_) => ErrorKind::Internal,
         }
     }
@@ -270,6 +271,7 @@ impl Broker {
             }
         };
         let mut tx = self.store.begin().await?;
+        Self::ensure_enabled(&mut tx, caller).await?;
         tx.insert_request(&request).await?;
         if let Some(grant) = &outcome.grant {
             tx.insert_grant(grant).await?;
@@ -306,11 +308,33 @@ impl Broker {
         Ok(())
     }
 
-    /// Loads a pending-or-not request for a review inside `tx`; an overdue one is expired first
-    /// (and that expiry is committed, since it is true whatever the review would have said).
-    async fn request_for_review(&self, id: &str, now: OffsetDateTime) -> Result<(Tx, AccessRequest), BrokerError> {
+    /// Refuses a caller whose account was disabled after they authenticated: checked inside the
+    /// use case's transaction, so a call in flight cannot outlive [`Broker::disable_user`].
+    /// Callers without a stored account (the broker's own tests, administrators) are not refused.
+    async fn ensure_enabled(tx: &mut Tx, caller: &Caller) -> Result<(), BrokerError> {
+        match tx.user(&caller.principal.name).await? {
+            Some(user) if user.disabled => Err(BrokerError::Unauthenticated),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads a pending-or-not request for `caller` to review inside `tx`; an overdue one is
+    /// expired first (and that expiry is committed, since it is true whatever the review would
+    /// have said). A caller who may not see the request learns nothing about it, not even that
+    /// it expired.
+    async fn request_for_review(
+        &self,
+        caller: &Caller,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Tx, AccessRequest), BrokerError> {
         let mut tx = self.store.begin().await?;
-        let mut request = tx.request(id).await?.ok_or_else(|| BrokerError::RequestNotFound(id.to_owned()))?;
+        Self::ensure_enabled(&mut tx, caller).await?;
+        let mut request = tx
+            .request(id)
+            .await?
+            .filter(|r| self.may_see(caller, r, now))
+            .ok_or_else(|| BrokerError::RequestNotFound(id.to_owned()))?;
         if let Some(event) = request.expire(now) {
             tx.update_request(&request).await?;
             tx.append(&[event]).await?;
@@ -328,10 +352,7 @@ impl Broker {
         comment: Option<String>,
     ) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
         let now = self.clock.now();
-        let (mut tx, mut request) = self.request_for_review(id, now).await?;
-        if !self.may_see(caller, &request, now) {
-            return Err(BrokerError::RequestNotFound(id.to_owned()));
-        }
+        let (mut tx, mut request) = self.request_for_review(caller, id, now).await?;
         let decision = self.decide(Action::Approve, caller, &request, now);
         let outcome = request.approve(
             &caller.principal.name,
@@ -354,10 +375,7 @@ impl Broker {
     /// Denies the request: one denial ends it.
     pub async fn deny(&self, caller: &Caller, id: &str, reason: Reason) -> Result<AccessRequest, BrokerError> {
         let now = self.clock.now();
-        let (mut tx, mut request) = self.request_for_review(id, now).await?;
-        if !self.may_see(caller, &request, now) {
-            return Err(BrokerError::RequestNotFound(id.to_owned()));
-        }
+        let (mut tx, mut request) = self.request_for_review(caller, id, now).await?;
         let decision = self.decide(Action::Approve, caller, &request, now);
         let event = request.deny(&caller.principal.name, &decision, &reason, now)?;
         tx.update_request(&request).await?;
@@ -448,8 +466,11 @@ impl Broker {
         limit: u32,
     ) -> Result<Vec<Grant>, BrokerError> {
         let now = self.clock.now();
-        let filter =
-            GrantFilter { active_only, holder: mine.then(|| caller.principal.name.clone()), limit: limit.clamp(1, 1000) };
+        let filter = GrantFilter {
+            active_only,
+            holder: mine.then(|| caller.principal.name.clone()),
+            limit: limit.clamp(1, 1000),
+        };
         let mut visible = Vec::new();
         for grant in self.store.grants(&filter).await? {
             let seen = grant.holder == caller.principal.name

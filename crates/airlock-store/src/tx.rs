@@ -52,7 +52,10 @@ impl Tx {
     }
 
     pub async fn disable_user(&mut self, name: &UserName) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET disabled = 1 WHERE name = ?").bind(name.as_str()).execute(&mut *self.inner).await?;
+        sqlx::query("UPDATE users SET disabled = 1 WHERE name = ?")
+            .bind(name.as_str())
+            .execute(&mut *self.inner)
+            .await?;
         Ok(())
     }
 
