@@ -1,0 +1,898 @@
+//! End-to-end tests of the real `airlock` binary: `spawn_app()` adds the quickstart's users with
+//! `airlock admin user add`, starts `airlock serve` on port 0 over a fresh data directory, and the
+//! tests drive it with the user commands (and, for the API's edges, with an HTTP client), checking
+//! exit codes, `--json` documents and what the broker wrote.
+//!
+//! Nothing here asserts on speed: where a background effect (expiry) must happen, the tests poll
+//! with short sleeps under a generous deadline.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// How long to wait for anything that happens in the background before giving up.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The quickstart's people and their groups.
+const USERS: &[(&str, &[&str])] = &[
+    ("alice", &["eng"]),
+    ("bob", &["sre"]),
+    ("carol", &["sre"]),
+    ("dana", &["eng", "oncall"]),
+    ("mallory", &["sales"]),
+];
+
+fn quickstart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart")
+}
+
+fn quickstart_config() -> PathBuf {
+    quickstart().join("airlock.toml")
+}
+
+/// The binary, with none of the caller's `AIRLOCK_*` settings leaking in.
+fn airlock_command() -> Command {
+    let mut command = Command::new(AIRLOCK);
+    for var in ["AIRLOCK_URL", "AIRLOCK_TOKEN", "AIRLOCK_CONFIG", "AIRLOCK_DATA_DIR", "AIRLOCK_LOG"] {
+        command.env_remove(var);
+    }
+    command.env("USER", "ops").stdin(Stdio::null());
+    command
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the exit code, showing what the command printed when it is wrong.
+#[track_caller]
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "expected exit code {code}\n--- stdout\n{}--- stderr\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// The JSON document a successful `--json` command printed.
+#[track_caller]
+fn json_of(output: &Output) -> Value {
+    assert_exit(output, 0);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", stdout(output)))
+}
+
+/// Calls `f` until it returns something, sleeping briefly in between, for at most [`PATIENCE`].
+#[track_caller]
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up after {PATIENCE:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `airlock serve`.
+struct Server {
+    _child: KillOnDrop,
+    /// Kept open: the broker may print again, and a closed pipe would make that fail.
+    _stdout: BufReader<ChildStdout>,
+}
+
+/// A broker over a fresh data directory, with the quickstart's users and their tokens.
+struct TestApp {
+    server: Option<Server>,
+    url: String,
+    tokens: HashMap<&'static str, String>,
+    config: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    _root: TempDir,
+}
+
+fn spawn_app() -> TestApp {
+    spawn_app_with(&quickstart_config())
+}
+
+fn spawn_app_with(config: &Path) -> TestApp {
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = root.path().join("data");
+    let mut tokens = HashMap::new();
+    for (name, groups) in USERS {
+        let mut args = vec!["admin", "user", "add", name];
+        for group in *groups {
+            args.extend(["--group", group]);
+        }
+        let output = airlock_command()
+            .args(&args)
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .output()
+            .expect("`airlock admin user add` runs");
+        assert_exit(&output, 0);
+        let printed = stdout(&output);
+        assert!(
+            printed.ends_with('\n') && printed.lines().count() == 1 && !printed.trim().is_empty(),
+            "`admin user add` must print the token alone on one line, printed {printed:?}"
+        );
+        tokens.insert(*name, printed.trim().to_owned());
+    }
+    let log = root.path().join("serve.log");
+    let mut app =
+        TestApp { server: None, url: String::new(), tokens, config: config.to_owned(), data_dir, log, _root: root };
+    app.start();
+    app
+}
+
+impl TestApp {
+    /// Starts `airlock serve` on a free port and waits for it to say where it listens.
+    fn start(&mut self) {
+        assert!(self.server.is_none(), "the broker is already running");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("the server log opens");
+        let mut child = airlock_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("`airlock serve` starts");
+        let out = child.stdout.take().expect("stdout is piped");
+        let child = KillOnDrop(child);
+        // Read on a thread, so a broker that never says anything cannot hang the test.
+        let (send, receive) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(out);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if let Some(url) = line.trim_end().strip_prefix("airlock broker listening on ") {
+                            let _ = send.send((url.to_owned(), reader));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        match receive.recv_timeout(PATIENCE) {
+            Ok((url, reader)) => {
+                assert!(url.starts_with("http://127.0.0.1:"), "unexpected address {url}");
+                self.url = url;
+                self.server = Some(Server { _child: child, _stdout: reader });
+            }
+            Err(_) => {
+                drop(child);
+                panic!("`airlock serve` did not say where it listens; its log:\n{}", self.server_log());
+            }
+        }
+    }
+
+    /// Kills the broker (SIGKILL: no graceful shutdown).
+    fn kill(&mut self) {
+        let server = self.server.take().expect("the broker is running");
+        drop(server);
+    }
+
+    fn server_log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    fn token(&self, user: &str) -> &str {
+        self.tokens.get(user).unwrap_or_else(|| panic!("no user `{user}`"))
+    }
+
+    /// Runs a user command as `user`.
+    fn airlock(&self, user: &str, args: &[&str]) -> Output {
+        self.airlock_with(Some(self.token(user)), &self.url, args)
+    }
+
+    /// Runs a user command with any token (or none) against any URL.
+    fn airlock_with(&self, token: Option<&str>, url: &str, args: &[&str]) -> Output {
+        let mut command = airlock_command();
+        command.env("AIRLOCK_URL", url).args(args);
+        if let Some(token) = token {
+            command.env("AIRLOCK_TOKEN", token);
+        }
+        command.output().expect("the airlock binary runs")
+    }
+
+    /// Runs a user command as `user` with `--json`, expecting exit code 0.
+    #[track_caller]
+    fn json(&self, user: &str, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        json_of(&self.airlock(user, &args))
+    }
+
+    /// Runs an `airlock admin` command on the data directory.
+    fn admin(&self, args: &[&str]) -> Output {
+        airlock_command()
+            .arg("admin")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("`airlock admin` runs")
+    }
+
+    /// `airlock request demo-db --role ROLE --for DURATION --reason ... --json` as `user`.
+    #[track_caller]
+    fn request(&self, user: &str, role: &str, duration: &str) -> Value {
+        self.json(user, &["request", "demo-db", "--role", role, "--for", duration, "--reason", "ticket OPS-1"])
+    }
+
+    /// The one grant with this id among those `user` sees.
+    #[track_caller]
+    fn grant_as(&self, user: &str, grant_id: &str) -> Value {
+        find(&self.json(user, &["grants"]), grant_id)
+    }
+
+    /// The one request with this id among those `user` sees.
+    #[track_caller]
+    fn request_as(&self, user: &str, request_id: &str) -> Value {
+        find(&self.json(user, &["requests"]), request_id)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.take();
+        if thread::panicking() {
+            eprintln!("--- airlock serve log\n{}", self.server_log());
+        }
+    }
+}
+
+/// The element of a JSON array with this `id`.
+#[track_caller]
+fn find(list: &Value, id: &str) -> Value {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .find(|item| item["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no `{id}` in {list:#}"))
+}
+
+fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field].as_str().unwrap_or_else(|| panic!("`{field}` is not a string in {value:#}"))
+}
+
+/// Copies the quickstart into `dir`, so a test can break it.
+fn copy_quickstart(dir: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&quickstart(), dir);
+    dir.join("airlock.toml")
+}
+
+#[test]
+fn quickstart_flow_request_two_approvals_grant_and_revoke() {
+    let app = spawn_app();
+
+    let me = app.json("alice", &["whoami"]);
+    assert_eq!(me["name"], "alice");
+    assert_eq!(me["groups"], json!(["eng"]));
+
+    let request = app.json(
+        "alice",
+        &["request", "demo-db", "--role", "write", "--for", "20m", "--reason", "migrate the orders table"],
+    );
+    for field in [
+        "id",
+        "state",
+        "resource",
+        "role",
+        "requester",
+        "reason",
+        "created_at",
+        "expires_at",
+        "approvals",
+        "required_approvals",
+        "decision",
+    ] {
+        assert!(request.get(field).is_some(), "no `{field}` in {request:#}");
+    }
+    assert_eq!(request["state"], "pending");
+    assert_eq!(request["resource"], "demo-db");
+    assert_eq!(request["role"], "write");
+    assert_eq!(request["requester"], "alice");
+    assert_eq!(request["reason"], "migrate the orders table");
+    assert_eq!(request["duration_seconds"], 1200);
+    assert_eq!(request["approvals"], json!([]));
+    assert_eq!(request["required_approvals"], 2);
+    assert_eq!(request["approvals_needed"], 2);
+    assert_eq!(request["decision"]["policies"], json!(["eng-may-request-demo-db"]));
+    assert_eq!(request["decision"]["auto_approved"], false);
+    assert_eq!(request["grant"], Value::Null);
+    let id = str_of(&request, "id");
+
+    let own = app.airlock("alice", &["approve", id]);
+    assert_exit(&own, 1);
+    assert!(stderr(&own).contains("you cannot review your own request"), "{}", stderr(&own));
+
+    let after_bob = app.json("bob", &["approve", id, "--comment", "looks fine"]);
+    assert_eq!(after_bob["state"], "pending");
+    assert_eq!(after_bob["approvals"][0]["approver"], "bob");
+    assert_eq!(after_bob["approvals"][0]["comment"], "looks fine");
+    assert_eq!(after_bob["approvals_needed"], 1);
+    assert_eq!(after_bob["grant"], Value::Null);
+
+    let twice = app.airlock("bob", &["approve", id]);
+    assert_exit(&twice, 1);
+    assert!(stderr(&twice).contains("already approved"), "{}", stderr(&twice));
+
+    let after_carol = app.json("carol", &["approve", id]);
+    assert_eq!(after_carol["state"], "approved");
+    assert_eq!(after_carol["approvals_needed"], 0);
+    let grant = &after_carol["grant"];
+    assert_eq!(grant["state"], "active");
+    assert_eq!(grant["holder"], "alice");
+    assert_eq!(grant["request_id"], id);
+    let grant_id = str_of(grant, "id");
+
+    let active = find(&app.json("alice", &["grants", "--active"]), grant_id);
+    assert_eq!(active["state"], "active");
+    assert_eq!(active["resource"], "demo-db");
+    assert_eq!(active["role"], "write");
+    assert_eq!(active["expires_at"], grant["expires_at"]);
+    assert!(active["remaining_seconds"].as_i64().unwrap() > 0);
+
+    let revoked = app.json("alice", &["revoke", grant_id, "--reason", "done early"]);
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(revoked["ended"]["by"], "alice");
+    assert_eq!(revoked["ended"]["reason"], "done early");
+    assert_eq!(revoked["remaining_seconds"], 0);
+    assert_eq!(app.json("alice", &["grants", "--active"]), json!([]));
+
+    let verify = app.airlock("bob", &["audit", "verify"]);
+    assert_exit(&verify, 0);
+    assert!(stdout(&verify).contains("audit chain intact"), "{}", stdout(&verify));
+    let not_auditor = app.airlock("alice", &["audit", "verify"]);
+    assert_exit(&not_auditor, 1);
+
+    let tail = app.airlock("bob", &["audit", "tail", "-n", "3"]);
+    assert_exit(&tail, 0);
+    assert!(stdout(&tail).contains("grant.revoked"), "{}", stdout(&tail));
+    let records = app.json("bob", &["audit", "tail", "-n", "3"]);
+    let kinds: Vec<&str> = records.as_array().unwrap().iter().map(|r| str_of(r, "kind")).collect();
+    assert_eq!(kinds, ["request.approved", "grant.started", "grant.revoked"]);
+    assert_eq!(records[2]["actor"], "alice");
+}
+
+/// What a command should exit with and say on standard error.
+struct Case {
+    name: &'static str,
+    user: Option<&'static str>,
+    url: Option<&'static str>,
+    args: &'static [&'static str],
+    code: i32,
+    stderr: &'static str,
+}
+
+#[track_caller]
+fn check(app: &TestApp, case: &Case) {
+    let token = case.user.map(|user| app.token(user).to_owned());
+    let output = app.airlock_with(token.as_deref(), case.url.unwrap_or(&app.url), case.args);
+    assert_eq!(
+        output.status.code(),
+        Some(case.code),
+        "{}: expected exit code {}\n--- stdout\n{}--- stderr\n{}",
+        case.name,
+        case.code,
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(case.stderr),
+        "{}: stderr lacks {:?}:\n{}",
+        case.name,
+        case.stderr,
+        stderr(&output)
+    );
+}
+
+#[test]
+fn auto_approval_and_refusals_with_their_exit_codes() {
+    let app = spawn_app();
+
+    let request = app.request("dana", "read", "10m");
+    assert_eq!(request["state"], "approved");
+    assert_eq!(request["decision"]["auto_approved"], true);
+    assert_eq!(request["grant"]["state"], "active");
+    assert_eq!(request["grant"]["holder"], "dana");
+
+    const READ: &[&str] = &["request", "demo-db", "--role", "read", "--for", "10m", "--reason", "debugging"];
+    let cases = [
+        Case {
+            name: "above the role's maximum",
+            user: Some("dana"),
+            url: None,
+            args: &["request", "demo-db", "--role", "write", "--for", "2h", "--reason", "batch job"],
+            code: 1,
+            stderr: "maximum of 30m",
+        },
+        Case {
+            name: "no policy allows",
+            user: Some("mallory"),
+            url: None,
+            args: READ,
+            code: 1,
+            stderr: "no policy allows",
+        },
+        Case {
+            name: "unknown role",
+            user: Some("alice"),
+            url: None,
+            args: &["request", "demo-db", "--role", "admin", "--for", "10m", "--reason", "x"],
+            code: 1,
+            stderr: "no role `admin`",
+        },
+        Case {
+            name: "a duration that does not parse",
+            user: Some("alice"),
+            url: None,
+            args: &["request", "demo-db", "--role", "read", "--for", "soon", "--reason", "debugging"],
+            code: 2,
+            stderr: "--for",
+        },
+        Case {
+            name: "a blank reason",
+            user: Some("alice"),
+            url: None,
+            args: &["request", "demo-db", "--role", "read", "--for", "10m", "--reason", "  "],
+            code: 2,
+            stderr: "--reason",
+        },
+        Case {
+            name: "a missing argument",
+            user: Some("alice"),
+            url: None,
+            args: &["request", "demo-db", "--for", "10m", "--reason", "x"],
+            code: 2,
+            stderr: "--role",
+        },
+        Case { name: "no token", user: None, url: None, args: READ, code: 2, stderr: "AIRLOCK_TOKEN" },
+        Case {
+            name: "an unreachable broker",
+            user: Some("alice"),
+            url: Some("http://127.0.0.1:1"),
+            args: READ,
+            code: 2,
+            stderr: "cannot reach the broker",
+        },
+        Case {
+            name: "not a URL",
+            user: Some("alice"),
+            url: Some("127.0.0.1:8470"),
+            args: READ,
+            code: 2,
+            stderr: "must start with http://",
+        },
+        Case {
+            name: "not an id",
+            user: Some("bob"),
+            url: None,
+            args: &["approve", "not-an-id"],
+            code: 2,
+            stderr: "is not a request or grant id",
+        },
+    ];
+    for case in &cases {
+        check(&app, case);
+    }
+
+    let wrong = app.airlock_with(Some("not-a-real-token"), &app.url, READ);
+    assert_exit(&wrong, 1);
+    assert!(stderr(&wrong).contains("missing or invalid API token"), "{}", stderr(&wrong));
+
+    // A policy's refusal is part of the record; what was rejected before the broker was asked is not.
+    let records = app.json("bob", &["audit", "tail", "-n", "100"]);
+    let records = records.as_array().unwrap();
+    let of_kind =
+        |kind: &str| records.iter().filter(|r| r["kind"] == kind).map(|r| str_of(r, "actor")).collect::<Vec<_>>();
+    assert_eq!(of_kind("request.created"), ["dana"]);
+    assert_eq!(of_kind("request.refused"), ["mallory"]);
+}
+
+#[test]
+fn deny_and_cancel() {
+    let app = spawn_app();
+
+    let first = app.request("alice", "write", "10m");
+    let first_id = str_of(&first, "id");
+    let denied = app.json("bob", &["deny", first_id, "--reason", "not during the freeze"]);
+    assert_eq!(denied["state"], "denied");
+    assert_eq!(denied["closed"]["by"], "bob");
+    assert_eq!(denied["closed"]["reason"], "not during the freeze");
+    assert_eq!(denied["grant"], Value::Null);
+    let late = app.airlock("carol", &["approve", first_id]);
+    assert_exit(&late, 1);
+    assert!(stderr(&late).contains("request is denied"), "{}", stderr(&late));
+    let self_deny = app.request("alice", "read", "5m");
+    let own = app.airlock("alice", &["deny", str_of(&self_deny, "id"), "--reason", "never mind"]);
+    assert_exit(&own, 1);
+
+    let second = app.request("alice", "read", "10m");
+    let second_id = str_of(&second, "id");
+    let not_theirs = app.airlock("bob", &["cancel", second_id]);
+    assert_exit(&not_theirs, 1);
+    assert!(stderr(&not_theirs).contains("only the requester can cancel"), "{}", stderr(&not_theirs));
+    let nobody = app.airlock("mallory", &["cancel", second_id]);
+    assert_exit(&nobody, 1);
+    assert!(stderr(&nobody).contains("not found"), "{}", stderr(&nobody));
+
+    let cancelled = app.json("alice", &["cancel", second_id]);
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["closed"]["by"], "alice");
+    assert_exit(&app.airlock("alice", &["cancel", second_id]), 1);
+
+    let pending: Vec<String> = app
+        .json("alice", &["requests", "--pending", "--mine"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| str_of(r, "id").to_owned())
+        .collect();
+    assert_eq!(pending, [str_of(&self_deny, "id")]);
+    assert_eq!(app.request_as("bob", first_id)["state"], "denied");
+    assert_eq!(app.request_as("bob", second_id)["state"], "cancelled");
+}
+
+#[test]
+fn request_wait_returns_once_approved() {
+    let app = spawn_app();
+
+    let waiting = airlock_command()
+        .env("AIRLOCK_URL", &app.url)
+        .env("AIRLOCK_TOKEN", app.token("alice"))
+        .args(["request", "demo-db", "--role", "write", "--for", "15m", "--reason", "hotfix", "--wait", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`airlock request --wait` starts");
+    let mut waiting = KillOnDrop(waiting);
+
+    let id = eventually("alice's request to be pending", || {
+        let pending = app.json("bob", &["requests", "--pending"]);
+        pending.as_array().unwrap().iter().find(|r| r["requester"] == "alice").map(|r| str_of(r, "id").to_owned())
+    });
+    assert!(waiting.0.try_wait().unwrap().is_none(), "`request --wait` returned while the request was pending");
+    assert_eq!(app.json("bob", &["approve", &id])["state"], "pending");
+    assert_eq!(app.json("carol", &["approve", &id])["state"], "approved");
+
+    eventually("`request --wait` to return", || waiting.0.try_wait().unwrap());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    waiting.0.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    waiting.0.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    let output = Output { status: waiting.0.wait().unwrap(), stdout: out, stderr: err };
+    let request = json_of(&output);
+    assert_eq!(request["id"], id.as_str());
+    assert_eq!(request["state"], "approved");
+    assert_eq!(request["grant"]["state"], "active");
+}
+
+#[test]
+fn grants_expire_on_their_own_and_the_audit_chain_says_so() {
+    let app = spawn_app();
+
+    let request = app.request("dana", "read", "2s");
+    assert_eq!(request["state"], "approved");
+    let grant_id = str_of(&request["grant"], "id").to_owned();
+
+    let expired = eventually("the grant to expire", || {
+        let grants = app.json("dana", &["grants", "--mine"]);
+        let grant = find(&grants, &grant_id);
+        (grant["state"] == "expired").then_some(grant)
+    });
+    assert_eq!(expired["remaining_seconds"], 0);
+    assert_eq!(expired["ended"]["by"], "system");
+    assert_eq!(app.json("dana", &["grants", "--active"]), json!([]));
+
+    let records = app.json("bob", &["audit", "tail", "-n", "10"]);
+    let record = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "grant.expired")
+        .unwrap_or_else(|| panic!("no grant.expired record in {records:#}"));
+    assert_eq!(record["actor"], "system");
+    assert_eq!(record["details"]["grant"]["id"], grant_id.as_str());
+    assert_exit(&app.airlock("bob", &["audit", "verify"]), 0);
+}
+
+#[test]
+fn grants_that_ended_while_the_broker_was_down_expire_at_restart() {
+    let mut app = spawn_app();
+
+    let request = app.request("dana", "read", "3s");
+    let grant = &request["grant"];
+    assert_eq!(grant["state"], "active");
+    let grant_id = str_of(grant, "id").to_owned();
+    let ends = time::OffsetDateTime::parse(str_of(grant, "expires_at"), &time::format_description::well_known::Rfc3339)
+        .expect("expires_at is RFC 3339");
+
+    app.kill();
+    let old_url = app.url.clone();
+    // Wait, with the broker down, until the grant's end has passed.
+    while time::OffsetDateTime::now_utc() <= ends + time::Duration::milliseconds(500) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_exit(&app.airlock_with(Some(app.token("dana")), &old_url, &["whoami"]), 2);
+
+    app.start();
+    let expired = eventually("the grant to expire after the restart", || {
+        let grant = app.grant_as("dana", &grant_id);
+        (grant["state"] == "expired").then_some(grant)
+    });
+    assert_eq!(expired["ended"]["by"], "system");
+    assert_exit(&app.airlock("bob", &["audit", "verify"]), 0);
+}
+
+#[test]
+fn disabling_a_user_ends_their_requests_and_grants_and_their_token() {
+    let app = spawn_app();
+
+    let pending = app.request("alice", "write", "10m");
+    let pending_id = str_of(&pending, "id");
+    let read = app.request("alice", "read", "30m");
+    let approved = app.json("bob", &["approve", str_of(&read, "id")]);
+    assert_eq!(approved["state"], "approved");
+    let grant_id = str_of(&approved["grant"], "id");
+
+    let again = app.admin(&["user", "add", "alice", "--group", "eng"]);
+    assert_exit(&again, 1);
+    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    assert_exit(&app.admin(&["user", "disable", "nobody"]), 1);
+
+    let disable = app.admin(&["user", "disable", "alice"]);
+    assert_exit(&disable, 0);
+    assert_eq!(stdout(&disable), "disabled `alice`: 1 pending request(s) cancelled, 1 grant(s) revoked\n");
+
+    let request = app.request_as("bob", pending_id);
+    assert_eq!(request["state"], "cancelled");
+    assert_eq!(request["closed"]["by"], "admin:ops");
+    assert_eq!(request["closed"]["reason"], "user disabled");
+    let grant = app.grant_as("bob", grant_id);
+    assert_eq!(grant["state"], "revoked");
+    assert_eq!(grant["ended"]["by"], "admin:ops");
+
+    let locked_out = app.airlock("alice", &["whoami"]);
+    assert_exit(&locked_out, 1);
+    assert!(stderr(&locked_out).contains("missing or invalid API token"), "{}", stderr(&locked_out));
+    assert_exit(&app.airlock("bob", &["audit", "verify"]), 0);
+}
+
+#[tokio::test]
+async fn editing_the_audit_chain_is_refused_and_then_detected() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    let app = spawn_app();
+    let request = app.request("alice", "write", "10m");
+    app.json("bob", &["approve", str_of(&request, "id")]);
+    assert_exit(&app.airlock("bob", &["audit", "verify"]), 0);
+
+    let options = SqliteConnectOptions::new().filename(app.data_dir.join("airlock.db"));
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("the store opens");
+    let kind: String =
+        sqlx::query_scalar("SELECT kind FROM audit_events WHERE seq = 3").fetch_one(&pool).await.unwrap();
+    assert_eq!(kind, "user.added");
+
+    let refused = sqlx::query("UPDATE audit_events SET details = '{\"user\":\"eve\"}' WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .expect_err("audit records cannot be updated");
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+    let refused = sqlx::query("DELETE FROM audit_events WHERE seq = 3").execute(&pool).await.expect_err("nor deleted");
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+
+    sqlx::query("DROP TRIGGER audit_events_no_update").execute(&pool).await.unwrap();
+    let done = sqlx::query("UPDATE audit_events SET details = '{\"user\":\"eve\"}' WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+    pool.close().await;
+
+    let verify = app.airlock("bob", &["audit", "verify"]);
+    assert_exit(&verify, 1);
+    assert!(stderr(&verify).contains("record 3"), "{}", stderr(&verify));
+    let output = app.airlock("bob", &["audit", "verify", "--json"]);
+    assert_exit(&output, 1);
+    let check: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(check["intact"], false);
+    assert_eq!(check["first_bad_seq"], 3);
+    assert_eq!(check["records"], 2);
+}
+
+/// Every route of `airlock_http::routes::router`, as (path, method).
+const ROUTES: &[(&str, &str)] = &[
+    ("/v1/health", "get"),
+    ("/v1/openapi.json", "get"),
+    ("/v1/whoami", "get"),
+    ("/v1/keys", "get"),
+    ("/v1/requests", "get"),
+    ("/v1/requests", "post"),
+    ("/v1/requests/{id}", "get"),
+    ("/v1/requests/{id}/approve", "post"),
+    ("/v1/requests/{id}/deny", "post"),
+    ("/v1/requests/{id}/cancel", "post"),
+    ("/v1/grants", "get"),
+    ("/v1/grants/{id}/revoke", "post"),
+    ("/v1/audit", "get"),
+    ("/v1/audit/verify", "get"),
+];
+
+#[tokio::test]
+async fn the_http_api_answers_json_errors_and_matches_its_openapi_document() {
+    let app = spawn_app();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", app.url);
+    let bob = app.token("bob");
+
+    async fn answer(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("HTTP {status}: not JSON ({e}): {text:?}"));
+        (status, body)
+    }
+
+    let response = http.get(url("/v1/whoami")).send().await.unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let (status, body) = answer(response).await;
+    assert_eq!((status, &body["code"]), (401, &json!("unauthenticated")), "{body}");
+    let (status, body) = answer(http.get(url("/v1/whoami")).bearer_auth("wrong").send().await.unwrap()).await;
+    assert_eq!((status, &body["code"]), (401, &json!("unauthenticated")), "{body}");
+
+    let (status, body) = answer(
+        http.post(url("/v1/requests"))
+            .bearer_auth(bob)
+            .header("content-type", "application/json")
+            .body("{\"resource\": \"demo-db\",")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &body["code"]), (400, &json!("bad_input")), "{body}");
+
+    let unknown_field = json!({"resource": "demo-db", "role": "read", "duration": "10m", "reason": "x", "sudo": true});
+    let (status, body) =
+        answer(http.post(url("/v1/requests")).bearer_auth(bob).json(&unknown_field).send().await.unwrap()).await;
+    assert_eq!((status, &body["code"]), (400, &json!("bad_input")), "{body}");
+    assert!(str_of(&body, "error").contains("sudo"), "{body}");
+
+    let (status, body) = answer(http.get(url("/v1/requests?limit=lots")).bearer_auth(bob).send().await.unwrap()).await;
+    assert_eq!((status, &body["code"]), (400, &json!("bad_input")), "{body}");
+
+    let (status, body) = answer(http.get(url("/v1/nowhere")).bearer_auth(bob).send().await.unwrap()).await;
+    assert_eq!((status, &body["code"], &body["error"]), (404, &json!("not_found"), &json!("no such route")));
+
+    let (status, _) = answer(
+        http.get(url(&format!("/v1/requests/{}/approve", uuid::Uuid::new_v4()))).bearer_auth(bob).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    let (status, _) = answer(http.delete(url("/v1/grants")).bearer_auth(bob).send().await.unwrap()).await;
+    assert_eq!(status, 405);
+
+    for id in ["not-a-uuid".to_owned(), uuid::Uuid::new_v4().to_string()] {
+        let (status, body) =
+            answer(http.get(url(&format!("/v1/requests/{id}"))).bearer_auth(bob).send().await.unwrap()).await;
+        assert_eq!((status, &body["code"]), (404, &json!("not_found")), "{id}: {body}");
+        assert_ne!(body["error"], "no such route");
+    }
+
+    let (status, document) = answer(http.get(url("/v1/openapi.json")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    let documented: BTreeSet<(String, String)> = document["paths"]
+        .as_object()
+        .expect("`paths` is an object")
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item").keys();
+            methods
+                .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                .map(move |m| (path.clone(), m.clone()))
+        })
+        .collect();
+    let routes: BTreeSet<(String, String)> = ROUTES.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
+    assert_eq!(documented, routes, "the OpenAPI document and the router disagree");
+
+    for (path, method) in &documented {
+        let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+        let builder = match method.as_str() {
+            "get" => http.get(url(&concrete)),
+            "post" => http.post(url(&concrete)).json(&json!({})),
+            other => unreachable!("{other}"),
+        };
+        let (status, body) = answer(builder.bearer_auth(bob).send().await.unwrap()).await;
+        assert_ne!(status, 405, "{method} {path}: {body}");
+        assert!(status != 404 || body["error"] != "no such route", "{method} {path} is documented but not routed");
+        assert!(status < 500, "{method} {path}: {status} {body}");
+    }
+}
+
+#[test]
+fn policy_check_and_policy_tests() {
+    let check = airlock_command().args(["policy", "check", "--config"]).arg(quickstart_config()).output().unwrap();
+    assert_exit(&check, 0);
+    assert!(stdout(&check).starts_with("ok: 3 policies, 1 resources, version "), "{}", stdout(&check));
+
+    let test = airlock_command().args(["policy", "test", "--config"]).arg(quickstart_config()).output().unwrap();
+    assert_exit(&test, 0);
+    assert!(stdout(&test).contains("7 passed, 0 failed"), "{}", stdout(&test));
+    assert!(!stdout(&test).contains("FAILED"), "{}", stdout(&test));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = copy_quickstart(dir.path());
+    let cases = dir.path().join("policy-tests/demo-db.toml");
+    let text = fs::read_to_string(&cases).unwrap();
+    fs::write(&cases, text.replacen("expect = \"deny\"", "expect = \"allow\"", 1)).unwrap();
+    let flipped = airlock_command().args(["policy", "test", "--config"]).arg(&config).output().unwrap();
+    assert_exit(&flipped, 1);
+    assert!(stdout(&flipped).contains("FAILED demo-db.toml: people outside eng may not ask"), "{}", stdout(&flipped));
+    assert!(stdout(&flipped).contains("6 passed, 1 failed"), "{}", stdout(&flipped));
+    assert!(stderr(&flipped).contains("1 policy test(s) failed"), "{}", stderr(&flipped));
+
+    fs::write(dir.path().join("policies/broken.cedar"), "permit (principal, action, resource\n").unwrap();
+    let broken = airlock_command().args(["policy", "check", "--config"]).arg(&config).output().unwrap();
+    assert_exit(&broken, 1);
+    assert!(stderr(&broken).contains("broken.cedar"), "{}", stderr(&broken));
+
+    let missing =
+        airlock_command().args(["policy", "check", "--config"]).arg(dir.path().join("nope.toml")).output().unwrap();
+    assert_exit(&missing, 2);
+}
