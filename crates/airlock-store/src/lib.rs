@@ -10,6 +10,7 @@ mod tx;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::audit::ChainRecord;
@@ -17,6 +18,7 @@ use airlock_core::ids::UserName;
 use airlock_core::lifecycle::{AccessRequest, Grant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use time::OffsetDateTime;
+use tokio::sync::Mutex;
 
 pub use rows::User;
 pub use tx::Tx;
@@ -57,6 +59,9 @@ pub struct GrantFilter {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Writers of this process queue here rather than in SQLite's busy handler, which backs off
+    /// by sleeping (milliseconds each) and so turns contention into latency.
+    writer: Arc<Mutex<()>>,
 }
 
 impl Store {
@@ -73,12 +78,13 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer: Arc::new(Mutex::new(())) })
     }
 
     /// Begins a use case's transaction, taking the write lock at once.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(Tx::new(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+        let turn = self.writer.clone().lock_owned().await;
+        Ok(Tx::new(self.pool.begin_with("BEGIN IMMEDIATE").await?, turn))
     }
 
     pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError> {

@@ -5,6 +5,7 @@ use airlock_core::ids::{GroupName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant};
 use sqlx::{Sqlite, Transaction};
 use time::OffsetDateTime;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::rows::{self, User, ms, to_body};
 use crate::{BROKER_CHAIN, StoreError};
@@ -13,11 +14,13 @@ use crate::{BROKER_CHAIN, StoreError};
 pub struct Tx {
     inner: Transaction<'static, Sqlite>,
     head: Option<ChainHead>,
+    /// This process's write turn, held until the transaction ends.
+    _turn: OwnedMutexGuard<()>,
 }
 
 impl Tx {
-    pub(crate) fn new(inner: Transaction<'static, Sqlite>) -> Self {
-        Self { inner, head: None }
+    pub(crate) fn new(inner: Transaction<'static, Sqlite>, turn: OwnedMutexGuard<()>) -> Self {
+        Self { inner, head: None, _turn: turn }
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
