@@ -16,7 +16,10 @@ use airlock_core::catalog::Catalog;
 use airlock_core::ids::{GroupName, RoleName, UserName};
 use airlock_core::policy::{Action, Facts, PolicyEngine, PolicySource, Principal};
 use airlock_core::values::GrantDuration;
-use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, PolicySet, Request, RestrictedExpression};
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression,
+};
 
 const WILDCARDS: usize = 5;
 
@@ -81,8 +84,8 @@ fn measure(iterations: usize, mut decide: impl FnMut(usize) -> bool) -> (f64, f6
     (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99), allowed)
 }
 
-fn uid(kind: &str, id: &str) -> EntityUid {
-    EntityUid::from_str(&format!("{kind}::\"{id}\"")).expect("a valid uid")
+fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
 }
 
 fn main() {
@@ -118,19 +121,22 @@ fn main() {
         // The same question put to Cedar with every policy, entities and context built the same way.
         let whole = PolicySet::from_str(&text).expect("the generated policies parse");
         let authorizer = Authorizer::new();
+        let [user_type, group_type, resource_type, action_type] =
+            ["User", "Group", "Resource", "Action"].map(|t| EntityTypeName::from_str(t).expect("a type name"));
+        let request_action = uid(&action_type, "request");
         let mut rng = Lcg(42);
         let baseline_iterations = if count >= 10_000 { 200 } else { 2_000 };
         let (base_p50, _, _) = measure(baseline_iterations, |_| {
             let r = rng.next(resources_list.len());
-            let groups: HashSet<EntityUid> = [uid("Group", "eng0"), uid("Group", "sre1")].into();
+            let groups: HashSet<EntityUid> = [uid(&group_type, "eng0"), uid(&group_type, "sre1")].into();
             let user = Entity::new(
-                uid("User", "alice"),
+                uid(&user_type, "alice"),
                 HashMap::from([("service".into(), RestrictedExpression::new_bool(false))]),
                 groups.clone(),
             )
             .unwrap();
             let resource = Entity::new(
-                uid("Resource", &format!("db-{r}")),
+                uid(&resource_type, &format!("db-{r}")),
                 HashMap::from([
                     ("kind".into(), RestrictedExpression::new_string("postgres".into())),
                     ("environment".into(), RestrictedExpression::new_string("prod".into())),
@@ -145,7 +151,7 @@ fn main() {
                 ("duration_seconds".into(), RestrictedExpression::new_long(900)),
             ])
             .unwrap();
-            let request = Request::new(user.uid(), uid("Action", "request"), resource.uid(), context, None).unwrap();
+            let request = Request::new(user.uid(), request_action.clone(), resource.uid(), context, None).unwrap();
             let group_entities = groups.into_iter().map(|g| Entity::new_no_attrs(g, HashSet::new()));
             let entities = Entities::from_entities(group_entities.chain([user, resource]), None).unwrap();
             authorizer.is_authorized(&request, &whole, &entities).decision() == cedar_policy::Decision::Allow

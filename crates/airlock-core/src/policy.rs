@@ -124,6 +124,10 @@ pub struct PolicyEngine {
     by_resource: HashMap<String, [PolicySet; 4]>,
     any_resource: [PolicySet; 4],
     resources: HashMap<String, Entity>,
+    /// Parsed once: parsing a type name runs Cedar's parser, which costs more than a decision.
+    user_type: EntityTypeName,
+    group_type: EntityTypeName,
+    actions: [EntityUid; 4],
     authorizer: Authorizer,
     policy_count: usize,
 }
@@ -152,11 +156,12 @@ fn schema() -> Schema {
     Schema::from_cedarschema_str(SCHEMA).expect("the built-in schema parses").0
 }
 
+fn type_name(kind: &str) -> EntityTypeName {
+    EntityTypeName::from_str(kind).expect("a built-in entity type parses")
+}
+
 fn uid(kind: &str, id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(
-        EntityTypeName::from_str(kind).expect("a built-in entity type parses"),
-        EntityId::new(id),
-    )
+    EntityUid::from_type_name_and_id(type_name(kind), EntityId::new(id))
 }
 
 /// Parses every source, names each policy by its `@id` annotation (or `file#n`), and refuses
@@ -262,7 +267,16 @@ impl PolicyEngine {
             by_resource.insert(resource, sets);
         }
         let resources = catalog.resources().map(|r| (r.name.as_str().to_owned(), resource_entity(r))).collect();
-        Ok(Self { by_resource, any_resource, resources, authorizer: Authorizer::new(), policy_count: policies.len() })
+        Ok(Self {
+            by_resource,
+            any_resource,
+            resources,
+            user_type: type_name("User"),
+            group_type: type_name("Group"),
+            actions: Action::ALL.map(|a| uid("Action", a.as_str())),
+            authorizer: Authorizer::new(),
+            policy_count: policies.len(),
+        })
     }
 
     pub fn policy_count(&self) -> usize {
@@ -292,16 +306,20 @@ impl PolicyEngine {
         facts: &Facts<'_>,
         policies: &PolicySet,
     ) -> Result<Decision, String> {
-        let groups: HashSet<EntityUid> = principal.groups.iter().map(|g| uid("Group", g.as_str())).collect();
+        let groups: HashSet<EntityUid> = principal
+            .groups
+            .iter()
+            .map(|g| EntityUid::from_type_name_and_id(self.group_type.clone(), EntityId::new(g.as_str())))
+            .collect();
         let user = Entity::new(
-            uid("User", principal.name.as_str()),
+            EntityUid::from_type_name_and_id(self.user_type.clone(), EntityId::new(principal.name.as_str())),
             HashMap::from([("service".to_owned(), RestrictedExpression::new_bool(principal.service))]),
             groups.clone(),
         )
         .map_err(|e| e.to_string())?;
         let request = Request::new(
             user.uid(),
-            uid("Action", action.as_str()),
+            self.actions[action.index()].clone(),
             resource.uid(),
             context(facts).map_err(|e| e.to_string())?,
             None,
