@@ -56,8 +56,6 @@ pub enum BrokerError {
     Cancel(#[from] CancelError),
     #[error(transparent)]
     NotActive(#[from] NotActive),
-    #[error("only the holder, a reviewer of role `{role}` on `{resource}` or an auditor may revoke this grant")]
-    RevokeForbidden { resource: ResourceName, role: RoleName },
     #[error("only members of the auditor groups may read the audit chain")]
     AuditForbidden,
     #[error(transparent)]
@@ -78,7 +76,6 @@ impl BrokerError {
             }
             BrokerError::Review(ReviewError::OwnRequest | ReviewError::NotAllowed { .. })
             | BrokerError::Cancel(CancelError::NotRequester)
-            | BrokerError::RevokeForbidden { .. }
             | BrokerError::AuditForbidden => ErrorKind::Forbidden,
             BrokerError::Review(_)
             | BrokerError::Cancel(_)
@@ -399,8 +396,8 @@ impl Broker {
         Ok(request)
     }
 
-    /// Ends a grant at once. The holder may give it up; reviewers of its role and auditors may
-    /// take it away.
+    /// Ends a grant at once. Whoever may see its request may end it: the holder gives it up,
+    /// reviewers of its role and auditors take it away.
     pub async fn revoke(&self, caller: &Caller, grant_id: &str, reason: Reason) -> Result<Grant, BrokerError> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
@@ -411,10 +408,6 @@ impl Broker {
             .ok_or_else(|| BrokerError::GrantNotFound(grant_id.to_owned()))?;
         if !self.may_see(caller, &request, now) {
             return Err(BrokerError::GrantNotFound(grant_id.to_owned()));
-        }
-        let is_holder = grant.holder == caller.principal.name;
-        if !(is_holder || self.is_auditor(caller) || self.decide(Action::Approve, caller, &request, now).allowed) {
-            return Err(BrokerError::RevokeForbidden { resource: grant.resource.clone(), role: grant.role.clone() });
         }
         // A grant whose time is up is expired, not revoked, even if the sweep has not run yet.
         if let Some(event) = grant.expire(now) {
@@ -473,12 +466,14 @@ impl Broker {
         };
         let mut visible = Vec::new();
         for grant in self.store.grants(&filter).await? {
+            // The holder and auditors see it without reading its request; others as `may_see` says.
             let seen = grant.holder == caller.principal.name
                 || self.is_auditor(caller)
-                || match self.store.request(&grant.request_id.to_string()).await? {
-                    Some(request) => self.decide(Action::Approve, caller, &request, now).allowed,
-                    None => false,
-                };
+                || self
+                    .store
+                    .request(&grant.request_id.to_string())
+                    .await?
+                    .is_some_and(|r| self.may_see(caller, &r, now));
             if seen {
                 visible.push(grant);
             }

@@ -528,10 +528,7 @@ async fn only_holders_reviewers_and_auditors_revoke_and_nothing_extends() {
     let id = grant.id.to_string();
 
     let error = app.broker.revoke(&erin(), &id, reason("not mine")).await.unwrap_err();
-    assert!(
-        matches!(error, BrokerError::GrantNotFound(_) | BrokerError::RevokeForbidden { .. }),
-        "a bystander cannot revoke: {error:?}"
-    );
+    assert!(matches!(error, BrokerError::GrantNotFound(_)), "a bystander cannot revoke: {error:?}");
     assert_err!(app.broker.revoke(&mallory(), &id, reason("why not")).await, BrokerError::GrantNotFound(_));
     assert_eq!(app.stored_grant(&id).await.state, GrantState::Active);
 
