@@ -5,16 +5,24 @@
 //! decision asks Cedar only about its own bucket. Policies whose scope does not name one resource
 //! (`resource`, `resource in …`, `resource is …`) are in every bucket of their actions, so the
 //! slicing never changes an answer.
+//!
+//! Building Cedar's inputs costs as much as evaluating a bucket, so the pieces that repeat are
+//! kept in bounded caches keyed by their whole content (never by a name alone, so a changed
+//! group membership can never meet a stale entry): the entities of a (principal, resource) pair,
+//! and the `ip(…)` expression of a source address (Cedar parses the function's name each time
+//! it builds one).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
     PolicySet, Request, ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
 };
+use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -83,7 +91,7 @@ impl FromStr for Action {
 }
 
 /// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     pub name: UserName,
     pub groups: Vec<GroupName>,
@@ -127,10 +135,16 @@ pub struct PolicyEngine {
     /// Parsed once: parsing a type name runs Cedar's parser, which costs more than a decision.
     user_type: EntityTypeName,
     group_type: EntityTypeName,
+    resource_type: EntityTypeName,
     actions: [EntityUid; 4],
     authorizer: Authorizer,
     policy_count: usize,
+    entities: Cache<(Principal, String), Arc<Entities>>,
+    source_ips: Cache<IpAddr, RestrictedExpression>,
 }
+
+/// How many (principal, resource) entity sets and source addresses the engine keeps prepared.
+const PREPARED_ENTRIES: usize = 16_384;
 
 impl fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -273,9 +287,12 @@ impl PolicyEngine {
             resources,
             user_type: type_name("User"),
             group_type: type_name("Group"),
+            resource_type: type_name("Resource"),
             actions: Action::ALL.map(|a| uid("Action", a.as_str())),
             authorizer: Authorizer::new(),
             policy_count: policies.len(),
+            entities: Cache::new(PREPARED_ENTRIES),
+            source_ips: Cache::new(PREPARED_ENTRIES),
         })
     }
 
@@ -288,11 +305,7 @@ impl PolicyEngine {
     pub fn decide(&self, action: Action, principal: &Principal, resource: &Resource, facts: &Facts<'_>) -> Decision {
         let name = resource.name.as_str();
         let policies = &self.by_resource.get(name).unwrap_or(&self.any_resource)[action.index()];
-        let resource_entity = match self.resources.get(name) {
-            Some(entity) => entity.clone(),
-            None => resource_entity(resource),
-        };
-        match self.evaluate(action, principal, resource_entity, facts, policies) {
+        match self.evaluate(action, principal, resource, facts, policies) {
             Ok(decision) => decision,
             Err(error) => Decision { allowed: false, policies: Vec::new(), errors: vec![error] },
         }
@@ -302,10 +315,39 @@ impl PolicyEngine {
         &self,
         action: Action,
         principal: &Principal,
-        resource: Entity,
+        resource: &Resource,
         facts: &Facts<'_>,
         policies: &PolicySet,
     ) -> Result<Decision, String> {
+        let entities = self.entities_for(principal, resource)?;
+        let request = Request::new(
+            EntityUid::from_type_name_and_id(self.user_type.clone(), EntityId::new(principal.name.as_str())),
+            self.actions[action.index()].clone(),
+            EntityUid::from_type_name_and_id(self.resource_type.clone(), EntityId::new(resource.name.as_str())),
+            self.context(facts).map_err(|e| e.to_string())?,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let response = self.authorizer.is_authorized(&request, policies, &entities);
+        let deciding: BTreeSet<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+        Ok(Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow,
+            policies: deciding.into_iter().collect(),
+            errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
+        })
+    }
+
+    /// The principal, its groups and the resource as Cedar entities. A resource the catalog
+    /// does not know is built afresh and never cached, since only its name would key it.
+    fn entities_for(&self, principal: &Principal, resource: &Resource) -> Result<Arc<Entities>, String> {
+        let Some(resource_entity) = self.resources.get(resource.name.as_str()) else {
+            return self.build_entities(principal, resource_entity(resource));
+        };
+        let key = (principal.clone(), resource.name.as_str().to_owned());
+        self.entities.get_or_insert_with(&key, || self.build_entities(principal, resource_entity.clone()))
+    }
+
+    fn build_entities(&self, principal: &Principal, resource: Entity) -> Result<Arc<Entities>, String> {
         let groups: HashSet<EntityUid> = principal
             .groups
             .iter()
@@ -317,42 +359,32 @@ impl PolicyEngine {
             groups.clone(),
         )
         .map_err(|e| e.to_string())?;
-        let request = Request::new(
-            user.uid(),
-            self.actions[action.index()].clone(),
-            resource.uid(),
-            context(facts).map_err(|e| e.to_string())?,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
         let group_entities = groups.into_iter().map(|g| Entity::new_no_attrs(g, HashSet::new()));
         let entities =
             Entities::from_entities(group_entities.chain([user, resource]), None).map_err(|e| e.to_string())?;
-        let response = self.authorizer.is_authorized(&request, policies, &entities);
-        let deciding: BTreeSet<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
-        Ok(Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
-            policies: deciding.into_iter().collect(),
-            errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
-        })
+        Ok(Arc::new(entities))
+    }
+
+    fn context(&self, facts: &Facts<'_>) -> Result<Context, cedar_policy::ContextCreationError> {
+        let weekday = facts.now.weekday().to_string().to_lowercase();
+        let source_ip = self.source_ips.get_or_insert_with(&facts.source_ip, || {
+            Ok::<_, std::convert::Infallible>(RestrictedExpression::new_ip(facts.source_ip.to_string()))
+        });
+        let Ok(source_ip) = source_ip;
+        Context::from_pairs([
+            ("role".to_owned(), RestrictedExpression::new_string(facts.role.to_string())),
+            ("duration_seconds".to_owned(), RestrictedExpression::new_long(facts.duration.as_secs() as i64)),
+            ("reason".to_owned(), RestrictedExpression::new_string(facts.reason.to_owned())),
+            ("requester".to_owned(), RestrictedExpression::new_string(facts.requester.to_string())),
+            ("hour".to_owned(), RestrictedExpression::new_long(i64::from(facts.now.hour()))),
+            ("weekday".to_owned(), RestrictedExpression::new_string(weekday)),
+            ("source_ip".to_owned(), source_ip),
+        ])
     }
 }
 
 fn add(set: &mut PolicySet, policy: &Policy) {
     set.add(policy.clone()).expect("policy ids were checked to be unique");
-}
-
-fn context(facts: &Facts<'_>) -> Result<Context, cedar_policy::ContextCreationError> {
-    let weekday = facts.now.weekday().to_string().to_lowercase();
-    Context::from_pairs([
-        ("role".to_owned(), RestrictedExpression::new_string(facts.role.to_string())),
-        ("duration_seconds".to_owned(), RestrictedExpression::new_long(facts.duration.as_secs() as i64)),
-        ("reason".to_owned(), RestrictedExpression::new_string(facts.reason.to_owned())),
-        ("requester".to_owned(), RestrictedExpression::new_string(facts.requester.to_string())),
-        ("hour".to_owned(), RestrictedExpression::new_long(i64::from(facts.now.hour()))),
-        ("weekday".to_owned(), RestrictedExpression::new_string(weekday)),
-        ("source_ip".to_owned(), RestrictedExpression::new_ip(facts.source_ip.to_string())),
-    ])
 }
 
 #[cfg(test)]
@@ -422,6 +454,16 @@ mod tests {
         assert!(!d.allowed);
         let d = ask(&engine, Action::AutoApprove, "alice", &["eng", "sre"], "db");
         assert!(!d.allowed);
+    }
+
+    #[test]
+    fn prepared_entities_follow_group_membership() {
+        let engine = engine(r#"permit(principal in Group::"eng", action == Action::"request", resource);"#).unwrap();
+        assert!(ask(&engine, Action::Request, "alice", &["eng"], "db").allowed);
+        // Same name, same resource, groups changed since: the prepared entities must not answer.
+        assert!(!ask(&engine, Action::Request, "alice", &[], "db").allowed);
+        assert!(!ask(&engine, Action::Request, "alice", &["ops"], "db").allowed);
+        assert!(ask(&engine, Action::Request, "alice", &["eng"], "db").allowed);
     }
 
     #[test]

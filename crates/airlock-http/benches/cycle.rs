@@ -1,12 +1,20 @@
-//! The broker's request → approve → grant cycle over HTTP, with 1 and 50 concurrent clients,
-//! beside a bare authenticated HTTP round trip (`GET /v1/whoami`) measured in the same run.
+//! The broker's request → approve → grant cycle over HTTP, beside a bare authenticated HTTP
+//! round trip (`GET /v1/whoami`) measured in the same run.
+//!
+//! Two kinds of load. Closed loop: each client starts its next cycle when the last one ends, so
+//! 50 clients find the broker's saturation rate (and, by Little's law, latency = 50 / rate
+//! there). Paced: 50 clients each start cycles on a fixed schedule whose total is a share of
+//! that saturation rate; latency is measured from the scheduled start, so a client that falls
+//! behind counts its wait (no coordinated omission).
 //!
 //! Run: `cargo bench -p airlock-http --bench cycle`
 //!
 //! Each cycle is two calls: alice opens a `read` request on `demo-db` (one approval needed),
 //! bob approves it, which starts the grant. Both calls commit a SQLite transaction (WAL,
-//! synchronous=NORMAL) with their audit records.
+//! synchronous=NORMAL) with their audit records. The client and the broker share the machine's
+//! cores.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +27,9 @@ use airlock_broker::secrets::load_or_create_key;
 use airlock_http::AppState;
 use airlock_http::api::{CreateRequest, RequestView};
 use airlock_store::Store;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Stats {
     count: usize,
@@ -38,10 +49,11 @@ fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
     }
 }
 
-async fn run<F, Fut>(clients: usize, per_client: usize, operation: F) -> Stats
+/// Closed loop: each of `clients` runs `per_client` operations back to back.
+async fn closed_loop<F, Fut>(clients: usize, per_client: usize, operation: F) -> Stats
 where
     F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: Future<Output = ()> + Send,
 {
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
@@ -64,6 +76,53 @@ where
         all.extend(task.await.expect("a client task"));
     }
     stats(all, start.elapsed())
+}
+
+/// Paced: `clients` together offer `rate` operations per second for `duration`, each client on
+/// its own fixed schedule (phases spread evenly); a cycle held up by the one before it counts
+/// from its scheduled start.
+async fn paced<F, Fut>(clients: usize, rate: f64, duration: Duration, operation: F) -> Stats
+where
+    F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let interval = Duration::from_secs_f64(clients as f64 / rate);
+    let per_client = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let operation = operation.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let phase = interval.mul_f64(client as f64 / clients as f64);
+                let mut latencies = Vec::with_capacity(per_client as usize);
+                let mut previous_done = start;
+                for n in 0..per_client {
+                    let scheduled = start + phase + interval * n;
+                    tokio::time::sleep_until(scheduled.into()).await;
+                    // Late because the last cycle overran: the wait counts. Late by the timer's
+                    // millisecond granularity: it does not, it is the client's.
+                    let from = if previous_done > scheduled { scheduled } else { Instant::now() };
+                    operation(http.clone()).await;
+                    previous_done = Instant::now();
+                    latencies.push(previous_done - from);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a client task"));
+    }
+    stats(all, start.elapsed())
+}
+
+fn row(name: &str, clients: usize, offered: &str, stats: &Stats) {
+    println!(
+        "| {name} | {clients} | {offered} | {} | {:.0} | {:.2} | {:.2} |",
+        stats.count, stats.per_second, stats.p50_ms, stats.p99_ms
+    );
 }
 
 #[tokio::main]
@@ -130,28 +189,30 @@ async fn main() {
     };
 
     // Warm up connections and the SQLite cache.
-    run(4, 50, cycle.clone()).await;
+    closed_loop(4, 50, cycle.clone()).await;
 
-    println!("| workload | clients | operations | per second | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let mut results = Vec::new();
-    for (name, clients, per_client) in
-        [("whoami round trip", 50, 200), ("request→approve→grant", 1, 500), ("request→approve→grant", 50, 60)]
-    {
-        let stats = if name.starts_with("whoami") {
-            run(clients, per_client, round_trip.clone()).await
-        } else {
-            run(clients, per_client, cycle.clone()).await
-        };
-        println!(
-            "| {name} | {clients} | {} | {:.0} | {:.2} | {:.2} |",
-            stats.count, stats.per_second, stats.p50_ms, stats.p99_ms
+    println!("| workload | clients | offered per second | operations | done per second | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let whoami = closed_loop(50, 200, round_trip).await;
+    row("whoami round trip, closed loop", 50, "-", &whoami);
+    let single = closed_loop(1, 500, cycle.clone()).await;
+    row("request→approve→grant, closed loop", 1, "-", &single);
+    let saturated = closed_loop(50, 60, cycle.clone()).await;
+    row("request→approve→grant, closed loop", 50, "-", &saturated);
+    for share in [0.1, 0.25, 0.5] {
+        let rate = saturated.per_second * share;
+        let stats = paced(50, rate, Duration::from_secs(5), cycle.clone()).await;
+        row(
+            &format!("request→approve→grant, paced at {:.0}% of saturation", share * 100.0),
+            50,
+            &format!("{rate:.0}"),
+            &stats,
         );
-        results.push(stats);
     }
     println!(
-        "\ncycles per second, 50 clients / 1 client: {:.2}×; 50-client cycle rate vs whoami rate: {:.3}",
-        results[2].per_second / results[1].per_second,
-        results[2].per_second / results[0].per_second
+        "\nsaturation: {:.0} cycles/s with 50 clients, {:.2}× one client's rate; a cycle costs {:.1} whoami round trips",
+        saturated.per_second,
+        saturated.per_second / single.per_second,
+        whoami.per_second / saturated.per_second
     );
 }

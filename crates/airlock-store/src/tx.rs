@@ -3,7 +3,7 @@
 use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, chain};
 use airlock_core::ids::{GroupName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant};
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::OwnedMutexGuard;
 
@@ -178,30 +178,37 @@ impl Tx {
                 row.map_or_else(ChainHead::genesis, |(seq, hash)| ChainHead { seq, hash })
             }
         };
+        let mut records = Vec::with_capacity(events.len());
         for event in events {
             let record = chain(&head, BROKER_CHAIN, event);
-            insert_record(&mut self.inner, &record).await?;
-            head = ChainHead { seq: record.seq, hash: record.hash };
+            head = ChainHead { seq: record.seq, hash: record.hash.clone() };
+            records.push(record);
+        }
+        for batch in records.chunks(RECORDS_PER_INSERT) {
+            insert_records(&mut self.inner, batch).await?;
         }
         self.head = Some(head);
         Ok(())
     }
 }
 
-async fn insert_record(tx: &mut Transaction<'static, Sqlite>, record: &ChainRecord) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_events (chain_id, seq, prev_hash, hash, at_ms, kind, actor, details)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&record.chain_id)
-    .bind(record.seq)
-    .bind(&record.prev_hash)
-    .bind(&record.hash)
-    .bind(record.at_ms)
-    .bind(&record.kind)
-    .bind(&record.actor)
-    .bind(&record.details)
-    .execute(&mut **tx)
-    .await?;
+/// Rows per `INSERT`: each statement is a round trip to SQLite's thread, and 8 bound values a
+/// row stays far below SQLite's limit of 32,766 variables.
+const RECORDS_PER_INSERT: usize = 512;
+
+async fn insert_records(tx: &mut Transaction<'static, Sqlite>, records: &[ChainRecord]) -> Result<(), StoreError> {
+    let mut insert =
+        QueryBuilder::new("INSERT INTO audit_events (chain_id, seq, prev_hash, hash, at_ms, kind, actor, details) ");
+    insert.push_values(records, |mut row, record| {
+        row.push_bind(&record.chain_id)
+            .push_bind(record.seq)
+            .push_bind(&record.prev_hash)
+            .push_bind(&record.hash)
+            .push_bind(record.at_ms)
+            .push_bind(&record.kind)
+            .push_bind(&record.actor)
+            .push_bind(&record.details);
+    });
+    insert.build().execute(&mut **tx).await?;
     Ok(())
 }

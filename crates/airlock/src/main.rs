@@ -18,6 +18,11 @@ mod output;
 mod remote;
 mod serve;
 
+/// mimalloc rather than the system allocator: Cedar's evaluator allocates many small values per
+/// decision, and with glibc's allocator decisions were ~20% slower (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;
