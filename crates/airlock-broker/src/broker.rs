@@ -446,8 +446,13 @@ impl Broker {
             requester: mine.then(|| caller.principal.name.clone()),
             limit: limit.clamp(1, 1000),
         };
-        let requests = self.store.requests(&filter).await?;
-        Ok(requests.into_iter().filter(|r| self.may_see(caller, r, now)).collect())
+        let filter = &filter;
+        first_visible(
+            filter.limit,
+            |after| async move { self.store.requests(filter, after.as_ref()).await },
+            |page| async move { Ok(page.into_iter().filter(|r| self.may_see(caller, r, now)).collect()) },
+        )
+        .await
     }
 
     /// Grants the caller may see, newest first.
@@ -464,8 +469,29 @@ impl Broker {
             holder: mine.then(|| caller.principal.name.clone()),
             limit: limit.clamp(1, 1000),
         };
+        let filter = &filter;
+        first_visible(
+            filter.limit,
+            |after| async move { self.store.grants(filter, after.as_ref()).await },
+            |page| self.visible_grants(caller, active_only, page, now),
+        )
+        .await
+    }
+
+    /// The grants of `page` that `caller` may see (and, with `active_only`, that are still live).
+    async fn visible_grants(
+        &self,
+        caller: &Caller,
+        active_only: bool,
+        page: Vec<Grant>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Grant>, BrokerError> {
         let mut visible = Vec::new();
-        for grant in self.store.grants(&filter).await? {
+        for grant in page {
+            // An active grant past its end is over even before the scheduler's sweep records it.
+            if active_only && !grant.is_live(now) {
+                continue;
+            }
             // The holder and auditors see it without reading its request; others as `may_see` says.
             let seen = grant.holder == caller.principal.name
                 || self.is_auditor(caller)
@@ -584,5 +610,37 @@ impl Broker {
         tx.append(&events).await?;
         tx.commit().await?;
         Ok(done)
+    }
+}
+
+/// How many rows a listing reads at most while looking for rows its caller may see.
+const LIST_SCAN_LIMIT: usize = 10_000;
+
+/// Pages through rows (newest first, `limit` at a time) until `limit` of them pass `visible`, the
+/// rows run out, or [`LIST_SCAN_LIMIT`] rows were read, so a caller who may see only some rows
+/// still gets up to `limit` of them.
+async fn first_visible<T: Clone, Page, Visible>(
+    limit: u32,
+    mut page_after: impl FnMut(Option<T>) -> Page,
+    mut visible: impl FnMut(Vec<T>) -> Visible,
+) -> Result<Vec<T>, BrokerError>
+where
+    Page: Future<Output = Result<Vec<T>, StoreError>>,
+    Visible: Future<Output = Result<Vec<T>, BrokerError>>,
+{
+    let wanted = limit as usize;
+    let mut shown = Vec::new();
+    let mut last: Option<T> = None;
+    let mut scanned = 0;
+    loop {
+        let page = page_after(last.take()).await?;
+        let exhausted = page.len() < wanted;
+        scanned += page.len();
+        last = page.last().cloned();
+        shown.extend(visible(page).await?);
+        if shown.len() >= wanted || exhausted || scanned >= LIST_SCAN_LIMIT {
+            shown.truncate(wanted);
+            return Ok(shown);
+        }
     }
 }

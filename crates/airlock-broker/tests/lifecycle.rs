@@ -111,12 +111,12 @@ impl TestBroker {
 
     async fn all_requests(&self) -> Vec<AccessRequest> {
         let filter = RequestFilter { pending_only: false, requester: None, limit: 1000 };
-        self.broker.store().requests(&filter).await.unwrap()
+        self.broker.store().requests(&filter, None).await.unwrap()
     }
 
     async fn all_grants(&self) -> Vec<Grant> {
         let filter = GrantFilter { active_only: false, holder: None, limit: 1000 };
-        self.broker.store().grants(&filter).await.unwrap()
+        self.broker.store().grants(&filter, None).await.unwrap()
     }
 
     async fn audit(&self) -> Vec<ChainRecord> {
@@ -713,4 +713,30 @@ async fn requests_are_seen_by_their_requester_reviewers_and_auditors() {
     app.broker.cancel(&alice(), &id).await.unwrap();
     assert!(list(alice(), true, true).await.is_empty());
     assert_eq!(list(alice(), false, true).await, [write_id.as_str()]);
+}
+
+#[tokio::test]
+async fn a_listing_pages_past_rows_its_caller_may_not_see() {
+    let app = spawn_broker().await;
+    let own = app.pending(&alice(), "read", "15m").await;
+    for _ in 0..5 {
+        app.clock.advance(Duration::milliseconds(10));
+        app.pending(&erin(), "read", "15m").await;
+    }
+    // The five newest rows are erin's; alice still gets her own request within a limit of 1.
+    let listed = app.broker.requests(&alice(), false, false, 1).await.unwrap();
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [own.id]);
+    assert_eq!(app.broker.requests(&bob(), false, false, 3).await.unwrap().len(), 3);
+    assert_eq!(app.broker.requests(&bob(), false, false, 100).await.unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn an_active_listing_leaves_out_a_grant_past_its_end_before_the_sweep() {
+    let app = spawn_broker().await;
+    let (_, grant) = granted(app.ask(&dana(), "read", "10m").await);
+    let active = app.broker.grants(&dana(), true, true, 10).await.unwrap();
+    assert_eq!(active.iter().map(|g| g.id).collect::<Vec<_>>(), [grant.id]);
+    app.clock.advance(minutes(10));
+    assert!(app.broker.grants(&dana(), true, true, 10).await.unwrap().is_empty());
+    assert_eq!(app.broker.grants(&dana(), false, true, 10).await.unwrap().len(), 1);
 }

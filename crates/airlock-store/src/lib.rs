@@ -144,31 +144,41 @@ impl Store {
         row.map(|r| rows::body(&r)).transpose()
     }
 
-    /// Requests, newest first.
-    pub async fn requests(&self, filter: &RequestFilter) -> Result<Vec<AccessRequest>, StoreError> {
+    /// Requests, newest first; with `after`, those that come after it in that order.
+    pub async fn requests(
+        &self,
+        filter: &RequestFilter,
+        after: Option<&AccessRequest>,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, body FROM requests
              WHERE (?1 = 0 OR state = 'pending') AND (?2 IS NULL OR requester = ?2)
+               AND (?4 IS NULL OR (created_ms, id) < (?4, ?5))
              ORDER BY created_ms DESC, id DESC LIMIT ?3",
         )
         .bind(filter.pending_only)
         .bind(filter.requester.as_ref().map(|u| u.as_str()))
         .bind(filter.limit)
+        .bind(after.map(|r| rows::ms(r.created_at)))
+        .bind(after.map(|r| r.id.to_string()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::body).collect()
     }
 
-    /// Grants, newest first.
-    pub async fn grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
+    /// Grants, newest first; with `after`, those that come after it in that order.
+    pub async fn grants(&self, filter: &GrantFilter, after: Option<&Grant>) -> Result<Vec<Grant>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, body FROM grants
              WHERE (?1 = 0 OR state = 'active') AND (?2 IS NULL OR holder = ?2)
+               AND (?4 IS NULL OR (starts_ms, id) < (?4, ?5))
              ORDER BY starts_ms DESC, id DESC LIMIT ?3",
         )
         .bind(filter.active_only)
         .bind(filter.holder.as_ref().map(|u| u.as_str()))
         .bind(filter.limit)
+        .bind(after.map(|g| rows::ms(g.starts_at)))
+        .bind(after.map(|g| g.id.to_string()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::body).collect()
