@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, EventKind, verify};
+use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, EventKind, SYSTEM_ACTOR, verify};
 use airlock_core::catalog::{Resource, Role};
 use airlock_core::ids::{GrantId, GroupName, RequestId, ResourceName, RoleName, UserName};
 use airlock_core::lifecycle::{AccessRequest, CancelError, Grant, NewRequest, NotActive, OpenError, ReviewError};
@@ -13,7 +13,7 @@ use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::{BROKER_CHAIN, GrantFilter, RequestFilter, Store, StoreError, Tx};
 use serde_json::json;
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::bundle::PolicyBundle;
@@ -139,6 +139,8 @@ pub struct Broker {
     settings: Arc<Settings>,
     /// Woken whenever a new deadline appears, so the scheduler can sleep until the next one.
     deadlines: Arc<Notify>,
+    /// Bumped whenever a grant starts or ends in this process, so connectors act at once.
+    grant_changes: Arc<watch::Sender<u64>>,
 }
 
 fn new_id() -> Uuid {
@@ -153,7 +155,33 @@ impl Broker {
             clock,
             settings: Arc::new(settings),
             deadlines: Arc::new(Notify::new()),
+            grant_changes: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Changes whenever a grant starts or ends through this broker. (A grant ended by another
+    /// process, such as `airlock admin user disable`, is seen at a subscriber's next periodic pass.)
+    pub fn watch_grants(&self) -> watch::Receiver<u64> {
+        self.grant_changes.subscribe()
+    }
+
+    fn grants_changed(&self) {
+        self.grant_changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Every grant live at the clock's `now`, whatever its holder: for target connectors.
+    pub async fn live_grants(&self) -> Result<Vec<Grant>, BrokerError> {
+        let now = self.clock.now();
+        Ok(self.store.active_grants().await?.into_iter().filter(|g| g.is_live(now)).collect())
+    }
+
+    /// Records what a target connector did (or failed to do) in the audit chain.
+    pub async fn record_target_event(&self, kind: EventKind, details: serde_json::Value) -> Result<(), BrokerError> {
+        let event = AuditEvent { kind, actor: SYSTEM_ACTOR.to_owned(), at: self.clock.now(), details };
+        let mut tx = self.store.begin().await?;
+        tx.append(&[event]).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -276,6 +304,9 @@ impl Broker {
         tx.append(&outcome.events).await?;
         tx.commit().await?;
         self.deadlines.notify_one();
+        if outcome.grant.is_some() {
+            self.grants_changed();
+        }
         Ok((request, outcome.grant))
     }
 
@@ -366,6 +397,9 @@ impl Broker {
         tx.append(&outcome.events).await?;
         tx.commit().await?;
         self.deadlines.notify_one();
+        if outcome.grant.is_some() {
+            self.grants_changed();
+        }
         Ok((request, outcome.grant))
     }
 
@@ -414,12 +448,14 @@ impl Broker {
             tx.update_grant(&grant).await?;
             tx.append(&[event]).await?;
             tx.commit().await?;
+            self.grants_changed();
             return Err(NotActive(grant.state).into());
         }
         let event = grant.revoke(caller.principal.name.as_str(), reason.as_str(), now)?;
         tx.update_grant(&grant).await?;
         tx.append(&[event]).await?;
         tx.commit().await?;
+        self.grants_changed();
         Ok(grant)
     }
 
@@ -554,6 +590,9 @@ impl Broker {
         }
         tx.append(&events).await?;
         tx.commit().await?;
+        if swept.grants_expired > 0 {
+            self.grants_changed();
+        }
         Ok(swept)
     }
 
@@ -609,6 +648,7 @@ impl Broker {
         }
         tx.append(&events).await?;
         tx.commit().await?;
+        self.grants_changed();
         Ok(done)
     }
 }

@@ -61,8 +61,9 @@ fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<(String, Stri
 impl PolicyBundle {
     pub fn load(section: &PolicySection) -> Result<Self, BundleError> {
         let catalog_text = read(&section.catalog)?;
-        let catalog = Catalog::parse(&catalog_text)
+        let mut catalog = Catalog::parse(&catalog_text)
             .map_err(|source| BundleError::Catalog { path: section.catalog.display().to_string(), source })?;
+        catalog.rebase_files(section.catalog.parent().unwrap_or(Path::new(".")));
         let files = files_with_extension(&section.policies, "cedar")?;
         if files.is_empty() {
             return Err(BundleError::NoPolicies(section.policies.display().to_string()));

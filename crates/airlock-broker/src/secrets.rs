@@ -1,4 +1,5 @@
-//! Secrets the broker makes: API tokens and its signing key.
+//! Secrets the broker makes: API tokens, its signing key, and other 32-byte secrets kept in the
+//! data directory (file mode 0600).
 //!
 //! An API token is 32 random bytes, shown once; only its SHA-256 is stored. A slow password hash
 //! (argon2) would add nothing here: the token has 256 bits of entropy, so it cannot be guessed
@@ -19,9 +20,9 @@ const TOKEN_PREFIX: &str = "airlock_";
 pub enum SecretError {
     #[error("the system's random source failed: {0}")]
     Random(String),
-    #[error("signing key `{path}`: {source}")]
+    #[error("secret file `{path}`: {source}")]
     KeyFile { path: String, source: std::io::Error },
-    #[error("signing key `{path}` is not a 32-byte hex key")]
+    #[error("secret file `{path}` does not hold a 32-byte hex secret")]
     KeyFormat { path: String },
 }
 
@@ -53,25 +54,29 @@ impl BrokerKey {
     }
 }
 
-/// Reads the signing key in `data_dir`, generating it (file mode 0600) at first start.
-pub fn load_or_create_key(data_dir: &Path) -> Result<BrokerKey, SecretError> {
-    let path = data_dir.join("signing.key");
+/// Reads the 32-byte secret at `path`, generating it (file mode 0600) when missing.
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], SecretError> {
     let display = path.display().to_string();
     let io = |source| SecretError::KeyFile { path: display.clone(), source };
-    let seed = match std::fs::read_to_string(&path) {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             let bytes = hex::decode(text.trim()).map_err(|_| SecretError::KeyFormat { path: display.clone() })?;
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| SecretError::KeyFormat { path: display.clone() })?
+            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| SecretError::KeyFormat { path: display.clone() })
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let seed = random_bytes()?;
-            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
             file.write_all(hex::encode(seed).as_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
-            seed
+            Ok(seed)
         }
-        Err(error) => return Err(io(error)),
-    };
+        Err(error) => Err(io(error)),
+    }
+}
+
+/// Reads the signing key in `data_dir`, generating it (file mode 0600) at first start.
+pub fn load_or_create_key(data_dir: &Path) -> Result<BrokerKey, SecretError> {
+    let seed = load_or_create_secret(&data_dir.join("signing.key"))?;
     let signing = SigningKey::from_bytes(&seed);
     let key_id = hex::encode(&Sha256::digest(signing.verifying_key().to_bytes())[..8]);
     Ok(BrokerKey { signing, key_id })

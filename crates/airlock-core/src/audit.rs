@@ -40,6 +40,15 @@ pub enum EventKind {
     GrantExpired,
     #[serde(rename = "grant.revoked")]
     GrantRevoked,
+    /// A target's per-grant login role was created.
+    #[serde(rename = "target.role_created")]
+    TargetRoleCreated,
+    /// A target's per-grant login role was dropped and its sessions ended.
+    #[serde(rename = "target.role_dropped")]
+    TargetRoleDropped,
+    /// The connector could not bring a target in line with the live grants.
+    #[serde(rename = "target.failed")]
+    TargetFailed,
 }
 
 impl EventKind {
@@ -57,6 +66,9 @@ impl EventKind {
             EventKind::GrantStarted => "grant.started",
             EventKind::GrantExpired => "grant.expired",
             EventKind::GrantRevoked => "grant.revoked",
+            EventKind::TargetRoleCreated => "target.role_created",
+            EventKind::TargetRoleDropped => "target.role_dropped",
+            EventKind::TargetFailed => "target.failed",
         }
     }
 }

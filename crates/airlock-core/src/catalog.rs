@@ -1,7 +1,13 @@
 //! The catalog: which resources exist, which roles each offers, how long a role may be held and
 //! how many distinct approvals it needs. Policies decide *whether*; the catalog decides *what*.
+//!
+//! A `postgres` resource may also say where its database is (`[resource.postgres]`) and which
+//! existing database roles each Airlock role maps to (`database_roles`): a grant's login role is
+//! made a member of exactly those. Secrets are never inline: the connector's password is named
+//! by an environment variable or a file.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -23,6 +29,30 @@ pub enum CatalogError {
     MaxDuration { resource: String, role: String, source: DurationError },
     #[error("resource `{resource}`, role `{role}`: approvals must be between 1 and 10, not {approvals}")]
     Approvals { resource: String, role: String, approvals: u32 },
+    #[error("resource `{resource}`: a [resource.postgres] section needs kind = \"postgres\", not `{kind}`")]
+    PostgresKind { resource: String, kind: String },
+    #[error("resource `{resource}`: {message}")]
+    Postgres { resource: String, message: String },
+    #[error("resource `{resource}`, role `{role}`: database role `{database_role}`: {message}")]
+    DatabaseRole { resource: String, role: String, database_role: String, message: String },
+}
+
+/// Where a secret comes from; its value is never written in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// Where a `postgres` resource's database is, and how the connector logs in to manage roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTarget {
+    /// `host:port`; none means a throwaway local cluster that `airlock serve` starts.
+    pub address: Option<String>,
+    pub database: String,
+    /// The connector's login: needs CREATEROLE and membership (with ADMIN OPTION) in the
+    /// database roles it hands out. None only without an address.
+    pub admin: Option<(String, SecretSource)>,
 }
 
 /// The default ceiling of a role that names none.
@@ -34,6 +64,8 @@ pub struct Role {
     pub name: RoleName,
     pub max_duration: GrantDuration,
     pub approvals: u32,
+    /// For `postgres` resources: the database roles a grant's login role is made a member of.
+    pub database_roles: Vec<String>,
 }
 
 /// One resource of the catalog.
@@ -45,6 +77,7 @@ pub struct Resource {
     pub tags: Vec<String>,
     pub sensitive: bool,
     pub roles: BTreeMap<RoleName, Role>,
+    pub postgres: Option<PostgresTarget>,
 }
 
 /// All resources, by name.
@@ -72,6 +105,17 @@ struct ResourceEntry {
     sensitive: bool,
     #[serde(default)]
     roles: BTreeMap<String, RoleEntry>,
+    postgres: Option<PostgresEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresEntry {
+    address: Option<String>,
+    database: String,
+    admin_user: Option<String>,
+    admin_password_env: Option<String>,
+    admin_password_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +124,8 @@ struct RoleEntry {
     max_duration: Option<String>,
     #[serde(default = "one")]
     approvals: u32,
+    #[serde(default)]
+    database_roles: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -106,6 +152,60 @@ impl Catalog {
 
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
         self.resources.values()
+    }
+
+    /// Makes relative secret file paths relative to `dir` (the catalog file's directory).
+    pub fn rebase_files(&mut self, dir: &Path) {
+        for resource in self.resources.values_mut() {
+            if let Some(PostgresTarget { admin: Some((_, SecretSource::File(path))), .. }) = &mut resource.postgres
+                && path.is_relative()
+            {
+                *path = dir.join(&*path);
+            }
+        }
+    }
+}
+
+/// PostgreSQL's limit on identifier length, in bytes.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+fn check_database_role(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_IDENTIFIER_BYTES {
+        return Err("must be 1 to 63 bytes");
+    }
+    if name.starts_with("airlock_") {
+        return Err("names starting with `airlock_` are the connector's own per-grant roles");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(())
+}
+
+impl PostgresEntry {
+    fn into_target(self, resource: &str) -> Result<PostgresTarget, CatalogError> {
+        let error =
+            |message: &str| CatalogError::Postgres { resource: resource.to_owned(), message: message.to_owned() };
+        let secret = match (self.admin_password_env, self.admin_password_file) {
+            (Some(var), None) => Some(SecretSource::Env(var)),
+            (None, Some(path)) => Some(SecretSource::File(path)),
+            (None, None) => None,
+            (Some(_), Some(_)) => return Err(error("give admin_password_env or admin_password_file, not both")),
+        };
+        let admin = match (self.admin_user, secret) {
+            (Some(user), Some(secret)) => Some((user, secret)),
+            (None, None) => None,
+            _ => return Err(error("admin_user and its password (admin_password_env or _file) go together")),
+        };
+        if self.address.is_some() && admin.is_none() {
+            return Err(error("with an address, the connector needs admin_user and admin_password_env or _file"));
+        }
+        if let Some(address) = &self.address
+            && address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(error(&format!("address `{address}` is not host:port")));
+        }
+        Ok(PostgresTarget { address: self.address, database: self.database, admin })
     }
 }
 
@@ -134,8 +234,22 @@ impl ResourceEntry {
             if !(1..=10).contains(&entry.approvals) {
                 return Err(CatalogError::Approvals { resource: resource.clone(), role, approvals: entry.approvals });
             }
-            roles.insert(name.clone(), Role { name, max_duration, approvals: entry.approvals });
+            for database_role in &entry.database_roles {
+                check_database_role(database_role).map_err(|message| CatalogError::DatabaseRole {
+                    resource: resource.clone(),
+                    role: role.clone(),
+                    database_role: database_role.clone(),
+                    message: message.to_owned(),
+                })?;
+            }
+            let database_roles = entry.database_roles;
+            roles.insert(name.clone(), Role { name, max_duration, approvals: entry.approvals, database_roles });
         }
+        let postgres = match self.postgres {
+            Some(_) if self.kind != "postgres" => return Err(CatalogError::PostgresKind { resource, kind: self.kind }),
+            Some(entry) => Some(entry.into_target(&resource)?),
+            None => None,
+        };
         Ok(Resource {
             name: self.name,
             kind: self.kind,
@@ -143,6 +257,7 @@ impl ResourceEntry {
             tags: self.tags,
             sensitive: self.sensitive,
             roles,
+            postgres,
         })
     }
 }
@@ -194,5 +309,55 @@ mod tests {
             &format!("{head}[resource.roles.read]\n{head}[resource.roles.read]\n"),
             "resource `db` is defined twice",
         );
+        check_error(
+            &format!("{head}[resource.roles.read]\ndatabase_roles = [\"airlock_x\"]\n"),
+            "resource `db`, role `read`: database role `airlock_x`: names starting with `airlock_` are the connector's own per-grant roles",
+        );
+        let roles = "[resource.roles.read]\n";
+        check_error(
+            &format!("{head}{roles}[resource.postgres]\ndatabase = \"app\"\naddress = \"db:5432\"\n"),
+            "resource `db`: with an address, the connector needs admin_user and admin_password_env or _file",
+        );
+        check_error(
+            &format!(
+                "{head}{roles}[resource.postgres]\ndatabase = \"app\"\naddress = \"db\"\nadmin_user = \"a\"\nadmin_password_env = \"P\"\n"
+            ),
+            "resource `db`: address `db` is not host:port",
+        );
+        // A password written inline is refused outright.
+        let inline = format!("{head}{roles}[resource.postgres]\ndatabase = \"app\"\nadmin_password = \"hunter2\"\n");
+        assert!(Catalog::parse(&inline).unwrap_err().to_string().contains("unknown field `admin_password`"));
+        let web = "[[resource]]\nname = \"web\"\nkind = \"ssh\"\nenvironment = \"prod\"\n";
+        check_error(
+            &format!("{web}{roles}[resource.postgres]\ndatabase = \"app\"\n"),
+            "resource `web`: a [resource.postgres] section needs kind = \"postgres\", not `ssh`",
+        );
+    }
+
+    #[test]
+    fn postgres_targets_name_their_secrets() {
+        let mut catalog = Catalog::parse(
+            r#"
+            [[resource]]
+            name = "orders"
+            kind = "postgres"
+            environment = "prod"
+            [resource.postgres]
+            address = "10.0.0.5:5432"
+            database = "orders"
+            admin_user = "airlock_connector"
+            admin_password_file = "secrets/orders.password"
+            [resource.roles.read]
+            database_roles = ["pg_read_all_data"]
+            "#,
+        )
+        .unwrap();
+        catalog.rebase_files(Path::new("/etc/airlock"));
+        let orders = catalog.resource(&"orders".parse().unwrap()).unwrap();
+        let target = orders.postgres.as_ref().unwrap();
+        assert_eq!(target.address.as_deref(), Some("10.0.0.5:5432"));
+        let secret = SecretSource::File("/etc/airlock/secrets/orders.password".into());
+        assert_eq!(target.admin, Some(("airlock_connector".to_owned(), secret)));
+        assert_eq!(orders.roles[&"read".parse().unwrap()].database_roles, ["pg_read_all_data"]);
     }
 }

@@ -445,7 +445,12 @@ mod tests {
     }
 
     fn role(approvals: u32) -> Role {
-        Role { name: "write".parse().unwrap(), max_duration: GrantDuration::parse("30m").unwrap(), approvals }
+        Role {
+            name: "write".parse().unwrap(),
+            max_duration: GrantDuration::parse("30m").unwrap(),
+            approvals,
+            database_roles: Vec::new(),
+        }
     }
 
     fn gid(n: u128) -> GrantId {

@@ -184,6 +184,12 @@ impl Store {
         rows.iter().map(rows::body).collect()
     }
 
+    /// Every grant in state `active` (some may be past their end until the next sweep).
+    pub async fn active_grants(&self) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query("SELECT id, body FROM grants WHERE state = 'active'").fetch_all(&self.pool).await?;
+        rows.iter().map(rows::body).collect()
+    }
+
     /// The earliest time something is due: a pending request's expiry or an active grant's end.
     pub async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let ms: Option<i64> = sqlx::query_scalar(

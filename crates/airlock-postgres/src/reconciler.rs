@@ -1,0 +1,216 @@
+//! The reconciler: converges every PostgreSQL target on the set of live grants.
+//!
+//! Level-triggered, not event-driven: each pass reads the live grants from the broker and the
+//! per-grant roles from each target, creates the roles that are missing and drops the ones no
+//! live grant explains. So a crash, a restart, a lost notification or a grant ended by another
+//! process (`airlock admin user disable`) all converge the same way: at the next pass. Passes
+//! run at start, whenever a grant starts or ends in this process, and every [`Reconciler::every`].
+//! Each role created or dropped is an audit record; so is a target that could not be reached.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use airlock_broker::{Broker, BrokerError};
+use airlock_core::audit::EventKind;
+use airlock_core::catalog::{Catalog, PostgresTarget, SecretSource};
+use airlock_core::ids::{ResourceName, RoleName};
+use airlock_core::lifecycle::Grant;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use crate::roles::{RoleError, RoleKey, TargetRoles, describe, grant_of_role, role_name};
+
+/// Why a target could not be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("resource `{resource}`: the connector's password: {message}")]
+    Secret { resource: ResourceName, message: String },
+    #[error("resource `{resource}`: cannot connect to {address}: {message}")]
+    Connect { resource: ResourceName, address: String, message: String },
+    #[error("resource `{resource}`: {source}")]
+    Role { resource: ResourceName, source: RoleError },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// One target database and how Airlock roles map onto its roles.
+#[derive(Clone)]
+pub struct Target {
+    pub resource: ResourceName,
+    /// The connector's own login (it needs CREATEROLE and the mapped roles WITH ADMIN OPTION).
+    pub connection: tokio_postgres::Config,
+    pub database_roles: BTreeMap<RoleName, Vec<String>>,
+}
+
+impl Target {
+    /// The catalog's `postgres` resources that name an address, with their secrets read now.
+    pub fn from_catalog(catalog: &Catalog) -> Result<Vec<Target>, ReconcileError> {
+        let mut targets = Vec::new();
+        for resource in catalog.resources() {
+            let Some(PostgresTarget { address: Some(address), database, admin: Some((user, secret)) }) =
+                &resource.postgres
+            else {
+                continue;
+            };
+            let (host, port) = address.rsplit_once(':').expect("the catalog checked host:port");
+            let password = read_secret(secret)
+                .map_err(|message| ReconcileError::Secret { resource: resource.name.clone(), message })?;
+            let mut connection = tokio_postgres::Config::new();
+            connection
+                .host(host)
+                .port(port.parse().expect("the catalog checked the port"))
+                .dbname(database)
+                .user(user)
+                .password(password)
+                .application_name("airlock-connector")
+                .connect_timeout(Duration::from_secs(5));
+            targets.push(Target::new(resource, connection));
+        }
+        Ok(targets)
+    }
+
+    /// A target for `resource` reached with `connection`.
+    pub fn new(resource: &airlock_core::catalog::Resource, connection: tokio_postgres::Config) -> Self {
+        let database_roles = resource.roles.values().map(|r| (r.name.clone(), r.database_roles.clone())).collect();
+        Self { resource: resource.name.clone(), connection, database_roles }
+    }
+
+    fn address(&self) -> String {
+        let host = match self.connection.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "?".to_owned(),
+        };
+        format!("{host}:{}", self.connection.get_ports().first().copied().unwrap_or(5432))
+    }
+}
+
+/// Reads a secret named by the catalog; the error never contains the secret.
+fn read_secret(source: &SecretSource) -> Result<String, String> {
+    match source {
+        SecretSource::Env(var) => std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display())),
+    }
+}
+
+/// What one pass changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub created: usize,
+    pub dropped: usize,
+    pub sessions_ended: i64,
+    /// Targets that could not be reconciled (each is logged and audited).
+    pub failed: usize,
+}
+
+/// Keeps every target's per-grant roles equal to the live grants.
+pub struct Reconciler {
+    broker: Broker,
+    targets: Vec<Target>,
+    key: RoleKey,
+    every: Duration,
+}
+
+impl Reconciler {
+    /// How often a pass runs when nothing wakes it.
+    pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
+
+    pub fn new(broker: Broker, targets: Vec<Target>, key: RoleKey, every: Duration) -> Self {
+        Self { broker, targets, key, every }
+    }
+
+    /// Runs passes until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.broker.watch_grants();
+        loop {
+            changes.mark_unchanged();
+            if let Err(error) = self.pass().await {
+                tracing::warn!(%error, "reconciler pass failed");
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(self.every) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One pass over every target.
+    pub async fn pass(&self) -> Result<Pass, ReconcileError> {
+        let live = self.broker.live_grants().await?;
+        let mut total = Pass::default();
+        for target in &self.targets {
+            match self.reconcile(target, &live).await {
+                Ok(pass) => {
+                    total.created += pass.created;
+                    total.dropped += pass.dropped;
+                    total.sessions_ended += pass.sessions_ended;
+                }
+                Err(error) => {
+                    total.failed += 1;
+                    tracing::warn!(%error, "target not reconciled");
+                    let details = json!({ "resource": target.resource, "error": error.to_string() });
+                    self.broker.record_target_event(EventKind::TargetFailed, details).await?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn reconcile(&self, target: &Target, live: &[Grant]) -> Result<Pass, ReconcileError> {
+        let resource = &target.resource;
+        let (client, connection) =
+            target.connection.connect(NoTls).await.map_err(|source| ReconcileError::Connect {
+                resource: resource.clone(),
+                address: target.address(),
+                message: describe(&source),
+            })?;
+        let connection = tokio::spawn(connection);
+        let roles = TargetRoles::new(&client);
+        let role_error = |source| ReconcileError::Role { resource: resource.clone(), source };
+        let wanted: HashMap<String, &Grant> =
+            live.iter().filter(|g| &g.resource == resource).map(|g| (role_name(&g.id), g)).collect();
+        let existing = roles.existing().await.map_err(role_error)?;
+        let mut pass = Pass::default();
+
+        for name in &existing {
+            if wanted.contains_key(name) || self.belongs_elsewhere(name, resource).await? {
+                continue;
+            }
+            let dropped = roles.drop(name).await.map_err(role_error)?;
+            pass.dropped += 1;
+            pass.sessions_ended += dropped.sessions_ended;
+            let details = json!({
+                "resource": resource, "grant": grant_of_role(name), "database_role": name,
+                "sessions_ended": dropped.sessions_ended,
+            });
+            self.broker.record_target_event(EventKind::TargetRoleDropped, details).await?;
+        }
+        for (name, grant) in &wanted {
+            if existing.contains(name) {
+                continue;
+            }
+            let mapped = target.database_roles.get(&grant.role).map(Vec::as_slice).unwrap_or_default();
+            roles.create(grant, mapped, &self.key.password(&grant.id)).await.map_err(role_error)?;
+            pass.created += 1;
+            let details = json!({
+                "resource": resource, "grant": grant.id, "role": grant.role, "database_role": name,
+                "member_of": mapped, "valid_until": grant.ends_at.unix_timestamp(),
+            });
+            self.broker.record_target_event(EventKind::TargetRoleCreated, details).await?;
+        }
+        drop(client);
+        let _ = connection.await;
+        Ok(pass)
+    }
+
+    /// Whether the role `name` is another resource's grant role on the same database cluster.
+    async fn belongs_elsewhere(&self, name: &str, resource: &ResourceName) -> Result<bool, ReconcileError> {
+        let Some(grant) = grant_of_role(name) else { return Ok(false) };
+        let grant = self.broker.store().grant(&grant.to_string()).await.map_err(BrokerError::from)?;
+        Ok(grant.is_some_and(|g| &g.resource != resource))
+    }
+}

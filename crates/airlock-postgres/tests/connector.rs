@@ -1,0 +1,268 @@
+//! The connector against a real PostgreSQL: a throwaway cluster, a connector login with only
+//! CREATEROLE and the mapped roles WITH ADMIN OPTION (not a superuser), and a broker on the
+//! quickstart policies whose clock starts at the real time (PostgreSQL checks `VALID UNTIL`
+//! against its own clock).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_broker::broker::{RequestInput, Settings};
+use airlock_broker::bundle::PolicyBundle;
+use airlock_broker::clock::{Clock, ManualClock};
+use airlock_broker::config::PolicySection;
+use airlock_broker::{Broker, Caller};
+use airlock_core::ids::GrantId;
+use airlock_core::lifecycle::Grant;
+use airlock_core::policy::Principal;
+use airlock_core::values::{GrantDuration, Reason};
+use airlock_postgres::cluster::LocalCluster;
+use airlock_postgres::reconciler::{Pass, Reconciler, Target};
+use airlock_postgres::roles::{RoleKey, role_name};
+use airlock_store::Store;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tokio_postgres::{Client, NoTls};
+
+const CONNECTOR_PASSWORD: &str = "connector-secret-3f9a";
+
+struct Setup {
+    cluster: LocalCluster,
+    broker: Broker,
+    clock: Arc<ManualClock>,
+    key: RoleKey,
+    targets: Vec<Target>,
+    _dir: TempDir,
+}
+
+/// Superuser SQL giving the connector what the documentation says it needs, and a table.
+const PREPARE: &str = "
+    CREATE ROLE airlock_connector LOGIN CREATEROLE PASSWORD 'connector-secret-3f9a';
+    GRANT pg_read_all_data TO airlock_connector WITH ADMIN OPTION;
+    CREATE ROLE app_writer NOLOGIN;
+    CREATE TABLE orders (id int);
+    INSERT INTO orders VALUES (1), (2), (3);
+    GRANT SELECT, INSERT ON orders TO app_writer;
+    GRANT CREATE ON SCHEMA public TO app_writer;
+    GRANT app_writer TO airlock_connector WITH ADMIN OPTION;
+";
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(&dir.path().join("pg")).await.expect("a throwaway cluster");
+    cluster.connect("postgres").await.unwrap().batch_execute(PREPARE).await.unwrap();
+
+    std::fs::write(dir.path().join("connector.password"), format!("{CONNECTOR_PASSWORD}\n")).unwrap();
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
+    let catalog = format!(
+        r#"
+        [[resource]]
+        name = "demo-db"
+        kind = "postgres"
+        environment = "prod"
+        [resource.postgres]
+        address = "127.0.0.1:{port}"
+        database = "postgres"
+        admin_user = "airlock_connector"
+        admin_password_file = "connector.password"
+        [resource.roles.read]
+        max_duration = "1h"
+        database_roles = ["pg_read_all_data"]
+        [resource.roles.write]
+        max_duration = "30m"
+        approvals = 2
+        database_roles = ["app_writer"]
+        "#,
+        port = cluster.port()
+    );
+    std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
+    let bundle = PolicyBundle::load(&PolicySection {
+        catalog: dir.path().join("catalog.toml"),
+        policies: format!("{quickstart}/policies").into(),
+        tests: format!("{quickstart}/policy-tests").into(),
+    })
+    .unwrap();
+    let targets = Target::from_catalog(&bundle.catalog).unwrap();
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let store = Store::open(&dir.path().join("data")).await.unwrap();
+    let settings =
+        Settings { pending_ttl: GrantDuration::parse("1h").unwrap(), auditors: vec!["sre".parse().unwrap()] };
+    let broker = Broker::new(store, bundle, clock.clone() as Arc<dyn Clock>, settings);
+    Setup { cluster, broker, clock, key: RoleKey::new([42; 32]), targets, _dir: dir }
+}
+
+fn caller(name: &str, groups: &[&str]) -> Caller {
+    Caller {
+        principal: Principal {
+            name: name.parse().unwrap(),
+            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
+            service: false,
+        },
+        source_ip: [127, 0, 0, 1].into(),
+    }
+}
+
+impl Setup {
+    fn reconciler(&self, every: Duration) -> Reconciler {
+        Reconciler::new(self.broker.clone(), self.targets.clone(), self.key.clone(), every)
+    }
+
+    async fn pass(&self) -> Pass {
+        self.reconciler(Reconciler::DEFAULT_EVERY).pass().await.expect("a pass")
+    }
+
+    async fn grant(&self, role: &str, duration: &str) -> Grant {
+        let input = RequestInput {
+            resource: "demo-db".parse().unwrap(),
+            role: role.parse().unwrap(),
+            duration: GrantDuration::parse(duration).unwrap(),
+            reason: Reason::parse("INC-7 investigation").unwrap(),
+        };
+        if role == "read" {
+            let (_, grant) = self.broker.create_request(&caller("dana", &["eng", "oncall"]), input).await.unwrap();
+            return grant.expect("oncall read is approved at once");
+        }
+        let (request, _) = self.broker.create_request(&caller("alice", &["eng"]), input).await.unwrap();
+        let id = request.id.to_string();
+        self.broker.approve(&caller("bob", &["sre"]), &id, None).await.unwrap();
+        let (_, grant) = self.broker.approve(&caller("carol", &["sre"]), &id, None).await.unwrap();
+        grant.expect("two approvals start the grant")
+    }
+
+    async fn login(&self, grant: &GrantId, password: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.cluster.port())
+            .dbname("postgres")
+            .user(&role_name(grant))
+            .password(password)
+            .connect(NoTls)
+            .await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    async fn superuser(&self) -> Client {
+        self.cluster.connect("postgres").await.unwrap()
+    }
+
+    async fn grant_roles(&self) -> Vec<String> {
+        let rows = self.superuser().await.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND rolname <> 'airlock_connector' ORDER BY 1", &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    async fn audit_kinds(&self) -> Vec<String> {
+        let records = self.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+        records.into_iter().map(|r| r.kind).filter(|k| k.starts_with("target.")).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_read_grant_gets_a_role_that_reads_and_loses_it_on_revoke() {
+    let s = setup().await;
+    let grant = s.grant("read", "30m").await;
+    assert_eq!(s.pass().await, Pass { created: 1, ..Pass::default() });
+    assert_eq!(s.grant_roles().await, [role_name(&grant.id)]);
+    // A second pass has nothing to do.
+    assert_eq!(s.pass().await, Pass::default());
+
+    let session = s.login(&grant.id, &s.key.password(&grant.id)).await.expect("the grant's role logs in");
+    let count: i64 = session.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    assert_eq!(count, 3);
+    let refused = session.batch_execute("INSERT INTO orders VALUES (4)").await.unwrap_err();
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
+    assert!(s.login(&grant.id, "guessed").await.is_err(), "a wrong password is refused");
+    let until: Option<String> = s
+        .superuser()
+        .await
+        .query_one("SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1", &[&role_name(&grant.id)])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(until.is_some(), "the role expires with the grant");
+
+    s.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
+    let pass = s.pass().await;
+    let records = s.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+    assert_eq!((pass.dropped, pass.sessions_ended), (1, 1), "{pass:?} {:?}", records.last());
+    assert!(s.grant_roles().await.is_empty());
+    assert!(session.query_one("SELECT 1", &[]).await.is_err(), "the open session was terminated");
+    assert!(s.login(&grant.id, &s.key.password(&grant.id)).await.is_err(), "and no new one starts");
+    assert_eq!(s.audit_kinds().await, ["target.role_created", "target.role_dropped"]);
+}
+
+#[tokio::test]
+async fn an_expired_write_grant_leaves_its_objects_to_the_connector() {
+    let s = setup().await;
+    let grant = s.grant("write", "10m").await;
+    s.pass().await;
+    let session = s.login(&grant.id, &s.key.password(&grant.id)).await.unwrap();
+    session.batch_execute("INSERT INTO orders VALUES (4); CREATE TABLE scratch (x int)").await.unwrap();
+
+    s.clock.advance(time::Duration::minutes(10));
+    assert_eq!(s.broker.sweep().await.unwrap().grants_expired, 1);
+    assert_eq!(s.pass().await.dropped, 1);
+    let owner: String = s
+        .superuser()
+        .await
+        .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'scratch'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "airlock_connector");
+    assert!(s.grant_roles().await.is_empty());
+}
+
+#[tokio::test]
+async fn roles_no_grant_explains_are_dropped() {
+    let s = setup().await;
+    let stray = format!("airlock_{}", uuid::Uuid::new_v4().simple());
+    s.superuser().await.batch_execute(&format!("CREATE ROLE {stray} LOGIN")).await.unwrap();
+    assert_eq!(s.pass().await.dropped, 1);
+    assert!(s.grant_roles().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_running_reconciler_acts_on_a_revoke_without_waiting_for_its_period() {
+    let s = setup().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(s.reconciler(Duration::from_secs(3600)).run(stopped));
+    let grant = s.grant("read", "30m").await;
+    eventually(|| async { s.grant_roles().await == [role_name(&grant.id)] }).await;
+    s.broker
+        .revoke(&caller("dana", &["eng", "oncall"]), &grant.id.to_string(), Reason::parse("done").unwrap())
+        .await
+        .unwrap();
+    eventually(|| async { s.grant_roles().await.is_empty() }).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_target_is_audited_without_its_secret() {
+    let s = setup().await;
+    s.grant("read", "30m").await;
+    let mut targets = s.targets.clone();
+    targets[0].connection.port(1);
+    let pass = Reconciler::new(s.broker.clone(), targets, s.key.clone(), Duration::from_secs(5)).pass().await.unwrap();
+    assert_eq!(pass.failed, 1);
+    let records = s.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+    let failed = records.iter().find(|r| r.kind == "target.failed").expect("the failure is audited");
+    assert!(failed.details.contains("cannot connect"), "{}", failed.details);
+    assert!(records.iter().all(|r| !r.details.contains(CONNECTOR_PASSWORD)));
+}
+
+/// Polls `check` until it holds, for at most 10 seconds.
+async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the condition did not hold within 10 seconds");
+}
