@@ -1,11 +1,14 @@
-//! `airlock serve`: the store, the signing key, the policies, the expiry scheduler and the API.
+//! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the API, and
+//! the PostgreSQL connector when the catalog names PostgreSQL targets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use airlock_broker::scheduler;
-use airlock_broker::secrets::load_or_create_key;
+use airlock_broker::secrets::{load_or_create_key, load_or_create_secret};
 use airlock_http::AppState;
+use airlock_postgres::reconciler::{Reconciler, Target};
+use airlock_postgres::roles::RoleKey;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,7 +28,17 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
     let address = listener.local_addr().context("cannot read the listening address")?;
 
     let (stop, stopped) = watch::channel(false);
-    let scheduler = tokio::spawn(scheduler::run(broker.clone(), stopped));
+    let scheduler = tokio::spawn(scheduler::run(broker.clone(), stopped.clone()));
+    let targets = Target::from_catalog(&broker.policies().catalog).context("cannot set up the PostgreSQL connector")?;
+    let connector = if targets.is_empty() {
+        None
+    } else {
+        let secret =
+            load_or_create_secret(&files.data_dir.join("connector.key")).context("cannot load the connector's key")?;
+        tracing::info!(targets = targets.len(), "PostgreSQL connector started");
+        let reconciler = Reconciler::new(broker.clone(), targets, RoleKey::new(secret), Reconciler::DEFAULT_EVERY);
+        Some(tokio::spawn(reconciler.run(stopped)))
+    };
     tracing::info!(
         policies = broker.policies().engine.policy_count(),
         policy_version = %broker.policies().version,
@@ -38,6 +51,9 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
     airlock_http::serve(listener, state, shutdown_signal()).await.context("the HTTP server failed")?;
     let _ = stop.send(true);
     let _ = scheduler.await;
+    if let Some(connector) = connector {
+        let _ = connector.await;
+    }
     tracing::info!("broker stopped");
     Ok(())
 }

@@ -896,3 +896,49 @@ fn policy_check_and_policy_tests() {
         airlock_command().args(["policy", "check", "--config"]).arg(dir.path().join("nope.toml")).output().unwrap();
     assert_exit(&missing, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = airlock_postgres::cluster::LocalCluster::start(&root.path().join("pg")).await.expect("a cluster");
+    let config = copy_quickstart(&root.path().join("quickstart"));
+    fs::write(root.path().join("quickstart/connector.password"), cluster.superuser_password()).unwrap();
+    let mut catalog = fs::read_to_string(root.path().join("quickstart/catalog.toml")).unwrap();
+    catalog.push_str(&format!(
+        "[resource.postgres]\naddress = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\n\
+         admin_user = \"postgres\"\nadmin_password_file = \"connector.password\"\n",
+        cluster.port()
+    ));
+    fs::write(root.path().join("quickstart/catalog.toml"), catalog).unwrap();
+    let app = spawn_app_with(&config);
+
+    let superuser = cluster.connect("postgres").await.unwrap();
+    let roles = async || -> Vec<String> {
+        let rows = superuser
+            .query("SELECT rolname::text FROM pg_roles WHERE rolname ~ '^airlock_[0-9a-f]{32}$'", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    let request = app.request("dana", "read", "20m");
+    let grant_id = str_of(&request["grant"], "id").to_owned();
+    let role = format!("airlock_{}", grant_id.replace('-', ""));
+    let deadline = Instant::now() + PATIENCE;
+    while roles().await != [role.clone()] {
+        assert!(Instant::now() < deadline, "the grant's role never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let member: bool =
+        superuser.query_one("SELECT pg_has_role($1, 'pg_read_all_data', 'USAGE')", &[&role]).await.unwrap().get(0);
+    assert!(member, "the role has the catalog's database role");
+
+    assert_exit(&app.airlock("dana", &["revoke", &grant_id, "--reason", "done"]), 0);
+    let deadline = Instant::now() + PATIENCE;
+    while !roles().await.is_empty() {
+        assert!(Instant::now() < deadline, "the grant's role outlived its revocation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tail = app.json("bob", &["audit", "tail", "-n", "5"]).to_string();
+    assert!(tail.contains("target.role_created") && tail.contains("target.role_dropped"), "{tail}");
+    assert!(!tail.contains(cluster.superuser_password()), "the connector's password is never audited");
+}
