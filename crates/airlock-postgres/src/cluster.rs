@@ -51,6 +51,8 @@ pub enum ClusterError {
         #[source]
         source: io::Error,
     },
+    #[error("{what} on the local cluster: {message}")]
+    Sql { what: String, message: String },
     #[error("could not connect to database `{database}` of the local cluster")]
     Connect {
         database: String,
@@ -152,6 +154,23 @@ impl LocalCluster {
         Ok(client)
     }
 
+    /// Stops a server still running from an earlier cluster in `dir` (one whose owner was
+    /// killed before it could stop it), so `dir` can be reused. Nothing to stop is not an error.
+    pub async fn stop_leftover(dir: &Path) -> Result<(), ClusterError> {
+        let data_dir = dir.join("data");
+        if !data_dir.join("postmaster.pid").exists() {
+            return Ok(());
+        }
+        let (binaries, run_as) = (Binaries::find()?, RunAs::detect().await?);
+        let command = stop_command(run_as, &binaries.pg_ctl, &data_dir);
+        let output = command_output("pg_ctl stop", command).await?;
+        // pg_ctl says "no server running" (exit 3) when the pid file is stale: that is fine too.
+        match output.status.code() {
+            Some(0 | 3) => Ok(()),
+            _ => Err(command_failed("pg_ctl stop", &output, "")),
+        }
+    }
+
     /// Stops the server at once (`pg_ctl -m immediate`), waiting until it is gone.
     pub async fn stop(mut self) -> Result<(), ClusterError> {
         run("pg_ctl stop", self.stop_command()).await?;
@@ -189,9 +208,7 @@ impl LocalCluster {
     }
 
     fn stop_command(&self) -> std::process::Command {
-        let mut command = self.run_as.command(&self.pg_ctl);
-        command.arg("-D").arg(&self.data_dir).args(["-m", "immediate", "-w", "stop"]);
-        command
+        stop_command(self.run_as, &self.pg_ctl, &self.data_dir)
     }
 }
 
@@ -301,6 +318,12 @@ impl RunAs {
 }
 
 /// Runs `initdb` with the superuser password in a file that only exists meanwhile.
+fn stop_command(run_as: RunAs, pg_ctl: &Path, data_dir: &Path) -> std::process::Command {
+    let mut command = run_as.command(pg_ctl);
+    command.arg("-D").arg(data_dir).args(["-m", "immediate", "-w", "stop"]);
+    command
+}
+
 async fn init(initdb: &Path, run_as: RunAs, dir: &Path, data_dir: &Path, password: &str) -> Result<(), ClusterError> {
     let pwfile = dir.join("superuser-password");
     let mut options = fs::OpenOptions::new();

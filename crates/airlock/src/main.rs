@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`cli`]: the command line, as clap types;
 //! - [`local`]: commands that work on files (the config, policies, the data directory);
-//! - [`serve`]: the broker process: store, scheduler and HTTP API;
+//! - [`serve`]: the broker process: store, scheduler, HTTP API and PostgreSQL connector;
+//! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
 //! - [`output`]: tables and JSON for people and scripts.
 //!
@@ -17,6 +18,7 @@ mod local;
 mod output;
 mod remote;
 mod serve;
+mod throwaway;
 
 /// mimalloc rather than the system allocator: Cedar's evaluator allocates many small values per
 /// decision, and with glibc's allocator decisions were ~20% slower (docs/benchmarks.md).

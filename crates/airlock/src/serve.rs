@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::Outcome;
 use crate::cli::Files;
 use crate::local::open_broker;
+use crate::throwaway;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
@@ -29,7 +30,10 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
 
     let (stop, stopped) = watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(broker.clone(), stopped.clone()));
-    let targets = Target::from_catalog(&broker.policies().catalog).context("cannot set up the PostgreSQL connector")?;
+    let mut targets =
+        Target::from_catalog(&broker.policies().catalog).context("cannot set up the PostgreSQL connector")?;
+    let throwaway = throwaway::start(&broker.policies().catalog, &files.data_dir).await;
+    targets.extend(throwaway.targets.iter().cloned());
     let connector = if targets.is_empty() {
         None
     } else {
@@ -54,6 +58,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
     if let Some(connector) = connector {
         let _ = connector.await;
     }
+    throwaway.stop().await;
     tracing::info!("broker stopped");
     Ok(())
 }

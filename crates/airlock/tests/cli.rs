@@ -91,18 +91,38 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// A child process killed when dropped, so a failing test leaves nothing running.
+/// A broker process: stopped with SIGTERM when dropped (as an operator would stop it, so it
+/// stops its throwaway PostgreSQL too), killed if it has not exited after a while.
 struct KillOnDrop(Child);
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
+impl KillOnDrop {
+    /// SIGKILL: a crash, with no chance to clean up.
+    fn crash(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// A running `airlock serve`.
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Server {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     /// Kept open: the broker may print again, and a closed pipe would make that fail.
     _stdout: BufReader<ChildStdout>,
 }
@@ -115,6 +135,8 @@ struct TestApp {
     config: PathBuf,
     data_dir: PathBuf,
     log: PathBuf,
+    /// Where `serve` said the quickstart's throwaway PostgreSQL listens.
+    throwaway_port: Option<u16>,
     _root: TempDir,
 }
 
@@ -148,8 +170,16 @@ fn spawn_app_with(config: &Path) -> TestApp {
         tokens.insert(*name, printed.trim().to_owned());
     }
     let log = root.path().join("serve.log");
-    let mut app =
-        TestApp { server: None, url: String::new(), tokens, config: config.to_owned(), data_dir, log, _root: root };
+    let mut app = TestApp {
+        server: None,
+        url: String::new(),
+        tokens,
+        config: config.to_owned(),
+        data_dir,
+        log,
+        throwaway_port: None,
+        _root: root,
+    };
     app.start();
     app
 }
@@ -177,13 +207,19 @@ impl TestApp {
         thread::spawn(move || {
             let mut reader = BufReader::new(out);
             let mut line = String::new();
+            let mut throwaway_port = None;
             loop {
                 line.clear();
                 match reader.read_line(&mut line) {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {
+                        if let Some(rest) =
+                            line.strip_prefix("started a throwaway PostgreSQL for `demo-db` on 127.0.0.1:")
+                        {
+                            throwaway_port = rest.split(' ').next().and_then(|port| port.parse::<u16>().ok());
+                        }
                         if let Some(url) = line.trim_end().strip_prefix("airlock broker listening on ") {
-                            let _ = send.send((url.to_owned(), reader));
+                            let _ = send.send((url.to_owned(), reader, throwaway_port));
                             return;
                         }
                     }
@@ -191,10 +227,11 @@ impl TestApp {
             }
         });
         match receive.recv_timeout(PATIENCE) {
-            Ok((url, reader)) => {
+            Ok((url, reader, throwaway_port)) => {
                 assert!(url.starts_with("http://127.0.0.1:"), "unexpected address {url}");
                 self.url = url;
-                self.server = Some(Server { _child: child, _stdout: reader });
+                self.throwaway_port = throwaway_port;
+                self.server = Some(Server { child, _stdout: reader });
             }
             Err(_) => {
                 drop(child);
@@ -206,7 +243,7 @@ impl TestApp {
     /// Kills the broker (SIGKILL: no graceful shutdown).
     fn kill(&mut self) {
         let server = self.server.take().expect("the broker is running");
-        drop(server);
+        server.child.crash();
     }
 
     fn server_log(&self) -> String {
@@ -406,10 +443,14 @@ fn quickstart_flow_request_two_approvals_grant_and_revoke() {
     let tail = app.airlock("bob", &["audit", "tail", "-n", "3"]);
     assert_exit(&tail, 0);
     assert!(stdout(&tail).contains("grant.revoked"), "{}", stdout(&tail));
-    let records = app.json("bob", &["audit", "tail", "-n", "3"]);
-    let kinds: Vec<&str> = records.as_array().unwrap().iter().map(|r| str_of(r, "kind")).collect();
-    assert_eq!(kinds, ["request.approved", "grant.started", "grant.revoked"]);
-    assert_eq!(records[2]["actor"], "alice");
+    // The connector's records about demo-db's throwaway database interleave with the broker's.
+    let records = app.json("bob", &["audit", "tail", "-n", "6"]);
+    let (target, broker): (Vec<&Value>, Vec<&Value>) =
+        records.as_array().unwrap().iter().partition(|r| str_of(r, "kind").starts_with("target."));
+    let kinds: Vec<&str> = broker.iter().map(|r| str_of(r, "kind")).collect();
+    assert_eq!(kinds[kinds.len() - 3..], ["request.approved", "grant.started", "grant.revoked"]);
+    assert_eq!(broker.last().unwrap()["actor"], "alice");
+    assert!(target.iter().all(|r| r["actor"] == "system"), "{records:#}");
 }
 
 /// What a command should exit with and say on standard error.
@@ -903,12 +944,15 @@ async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
     let cluster = airlock_postgres::cluster::LocalCluster::start(&root.path().join("pg")).await.expect("a cluster");
     let config = copy_quickstart(&root.path().join("quickstart"));
     fs::write(root.path().join("quickstart/connector.password"), cluster.superuser_password()).unwrap();
-    let mut catalog = fs::read_to_string(root.path().join("quickstart/catalog.toml")).unwrap();
-    catalog.push_str(&format!(
-        "[resource.postgres]\naddress = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\n\
-         admin_user = \"postgres\"\nadmin_password_file = \"connector.password\"\n",
-        cluster.port()
-    ));
+    let catalog = fs::read_to_string(root.path().join("quickstart/catalog.toml")).unwrap().replace(
+        "[resource.postgres]\ndatabase = \"demo\"\n",
+        &format!(
+            "[resource.postgres]\naddress = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\n\
+             admin_user = \"postgres\"\nadmin_password_file = \"connector.password\"\n",
+            cluster.port()
+        ),
+    );
+    assert!(catalog.contains("admin_user"), "the quickstart's demo-db section was replaced");
     fs::write(root.path().join("quickstart/catalog.toml"), catalog).unwrap();
     let app = spawn_app_with(&config);
 
@@ -941,4 +985,39 @@ async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
     let tail = app.json("bob", &["audit", "tail", "-n", "5"]).to_string();
     assert!(tail.contains("target.role_created") && tail.contains("target.role_dropped"), "{tail}");
     assert!(!tail.contains(cluster.superuser_password()), "the connector's password is never audited");
+}
+
+#[test]
+fn the_quickstart_database_is_real_and_a_grant_reads_it_until_revoked() {
+    let app = spawn_app();
+    let request = app.request("dana", "read", "20m");
+    let grant_id = str_of(&request["grant"], "id").to_owned();
+    let port = app.throwaway_port.expect("serve said it started a throwaway PostgreSQL for demo-db");
+
+    // The grant's role, with the password only the connector's key can derive.
+    let secret: [u8; 32] = hex::decode(fs::read_to_string(app.data_dir.join("connector.key")).unwrap().trim())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let grant: airlock_core::ids::GrantId = grant_id.parse().unwrap();
+    let password = airlock_postgres::roles::RoleKey::new(secret).password(&grant);
+    let url = format!(
+        "host=127.0.0.1 port={port} dbname=demo user={} password={password}",
+        airlock_postgres::roles::role_name(&grant)
+    );
+    let psql = |sql: &str| Command::new("psql").args([url.as_str(), "-XAtc", sql]).output().expect("psql runs");
+    let read = eventually("the grant's role to log in and read", || {
+        let output = psql("SELECT count(*) FROM orders WHERE status = 'stuck'");
+        output.status.success().then(|| stdout(&output))
+    });
+    assert_eq!(read.trim(), "2");
+    let write = psql("UPDATE orders SET status = 'shipped'");
+    assert!(stderr(&write).contains("permission denied"), "{}", stderr(&write));
+
+    assert_exit(&app.airlock("dana", &["revoke", &grant_id, "--reason", "done"]), 0);
+    let refused = eventually("the grant's role to be gone", || {
+        let output = psql("SELECT 1");
+        (!output.status.success()).then(|| stderr(&output))
+    });
+    assert!(refused.contains("password authentication failed"), "{refused}");
 }
