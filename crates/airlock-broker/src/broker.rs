@@ -480,7 +480,7 @@ impl Broker {
         let filter = RequestFilter {
             pending_only,
             requester: mine.then(|| caller.principal.name.clone()),
-            limit: limit.clamp(1, 1000),
+            limit: limit.clamp(1, MAX_LIST_LIMIT),
         };
         let filter = &filter;
         first_visible(
@@ -503,7 +503,7 @@ impl Broker {
         let filter = GrantFilter {
             active_only,
             holder: mine.then(|| caller.principal.name.clone()),
-            limit: limit.clamp(1, 1000),
+            limit: limit.clamp(1, MAX_LIST_LIMIT),
         };
         let filter = &filter;
         first_visible(
@@ -652,6 +652,9 @@ impl Broker {
         Ok(done)
     }
 }
+
+/// The most rows one listing returns.
+const MAX_LIST_LIMIT: u32 = 1000;
 
 /// How many rows a listing reads at most while looking for rows its caller may see.
 const LIST_SCAN_LIMIT: usize = 10_000;

@@ -49,60 +49,40 @@ fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
     }
 }
 
-/// Closed loop: each of `clients` runs `per_client` operations back to back.
-async fn closed_loop<F, Fut>(clients: usize, per_client: usize, operation: F) -> Stats
-where
-    F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let operation = operation.clone();
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                let mut latencies = Vec::with_capacity(per_client);
-                for _ in 0..per_client {
-                    let begun = Instant::now();
-                    operation(http.clone()).await;
-                    latencies.push(begun.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("a client task"));
-    }
-    stats(all, start.elapsed())
+/// How each client starts its operations.
+#[derive(Clone, Copy)]
+enum Pacing {
+    /// The next as soon as the last one ends.
+    ClosedLoop,
+    /// One every interval, on a fixed schedule; the clients' phases are spread evenly.
+    Every(Duration),
 }
 
-/// Paced: `clients` together offer `rate` operations per second for `duration`, each client on
-/// its own fixed schedule (phases spread evenly); a cycle held up by the one before it counts
-/// from its scheduled start.
-async fn paced<F, Fut>(clients: usize, rate: f64, duration: Duration, operation: F) -> Stats
+/// Runs `per_client` operations on each of `clients` concurrent clients. Paced, an operation
+/// held up by the one before it counts from its scheduled start; one late only by the timer's
+/// millisecond granularity does not (that lateness is the client's, not the broker's).
+async fn run<F, Fut>(clients: usize, per_client: u32, pacing: Pacing, operation: F) -> Stats
 where
     F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let interval = Duration::from_secs_f64(clients as f64 / rate);
-    let per_client = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|client| {
             let operation = operation.clone();
             tokio::spawn(async move {
                 let http = reqwest::Client::new();
-                let phase = interval.mul_f64(client as f64 / clients as f64);
                 let mut latencies = Vec::with_capacity(per_client as usize);
                 let mut previous_done = start;
                 for n in 0..per_client {
-                    let scheduled = start + phase + interval * n;
-                    tokio::time::sleep_until(scheduled.into()).await;
-                    // Late because the last cycle overran: the wait counts. Late by the timer's
-                    // millisecond granularity: it does not, it is the client's.
-                    let from = if previous_done > scheduled { scheduled } else { Instant::now() };
+                    let from = match pacing {
+                        Pacing::ClosedLoop => Instant::now(),
+                        Pacing::Every(interval) => {
+                            let scheduled = start + interval.mul_f64(client as f64 / clients as f64) + interval * n;
+                            tokio::time::sleep_until(scheduled.into()).await;
+                            if previous_done > scheduled { scheduled } else { Instant::now() }
+                        }
+                    };
                     operation(http.clone()).await;
                     previous_done = Instant::now();
                     latencies.push(previous_done - from);
@@ -116,6 +96,17 @@ where
         all.extend(task.await.expect("a client task"));
     }
     stats(all, start.elapsed())
+}
+
+/// `clients` together offering `rate` operations per second for `duration`.
+async fn paced<F, Fut>(clients: usize, rate: f64, duration: Duration, operation: F) -> Stats
+where
+    F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let interval = Duration::from_secs_f64(clients as f64 / rate);
+    let per_client = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
+    run(clients, per_client, Pacing::Every(interval), operation).await
 }
 
 fn row(name: &str, clients: usize, offered: &str, stats: &Stats) {
@@ -189,15 +180,15 @@ async fn main() {
     };
 
     // Warm up connections and the SQLite cache.
-    closed_loop(4, 50, cycle.clone()).await;
+    run(4, 50, Pacing::ClosedLoop, cycle.clone()).await;
 
     println!("| workload | clients | offered per second | operations | done per second | p50 ms | p99 ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let whoami = closed_loop(50, 200, round_trip).await;
+    let whoami = run(50, 200, Pacing::ClosedLoop, round_trip).await;
     row("whoami round trip, closed loop", 50, "-", &whoami);
-    let single = closed_loop(1, 500, cycle.clone()).await;
+    let single = run(1, 500, Pacing::ClosedLoop, cycle.clone()).await;
     row("request→approve→grant, closed loop", 1, "-", &single);
-    let saturated = closed_loop(50, 60, cycle.clone()).await;
+    let saturated = run(50, 60, Pacing::ClosedLoop, cycle.clone()).await;
     row("request→approve→grant, closed loop", 50, "-", &saturated);
     for share in [0.1, 0.25, 0.5] {
         let rate = saturated.per_second * share;

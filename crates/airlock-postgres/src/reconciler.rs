@@ -6,6 +6,8 @@
 //! process (`airlock admin user disable`) all converge the same way: at the next pass. Passes
 //! run at start, whenever a grant starts or ends in this process, and every [`Reconciler::every`].
 //! Each role created or dropped is an audit record; so is a target that could not be reached.
+//! Each pass opens its own connection, so a restarted or failed-over database needs nothing
+//! special.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -56,16 +58,8 @@ impl Target {
             let (host, port) = address.rsplit_once(':').expect("the catalog checked host:port");
             let password = read_secret(secret)
                 .map_err(|message| ReconcileError::Secret { resource: resource.name.clone(), message })?;
-            let mut connection = tokio_postgres::Config::new();
-            connection
-                .host(host)
-                .port(port.parse().expect("the catalog checked the port"))
-                .dbname(database)
-                .user(user)
-                .password(password)
-                .application_name("airlock-connector")
-                .connect_timeout(Duration::from_secs(5));
-            targets.push(Target::new(resource, connection));
+            let port = port.parse().expect("the catalog checked the port");
+            targets.push(Target::new(resource, connection(host, port, database, user, &password)));
         }
         Ok(targets)
     }
@@ -84,6 +78,20 @@ impl Target {
         };
         format!("{host}:{}", self.connection.get_ports().first().copied().unwrap_or(5432))
     }
+}
+
+/// How the connector logs in to a target.
+pub fn connection(host: &str, port: u16, database: &str, user: &str, password: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .dbname(database)
+        .user(user)
+        .password(password)
+        .application_name("airlock-connector")
+        .connect_timeout(Duration::from_secs(5));
+    config
 }
 
 /// Reads a secret named by the catalog; the error never contains the secret.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use airlock_core::catalog::{Catalog, PostgresTarget};
 use airlock_postgres::cluster::{ClusterError, LocalCluster};
-use airlock_postgres::reconciler::Target;
+use airlock_postgres::reconciler::{Target, connection};
 use airlock_postgres::roles::describe;
 use postgres_protocol::escape::escape_identifier;
 
@@ -44,15 +44,14 @@ pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
                     cluster.port(),
                     dir.display()
                 );
-                let mut connection = tokio_postgres::Config::new();
-                connection
-                    .host(cluster.host())
-                    .port(cluster.port())
-                    .dbname(database)
-                    .user(cluster.superuser())
-                    .password(cluster.superuser_password())
-                    .application_name("airlock-connector");
-                started.targets.push(Target::new(resource, connection));
+                let login = connection(
+                    cluster.host(),
+                    cluster.port(),
+                    database,
+                    cluster.superuser(),
+                    cluster.superuser_password(),
+                );
+                started.targets.push(Target::new(resource, login));
                 started.clusters.push(cluster);
             }
             Err(error) => eprintln!(
