@@ -59,6 +59,8 @@ pub enum BrokerError {
     #[error("only members of the auditor groups may read the audit chain")]
     AuditForbidden,
     #[error(transparent)]
+    Credential(#[from] airlock_core::credential::IssueError),
+    #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,6 +83,8 @@ impl BrokerError {
             | BrokerError::Cancel(_)
             | BrokerError::NotActive(_)
             | BrokerError::UserExists(_) => ErrorKind::Conflict,
+            BrokerError::Credential(airlock_core::credential::IssueError::GrantNotLive { .. }) => ErrorKind::Conflict,
+            BrokerError::Credential(_) => ErrorKind::Internal,
             BrokerError::Secret(_) | BrokerError::Store(_) => ErrorKind::Internal,
         }
     }
@@ -175,11 +179,23 @@ impl Broker {
         Ok(self.store.active_grants().await?.into_iter().filter(|g| g.is_live(now)).collect())
     }
 
+    /// The grant `id` if it is live at the clock's `now`, whatever its holder: for gateways.
+    pub async fn live_grant(&self, id: &GrantId) -> Result<Option<Grant>, BrokerError> {
+        let now = self.clock.now();
+        Ok(self.store.grant(&id.to_string()).await?.filter(|g| g.is_live(now)))
+    }
+
     /// Records what a target connector did (or failed to do) in the audit chain.
     pub async fn record_target_event(&self, kind: EventKind, details: serde_json::Value) -> Result<(), BrokerError> {
         let event = AuditEvent { kind, actor: SYSTEM_ACTOR.to_owned(), at: self.clock.now(), details };
+        self.record(&[event]).await
+    }
+
+    /// Appends events that a gateway or connector observed (sessions, statements) to the audit
+    /// chain, in order, in one transaction.
+    pub async fn record(&self, events: &[AuditEvent]) -> Result<(), BrokerError> {
         let mut tx = self.store.begin().await?;
-        tx.append(&[event]).await?;
+        tx.append(events).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -10,6 +10,14 @@
 //! catalog = "catalog.toml"    # resources and roles
 //! policies = "policies"       # a directory of *.cedar files
 //! tests = "policy-tests"      # a directory of *.toml policy test cases
+//!
+//! [gateway]                   # present: `airlock serve` also runs the PostgreSQL gateway
+//! listen = "127.0.0.1:6470"
+//! tls_cert = "cert.pem"       # both or neither; neither: a self-signed pair in the data directory
+//! tls_key = "key.pem"
+//! require_tls = true          # refuse clients without TLS
+//! idle_timeout = "15m"        # close sessions idle this long
+//! redact_literals = false     # record statements with literals replaced by $n
 //! ```
 
 use std::net::SocketAddr;
@@ -26,6 +34,8 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config `{path}`: {source}")]
     Syntax { path: String, source: toml::de::Error },
+    #[error("config `{path}`: {message}")]
+    Invalid { path: String, message: &'static str },
 }
 
 /// The whole file.
@@ -36,6 +46,48 @@ pub struct Config {
     pub broker: BrokerSection,
     #[serde(default)]
     pub policy: PolicySection,
+    pub gateway: Option<GatewaySection>,
+}
+
+/// The PostgreSQL gateway's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    #[serde(default = "default_gateway_listen")]
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub require_tls: bool,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: GrantDuration,
+    #[serde(default)]
+    pub redact_literals: bool,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: default_gateway_listen(),
+            tls_cert: None,
+            tls_key: None,
+            require_tls: true,
+            idle_timeout: default_idle_timeout(),
+            redact_literals: false,
+        }
+    }
+}
+
+fn default_gateway_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6470))
+}
+
+fn default_idle_timeout() -> GrantDuration {
+    GrantDuration::from_secs(15 * 60).expect("15 minutes is a valid duration")
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +151,15 @@ impl Config {
         for file in [&mut config.policy.catalog, &mut config.policy.policies, &mut config.policy.tests] {
             *file = base.join(&*file);
         }
+        if let Some(gateway) = &mut config.gateway {
+            for file in [&mut gateway.tls_cert, &mut gateway.tls_key].into_iter().flatten() {
+                *file = base.join(&*file);
+            }
+            if gateway.tls_cert.is_some() != gateway.tls_key.is_some() {
+                let message = "[gateway] needs both tls_cert and tls_key, or neither";
+                return Err(ConfigError::Invalid { path: path.display().to_string(), message });
+            }
+        }
         Ok(config)
     }
 }
@@ -117,6 +178,12 @@ mod tests {
         assert_eq!(config.policy.catalog, dir.path().join("catalog.toml"));
         std::fs::write(&path, "[broker]\nlisten = \"nowhere\"\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("invalid socket address"));
+        std::fs::write(&path, "[gateway]\nidle_timeout = \"5m\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
+        let gateway = Config::load(&path).unwrap().gateway.unwrap();
+        assert_eq!((gateway.listen.port(), gateway.idle_timeout.as_secs()), (6470, 300));
+        assert_eq!(gateway.tls_cert, Some(dir.path().join("c.pem")));
+        std::fs::write(&path, "[gateway]\ntls_cert = \"c.pem\"\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().to_string().contains("both tls_cert and tls_key"));
         std::fs::write(&path, "[brokr]\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("unknown field `brokr`"));
     }

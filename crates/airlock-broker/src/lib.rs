@@ -7,12 +7,14 @@
 //! - [`clock`]: where time comes from (the system, or a hand-moved clock in tests);
 //! - [`secrets`]: API tokens (shown once, stored hashed) and the broker's signing key;
 //! - [`broker`]: the use cases, each one transaction with its audit events;
+//! - [`credentials`]: gateway credentials for a holder's live grant;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
 
 pub mod broker;
 pub mod bundle;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod scheduler;
 pub mod secrets;
 

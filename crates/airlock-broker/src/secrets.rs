@@ -78,7 +78,7 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], SecretError> {
 pub fn load_or_create_key(data_dir: &Path) -> Result<BrokerKey, SecretError> {
     let seed = load_or_create_secret(&data_dir.join("signing.key"))?;
     let signing = SigningKey::from_bytes(&seed);
-    let key_id = hex::encode(&Sha256::digest(signing.verifying_key().to_bytes())[..8]);
+    let key_id = airlock_core::credential::key_id(&signing.verifying_key().to_bytes());
     Ok(BrokerKey { signing, key_id })
 }
 

@@ -49,6 +49,24 @@ pub enum EventKind {
     /// The connector could not bring a target in line with the live grants.
     #[serde(rename = "target.failed")]
     TargetFailed,
+    /// A gateway credential was issued for a grant (the token itself is never recorded).
+    #[serde(rename = "credential.issued")]
+    CredentialIssued,
+    /// A session through the gateway began under a grant.
+    #[serde(rename = "session.started")]
+    SessionStarted,
+    /// A connection to the gateway was refused before a session began.
+    #[serde(rename = "session.refused")]
+    SessionRefused,
+    /// A session through the gateway ended, and why.
+    #[serde(rename = "session.ended")]
+    SessionEnded,
+    /// A statement ran through the gateway (its outcome: rows, duration, error).
+    #[serde(rename = "statement.executed")]
+    StatementExecuted,
+    /// The gateway's guardrails refused a statement; it never reached the target.
+    #[serde(rename = "statement.refused")]
+    StatementRefused,
 }
 
 impl EventKind {
@@ -69,6 +87,12 @@ impl EventKind {
             EventKind::TargetRoleCreated => "target.role_created",
             EventKind::TargetRoleDropped => "target.role_dropped",
             EventKind::TargetFailed => "target.failed",
+            EventKind::CredentialIssued => "credential.issued",
+            EventKind::SessionStarted => "session.started",
+            EventKind::SessionRefused => "session.refused",
+            EventKind::SessionEnded => "session.ended",
+            EventKind::StatementExecuted => "statement.executed",
+            EventKind::StatementRefused => "statement.refused",
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct Role {
     pub approvals: u32,
     /// For `postgres` resources: the database roles a grant's login role is made a member of.
     pub database_roles: Vec<String>,
+    /// For `postgres` resources: classes of statements the gateway lets this role send that it
+    /// refuses by default (e.g. `role_change`); checked by the gateway at start.
+    pub allow_statements: Vec<String>,
 }
 
 /// One resource of the catalog.
@@ -76,6 +79,8 @@ pub struct Resource {
     pub environment: String,
     pub tags: Vec<String>,
     pub sensitive: bool,
+    /// Gateway credentials for this resource only work from the address that asked for them.
+    pub bind_credentials_to_source: bool,
     pub roles: BTreeMap<RoleName, Role>,
     pub postgres: Option<PostgresTarget>,
 }
@@ -104,6 +109,8 @@ struct ResourceEntry {
     #[serde(default)]
     sensitive: bool,
     #[serde(default)]
+    bind_credentials_to_source: bool,
+    #[serde(default)]
     roles: BTreeMap<String, RoleEntry>,
     postgres: Option<PostgresEntry>,
 }
@@ -126,6 +133,8 @@ struct RoleEntry {
     approvals: u32,
     #[serde(default)]
     database_roles: Vec<String>,
+    #[serde(default)]
+    allow_statements: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -242,8 +251,9 @@ impl ResourceEntry {
                     message: message.to_owned(),
                 })?;
             }
-            let database_roles = entry.database_roles;
-            roles.insert(name.clone(), Role { name, max_duration, approvals: entry.approvals, database_roles });
+            let (database_roles, allow_statements) = (entry.database_roles, entry.allow_statements);
+            let approvals = entry.approvals;
+            roles.insert(name.clone(), Role { name, max_duration, approvals, database_roles, allow_statements });
         }
         let postgres = match self.postgres {
             Some(_) if self.kind != "postgres" => return Err(CatalogError::PostgresKind { resource, kind: self.kind }),
@@ -256,6 +266,7 @@ impl ResourceEntry {
             environment: self.environment,
             tags: self.tags,
             sensitive: self.sensitive,
+            bind_credentials_to_source: self.bind_credentials_to_source,
             roles,
             postgres,
         })

@@ -8,12 +8,14 @@
 //! - [`lifecycle`]: the request → approval → grant state machine; every transition takes `now`
 //!   and returns the audit events it caused;
 //! - [`audit`]: audit events and the hash chain that makes edits, deletions and reorders visible;
+//! - [`credential`]: the signed, grant-bound token a user gives the gateway as their password;
 //! - [`policy_test`]: policy test cases that run like unit tests.
 //!
 //! Invariant: no I/O, no clock, no randomness. Time and fresh ids are arguments.
 
 pub mod audit;
 pub mod catalog;
+pub mod credential;
 pub mod ids;
 pub mod lifecycle;
 pub mod policy;

@@ -450,6 +450,7 @@ mod tests {
             max_duration: GrantDuration::parse("30m").unwrap(),
             approvals,
             database_roles: Vec::new(),
+            allow_statements: Vec::new(),
         }
     }
 

@@ -130,7 +130,7 @@ async fn main() {
     let key = Arc::new(load_or_create_key(dir.path()).expect("a key"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(airlock_http::serve(listener, AppState { broker, key }, std::future::pending()));
+    tokio::spawn(airlock_http::serve(listener, AppState { broker, key, gateway: None }, std::future::pending()));
 
     let (alice, bob, base) = (Arc::new(alice), Arc::new(bob), Arc::new(base));
     let cycle = {

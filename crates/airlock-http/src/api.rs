@@ -198,6 +198,26 @@ pub struct VerifyView {
     pub error: Option<String>,
 }
 
+/// A gateway credential for one live grant: the token is the password, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CredentialView {
+    pub grant: String,
+    pub user: String,
+    pub resource: String,
+    pub role: String,
+    /// The grant's end.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Only connections from this address are accepted, when set.
+    pub source: Option<String>,
+    /// The password to give the gateway.
+    pub token: String,
+    /// Where the gateway that serves this broker listens (`host:port`), when it runs in `serve`.
+    pub gateway: Option<String>,
+    /// The database to name when connecting.
+    pub database: Option<String>,
+}
+
 /// The broker's public signing key.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct KeyView {

@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 pub struct AppState {
     pub broker: Broker,
     pub key: Arc<BrokerKey>,
+    /// Where this broker's gateway listens, for connection details in credentials.
+    pub gateway: Option<SocketAddr>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

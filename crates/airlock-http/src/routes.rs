@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/grants", get(list_grants))
         .route("/v1/grants/{id}/revoke", post(revoke))
+        .route("/v1/grants/{id}/credentials", post(issue_credential))
         .route("/v1/audit", get(audit_tail))
         .route("/v1/audit/verify", get(audit_verify))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -183,6 +184,31 @@ async fn list_grants(
     let grants = state.broker.grants(&caller, query.active, query.mine, query.limit.unwrap_or(100)).await?;
     let now = state.broker.clock().now();
     Ok(Json(grants.iter().map(|g| GrantView::new(g, now)).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/grants/{id}/credentials", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = CredentialView, description = "a credential for the caller's own live grant"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the grant is not live")))]
+async fn issue_credential(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<CredentialView>, ApiError> {
+    let (credential, token) = state.broker.issue_credential(&caller, &id, &state.key).await?;
+    let resource = state.broker.policies().catalog.resource(&credential.resource);
+    let database = resource.and_then(|r| r.postgres.as_ref()).map(|postgres| postgres.database.clone());
+    Ok(Json(CredentialView {
+        grant: credential.grant.to_string(),
+        user: credential.holder.to_string(),
+        resource: credential.resource.to_string(),
+        role: credential.role.to_string(),
+        expires_at: credential.expires_at,
+        source: credential.source.map(|source| source.to_string()),
+        token: token.expose().to_owned(),
+        gateway: state.gateway.map(|address| address.to_string()),
+        database,
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/grants/{id}/revoke", security(("token" = [])), params(("id" = String, Path)),

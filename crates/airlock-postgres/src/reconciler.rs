@@ -70,13 +70,25 @@ impl Target {
         Self { resource: resource.name.clone(), connection, database_roles }
     }
 
+    /// The TCP host and port of the target, when it is reached over TCP.
+    pub fn endpoint(&self) -> Option<(String, u16)> {
+        let port = self.connection.get_ports().first().copied().unwrap_or(5432);
+        match self.connection.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => Some((host.clone(), port)),
+            _ => None,
+        }
+    }
+
+    /// The target's database.
+    pub fn database(&self) -> &str {
+        self.connection.get_dbname().unwrap_or_default()
+    }
+
     fn address(&self) -> String {
-        let host = match self.connection.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        match self.endpoint() {
+            Some((host, port)) => format!("{host}:{port}"),
             None => "?".to_owned(),
-        };
-        format!("{host}:{}", self.connection.get_ports().first().copied().unwrap_or(5432))
+        }
     }
 }
 

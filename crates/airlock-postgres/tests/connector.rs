@@ -3,23 +3,19 @@
 //! quickstart policies whose clock starts at the real time (PostgreSQL checks `VALID UNTIL`
 //! against its own clock).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_broker::broker::{RequestInput, Settings};
-use airlock_broker::bundle::PolicyBundle;
+use airlock_broker::Broker;
+use airlock_broker::broker::RequestInput;
 use airlock_broker::clock::{Clock, ManualClock};
-use airlock_broker::config::PolicySection;
-use airlock_broker::{Broker, Caller};
 use airlock_core::ids::GrantId;
 use airlock_core::lifecycle::Grant;
-use airlock_core::policy::Principal;
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_postgres::cluster::LocalCluster;
 use airlock_postgres::reconciler::{Pass, Reconciler, Target};
 use airlock_postgres::roles::{RoleKey, role_name};
-use airlock_store::Store;
+use airlock_testkit::{caller, eventually};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio_postgres::{Client, NoTls};
@@ -53,7 +49,6 @@ async fn setup() -> Setup {
     cluster.connect("postgres").await.unwrap().batch_execute(PREPARE).await.unwrap();
 
     std::fs::write(dir.path().join("connector.password"), format!("{CONNECTOR_PASSWORD}\n")).unwrap();
-    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
     let catalog = format!(
         r#"
         [[resource]]
@@ -75,31 +70,10 @@ async fn setup() -> Setup {
         "#,
         port = cluster.port()
     );
-    std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
-    let bundle = PolicyBundle::load(&PolicySection {
-        catalog: dir.path().join("catalog.toml"),
-        policies: format!("{quickstart}/policies").into(),
-        tests: format!("{quickstart}/policy-tests").into(),
-    })
-    .unwrap();
-    let targets = Target::from_catalog(&bundle.catalog).unwrap();
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let store = Store::open(&dir.path().join("data")).await.unwrap();
-    let settings =
-        Settings { pending_ttl: GrantDuration::parse("1h").unwrap(), auditors: vec!["sre".parse().unwrap()] };
-    let broker = Broker::new(store, bundle, clock.clone() as Arc<dyn Clock>, settings);
+    let broker = airlock_testkit::broker(dir.path(), &catalog, clock.clone() as Arc<dyn Clock>).await;
+    let targets = Target::from_catalog(&broker.policies().catalog).unwrap();
     Setup { cluster, broker, clock, key: RoleKey::new([42; 32]), targets, _dir: dir }
-}
-
-fn caller(name: &str, groups: &[&str]) -> Caller {
-    Caller {
-        principal: Principal {
-            name: name.parse().unwrap(),
-            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
-            service: false,
-        },
-        source_ip: [127, 0, 0, 1].into(),
-    }
 }
 
 impl Setup {
@@ -250,19 +224,4 @@ async fn an_unreachable_target_is_audited_without_its_secret() {
     let failed = records.iter().find(|r| r.kind == "target.failed").expect("the failure is audited");
     assert!(failed.details.contains("cannot connect"), "{}", failed.details);
     assert!(records.iter().all(|r| !r.details.contains(CONNECTOR_PASSWORD)));
-}
-
-/// Polls `check` until it holds, for at most 10 seconds.
-async fn eventually<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the condition did not hold within 10 seconds");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{Outcome, local, remote, serve};
+use crate::{Outcome, connect, local, remote, serve};
 
 /// Just-in-time, time-bound, audited access to production.
 #[derive(Debug, Parser)]
@@ -136,6 +136,28 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print a gateway connection string (with its credential) for one of your live grants.
+    Credentials {
+        grant_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Run psql through the gateway under your live grant on a resource.
+    Connect {
+        /// The resource, e.g. `demo-db`.
+        resource: String,
+        /// The role, when you hold several on the resource.
+        #[arg(long)]
+        role: Option<String>,
+        /// The psql program.
+        #[arg(long, env = "AIRLOCK_PSQL", default_value = "psql")]
+        psql: String,
+        /// Arguments for psql, after `--`.
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Read and verify the audit chain.
     Audit {
         #[command(subcommand)]
@@ -207,6 +229,10 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Requests { pending, mine, remote } => remote::requests(&remote, pending, mine).await,
         Command::Grants { active, mine, remote } => remote::grants(&remote, active, mine).await,
         Command::Revoke { grant_id, reason, remote } => remote::revoke(&remote, &grant_id, reason).await,
+        Command::Credentials { grant_id, remote } => connect::credentials(&remote, &grant_id).await,
+        Command::Connect { resource, role, psql, psql_args, remote } => {
+            connect::connect(&remote, &resource, role.as_deref(), &psql, &psql_args).await
+        }
         Command::Audit { command: AuditCommand::Verify { remote } } => remote::audit_verify(&remote).await,
         Command::Audit { command: AuditCommand::Tail { n, remote } } => remote::audit_tail(&remote, n).await,
     }

@@ -5,8 +5,10 @@
 //! - [`cli`]: the command line, as clap types;
 //! - [`local`]: commands that work on files (the config, policies, the data directory);
 //! - [`serve`]: the broker process: store, scheduler, HTTP API and PostgreSQL connector;
+//! - [`gateway`]: the PostgreSQL gateway's parts from the configuration;
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
+//! - [`connect`]: gateway credentials and `psql` through the gateway;
 //! - [`output`]: tables and JSON for people and scripts.
 //!
 //! Exit codes: 0 done; 1 refused by the broker (or a failed check), with the reason printed;
@@ -14,6 +16,8 @@
 
 mod cli;
 mod client;
+mod connect;
+mod gateway;
 mod local;
 mod output;
 mod remote;

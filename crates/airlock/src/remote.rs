@@ -14,7 +14,7 @@ use crate::{Failure, Outcome, output};
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// A request id or grant id as typed: checked before it goes into a URL.
-fn id(text: &str) -> Result<String, Failure> {
+pub fn id(text: &str) -> Result<String, Failure> {
     text.parse::<airlock_core::ids::RequestId>()
         .map(|u| u.to_string())
         .map_err(|_| anyhow!("`{text}` is not a request or grant id").into())

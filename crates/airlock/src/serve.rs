@@ -1,5 +1,6 @@
-//! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the API, and
-//! the PostgreSQL connector when the catalog names PostgreSQL targets.
+//! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the API, the
+//! PostgreSQL connector when the catalog names PostgreSQL targets, and the gateway when the
+//! configuration has a `[gateway]` section.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tokio::sync::watch;
 use crate::Outcome;
 use crate::cli::Files;
 use crate::local::open_broker;
-use crate::throwaway;
+use crate::{gateway, throwaway};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
@@ -34,13 +35,26 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
         Target::from_catalog(&broker.policies().catalog).context("cannot set up the PostgreSQL connector")?;
     let throwaway = throwaway::start(&broker.policies().catalog, &files.data_dir).await;
     targets.extend(throwaway.targets.iter().cloned());
+    let role_key = RoleKey::new(
+        load_or_create_secret(&files.data_dir.join("connector.key")).context("cannot load the connector's key")?,
+    );
+    let gateway = match &config.gateway {
+        Some(section) => {
+            let parts = gateway::parts(broker.clone(), section, &files.data_dir, &key, role_key.clone(), &targets)?;
+            let listener = TcpListener::bind(section.listen)
+                .await
+                .with_context(|| format!("the gateway cannot listen on {}", section.listen))?;
+            let address = listener.local_addr().context("cannot read the gateway's address")?;
+            println!("airlock gateway listening on {address} (PostgreSQL, TLS)");
+            Some((address, tokio::spawn(airlock_gateway::gateway::serve(parts, listener, stopped.clone()))))
+        }
+        None => None,
+    };
     let connector = if targets.is_empty() {
         None
     } else {
-        let secret =
-            load_or_create_secret(&files.data_dir.join("connector.key")).context("cannot load the connector's key")?;
         tracing::info!(targets = targets.len(), "PostgreSQL connector started");
-        let reconciler = Reconciler::new(broker.clone(), targets, RoleKey::new(secret), Reconciler::DEFAULT_EVERY);
+        let reconciler = Reconciler::new(broker.clone(), targets, role_key, Reconciler::DEFAULT_EVERY);
         Some(tokio::spawn(reconciler.run(stopped)))
     };
     tracing::info!(
@@ -51,10 +65,13 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
         "broker started"
     );
     println!("airlock broker listening on http://{address}");
-    let state = AppState { broker, key: Arc::new(key) };
+    let state = AppState { broker, key: Arc::new(key), gateway: gateway.as_ref().map(|(address, _)| *address) };
     airlock_http::serve(listener, state, shutdown_signal()).await.context("the HTTP server failed")?;
     let _ = stop.send(true);
     let _ = scheduler.await;
+    if let Some((_, gateway)) = gateway {
+        let _ = gateway.await;
+    }
     if let Some(connector) = connector {
         let _ = connector.await;
     }

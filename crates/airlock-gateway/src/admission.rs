@@ -1,0 +1,429 @@
+//! Admitting one connection: TLS, the startup packet, the credential as password, the grant's
+//! live state, the login to the target as the grant's role, and then the relay. Anything that
+//! cannot be confirmed refuses the connection with a PostgreSQL error (fail closed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::audit::{AuditEvent, EventKind};
+use airlock_core::credential::{self, Credential, Login};
+use airlock_core::ids::GrantId;
+use airlock_postgres::roles::role_name;
+use bytes::{Buf, BytesMut};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::authority::Authority;
+use crate::gateway::Shared;
+use crate::registry::{Backend, CancelKey};
+use crate::relay::{self, Ends, Session};
+use crate::target::{self, TargetError, TargetSession};
+use crate::wire::{self, Scanner, Severity, Startup, WireError, body, cstr, tag};
+
+/// Startup parameters passed on to the target; any other is refused, because PostgreSQL applies
+/// startup parameters as settings (`role`, `session_authorization`, `options=-c …`).
+const PASSED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+/// How long a new grant's login role may take to appear on the target.
+const ROLE_PENDING_FOR: Duration = Duration::from_secs(5);
+const PASSWORD_LIMIT: usize = 16 * 1024;
+
+/// A connection refused before its session began: what the client and the audit are told.
+struct Refused {
+    sqlstate: &'static str,
+    message: String,
+}
+
+fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refused {
+    Refused { sqlstate, message: message.into() }
+}
+
+/// How a connection opens.
+enum Opening {
+    Cancel(CancelKey),
+    Plain(Vec<(String, String)>),
+    /// TLS was agreed; the startup message follows inside it.
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve_connection<A: Authority>(shared: Arc<Shared<A>>, mut socket: TcpStream, peer: SocketAddr) {
+    let _ = socket.set_nodelay(true);
+    let opening = match negotiate(&shared, &mut socket).await {
+        Ok(opening) => opening,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "connection closed during startup");
+            return;
+        }
+    };
+    match opening {
+        Opening::Cancel(key) => cancel(&shared, key).await,
+        Opening::Plain(params) => admit(&shared, socket, params, peer, false).await,
+        Opening::Tls(acceptor) => {
+            let mut stream = match acceptor.accept(socket).await {
+                Ok(stream) => stream,
+                Err(error) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+            };
+            match wire::read_startup(&mut stream).await {
+                Ok(Startup::Params(params)) => admit(&shared, stream, params, peer, true).await,
+                Ok(Startup::Cancel { process_id, secret_key }) => {
+                    cancel(&shared, CancelKey { process_id, secret_key }).await;
+                }
+                Ok(_) => tracing::debug!(%peer, "unexpected startup packet inside TLS"),
+                Err(error) => tracing::debug!(%peer, %error, "connection closed during startup"),
+            }
+        }
+    }
+}
+
+/// Reads startup packets, answering encryption requests, until a startup message, a cancel
+/// request or an agreed TLS handshake.
+async fn negotiate<A: Authority>(shared: &Shared<A>, socket: &mut TcpStream) -> Result<Opening, WireError> {
+    loop {
+        match wire::read_startup(socket).await? {
+            Startup::Ssl => match &shared.tls {
+                Some(acceptor) => {
+                    socket.write_all(b"S").await?;
+                    return Ok(Opening::Tls(acceptor.clone()));
+                }
+                None => socket.write_all(b"N").await?,
+            },
+            Startup::GssEncryption => socket.write_all(b"N").await?,
+            Startup::Cancel { process_id, secret_key } => {
+                return Ok(Opening::Cancel(CancelKey { process_id, secret_key }));
+            }
+            Startup::Params(params) => return Ok(Opening::Plain(params)),
+        }
+    }
+}
+
+async fn cancel<A: Authority>(shared: &Shared<A>, key: CancelKey) {
+    // PostgreSQL answers a cancel request with nothing, whether or not it matched.
+    if let Some(Backend { address, process_id, secret_key }) = shared.registry.backend(key)
+        && let Err(error) = target::cancel(&address, process_id, secret_key).await
+    {
+        tracing::warn!(%error, "cannot pass a cancel request on to the database");
+    }
+}
+
+/// Admits a client that has sent its startup message, or turns it away.
+async fn admit<A, S>(shared: &Arc<Shared<A>>, mut client: S, params: Vec<(String, String)>, peer: SocketAddr, tls: bool)
+where
+    A: Authority,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let credential = match check_credential(shared, &mut client, &params, peer, tls).await {
+        Ok(credential) => credential,
+        Err(Some(refused)) => {
+            let claimed = params.iter().find(|(name, _)| name == "user").map(|(_, user)| user.as_str());
+            let details = json!({ "claimed_user": claimed.unwrap_or_default() });
+            return turn_away(shared, client, refused, "gateway", peer, details).await;
+        }
+        Err(None) => return,
+    };
+    run(shared, client, credential, &params, peer).await;
+}
+
+/// Records the refusal and tells the client.
+async fn turn_away<A: Authority>(
+    shared: &Shared<A>,
+    mut client: impl AsyncWrite + Unpin,
+    refused: Refused,
+    actor: &str,
+    peer: SocketAddr,
+    mut details: serde_json::Value,
+) {
+    details["client"] = json!(peer.to_string());
+    details["reason"] = json!(refused.message);
+    let at = OffsetDateTime::now_utc();
+    shared.recorder.record(AuditEvent { kind: EventKind::SessionRefused, actor: actor.to_owned(), at, details }).await;
+    let mut out = BytesMut::new();
+    wire::error_response(&mut out, Severity::Fatal, refused.sqlstate, &refused.message);
+    let _ = client.write_all(&out).await;
+    let _ = client.shutdown().await;
+}
+
+/// Checks the client's TLS, parameters and credential. `Err(None)` means the client left.
+async fn check_credential<A, S>(
+    shared: &Shared<A>,
+    client: &mut S,
+    params: &[(String, String)],
+    peer: SocketAddr,
+    tls: bool,
+) -> Result<Credential, Option<Refused>>
+where
+    A: Authority,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if !tls && shared.settings.require_tls {
+        return Err(Some(refuse(
+            "28000",
+            "the Airlock gateway accepts only TLS connections; connect with sslmode=require",
+        )));
+    }
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(name, _)| !matches!(name.as_str(), "user" | "database") && !PASSED_PARAMETERS.contains(&name.as_str()))
+    {
+        return Err(Some(refuse(
+            "0A000",
+            format!(
+                "airlock: the startup parameter `{name}` is not accepted through the gateway; use SET after connecting"
+            ),
+        )));
+    }
+    if let Some((_, encoding)) = params.iter().find(|(name, _)| name == "client_encoding")
+        && !safe_encoding(encoding)
+    {
+        return Err(Some(refuse(
+            "0A000",
+            format!("airlock: client_encoding `{encoding}` is not accepted through the gateway; use UTF8"),
+        )));
+    }
+    let mut out = BytesMut::new();
+    wire::authentication(&mut out, 3);
+    client.write_all(&out).await.map_err(|_| None)?;
+    let frame = match wire::read_frame(client, PASSWORD_LIMIT).await {
+        Ok(frame) if tag(&frame) == b'p' => frame,
+        Ok(_) => return Err(Some(refuse("08P01", "expected a password message"))),
+        Err(WireError::Closed) => return Err(None),
+        Err(error) => return Err(Some(refuse("08P01", error.to_string()))),
+    };
+    let password = cstr(&mut body(&frame)).unwrap_or_default();
+    let user = params.iter().find(|(name, _)| name == "user").map(|(_, user)| user.as_str()).unwrap_or_default();
+    let login = Login { user, password, source: Some(peer.ip()) };
+    let credential = credential::verify(&shared.verifier.public_key, &login, OffsetDateTime::now_utc())
+        .map_err(|error| Some(refuse("28P01", format!("airlock: {error}"))))?;
+    Ok(credential)
+}
+
+/// Whether a client encoding keeps every ASCII byte meaning itself, as the guard reads text.
+/// The refused ones (client-only encodings of East Asian scripts) have multibyte characters whose
+/// second byte can be a quote or a backslash.
+fn safe_encoding(name: &str) -> bool {
+    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_uppercase();
+    !matches!(
+        name.as_str(),
+        "SJIS"
+            | "SHIFTJIS"
+            | "SHIFTJIS2004"
+            | "BIG5"
+            | "GBK"
+            | "UHC"
+            | "GB18030"
+            | "JOHAB"
+            | "WIN932"
+            | "WIN936"
+            | "WIN949"
+            | "WIN950"
+            | "CP932"
+            | "CP936"
+            | "CP949"
+            | "CP950"
+    )
+}
+
+/// Confirms the grant, logs in to the target and relays until the session ends.
+async fn run<A, S>(
+    shared: &Arc<Shared<A>>,
+    mut client: S,
+    credential: Credential,
+    params: &[(String, String)],
+    peer: SocketAddr,
+) where
+    A: Authority,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (registration, mut cut) = shared.registry.register(credential.grant);
+    let admitted = admit_grant(shared, &credential, params).await;
+    let (target, address, allowed, ends_at) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let actor = credential.holder.as_str();
+            return turn_away(shared, client, refused, actor, peer, json!({ "grant": credential.grant })).await;
+        }
+    };
+    let TargetSession { stream, pending } = target;
+    let (mut target_read, target_write) = stream.into_split();
+    let session = Session {
+        id: Uuid::now_v7(),
+        grant: credential.grant,
+        user: credential.holder.clone(),
+        resource: credential.resource.clone(),
+        role: credential.role.clone(),
+        allowed,
+        guard: shared.guard.clone(),
+        recorder: shared.recorder.clone(),
+        redact: shared.settings.redact_literals,
+        idle_timeout: shared.settings.idle_timeout,
+        ends_at,
+        marker: format!("airlock_refused_{}", Uuid::new_v4().simple()),
+    };
+    let started = match greet(&mut client, &mut target_read, pending, registration.key).await {
+        Ok(started) => started,
+        Err(error) => {
+            tracing::debug!(%error, "the session ended during startup");
+            return;
+        }
+    };
+    let Some((process_id, secret_key, leftover)) = started else { return };
+    shared.registry.set_backend(registration.key, Backend { address, process_id, secret_key });
+    let begun = std::time::Instant::now();
+    shared.recorder.record(session.event(EventKind::SessionStarted, json!({ "client": peer.to_string() }))).await;
+    let (client_read, client_write) = tokio::io::split(client);
+    let target_read = Prefixed { prefix: leftover, inner: target_read };
+    let ends = Ends { client_read, client_write, target_read, target_write };
+    let ending = relay::relay(&session, ends, &mut cut).await;
+    let details = json!({ "reason": ending.code(), "duration_ms": begun.elapsed().as_millis() as u64 });
+    shared.recorder.record(session.event(EventKind::SessionEnded, details)).await;
+    drop(registration);
+}
+
+type Admitted = (TargetSession, crate::target::TargetAddress, crate::guard::Allowed, Instant);
+
+/// Checks with the broker that the credential's grant is live and matches it, and logs in to the
+/// target as the grant's role.
+async fn admit_grant<A: Authority>(
+    shared: &Shared<A>,
+    credential: &Credential,
+    params: &[(String, String)],
+) -> Result<Admitted, Refused> {
+    let resource = shared.targets.get(&credential.resource).ok_or_else(|| {
+        refuse("3D000", format!("airlock: this gateway serves no database for resource `{}`", credential.resource))
+    })?;
+    let database = params.iter().find(|(name, _)| name == "database").map(|(_, db)| db.as_str());
+    let database = database.unwrap_or(credential.holder.as_str());
+    if database != resource.address.database && database != credential.resource.as_str() {
+        return Err(refuse(
+            "3D000",
+            format!(
+                "airlock: database `{database}` is not the database of resource `{}` (`{}`)",
+                credential.resource, resource.address.database
+            ),
+        ));
+    }
+    let allowed = resource.roles.get(&credential.role).cloned().ok_or_else(|| {
+        refuse("28000", format!("airlock: resource `{}` has no role `{}`", credential.resource, credential.role))
+    })?;
+    let grant = shared.authority.live_grant(credential.grant).await.map_err(|error| {
+        refuse("57P03", format!("airlock: cannot confirm that grant {} is live ({error}); refused", credential.grant))
+    })?;
+    let grant = grant.ok_or_else(|| refuse("28000", format!("airlock: grant {} has ended", credential.grant)))?;
+    if grant.holder != credential.holder || grant.resource != credential.resource || grant.role != credential.role {
+        return Err(refuse("28000", "airlock: the credential does not match its grant"));
+    }
+    let ends_at = instant_of(grant.ends_at.min(credential.expires_at));
+    let passed: Vec<(String, String)> =
+        params.iter().filter(|(name, _)| PASSED_PARAMETERS.contains(&name.as_str())).cloned().collect();
+    let target = log_in(shared, &resource.address, &credential.grant, &passed).await?;
+    Ok((target, resource.address.clone(), allowed, ends_at))
+}
+
+/// Logs in as the grant's role, waiting a little for the connector to create it.
+async fn log_in<A: Authority>(
+    shared: &Shared<A>,
+    address: &crate::target::TargetAddress,
+    grant: &GrantId,
+    params: &[(String, String)],
+) -> Result<TargetSession, Refused> {
+    let (user, password) = (role_name(grant), shared.role_key.password(grant));
+    let give_up = Instant::now() + ROLE_PENDING_FOR;
+    loop {
+        match target::log_in(address, &user, &password, params).await {
+            Ok(session) => return Ok(session),
+            Err(error) if error.role_may_be_pending() && Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(TargetError::Refused { sqlstate, message }) => {
+                tracing::warn!(%sqlstate, %message, "the database refused a grant's login");
+                return Err(refuse("28000", format!("airlock: the database refused the grant's login: {message}")));
+            }
+            Err(error) => return Err(refuse("08006", format!("airlock: {error}"))),
+        }
+    }
+}
+
+/// The `Instant` at which wall-clock time `at` arrives.
+fn instant_of(at: OffsetDateTime) -> Instant {
+    let left = at - OffsetDateTime::now_utc();
+    Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
+}
+
+/// Tells the client it is in, and passes on what the target said at startup (settings and the
+/// first ReadyForQuery), with the gateway's cancel key in place of the target's. Returns the
+/// target's key and any bytes read past the first ReadyForQuery; `None` if the target refused.
+async fn greet<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    target: &mut (impl AsyncRead + Unpin),
+    mut input: BytesMut,
+    key: CancelKey,
+) -> Result<Option<(i32, i32, BytesMut)>, WireError> {
+    let mut out = BytesMut::new();
+    wire::authentication(&mut out, 0);
+    let mut scanner = Scanner::new(relay::MAX_CLIENT_MESSAGE, b"");
+    let mut backend = (0, 0);
+    loop {
+        while let Some(piece) = scanner.next(&mut input)? {
+            let frame = piece.into_bytes();
+            match tag(&frame) {
+                b'K' => {
+                    let mut fields = body(&frame);
+                    if fields.len() >= 8 {
+                        backend = (fields.get_i32(), fields.get_i32());
+                    }
+                    wire::backend_key_data(&mut out, key.process_id, key.secret_key);
+                }
+                b'Z' => {
+                    out.unsplit(frame);
+                    client.write_all(&out).await?;
+                    return Ok(Some((backend.0, backend.1, input)));
+                }
+                b'E' => {
+                    out.unsplit(frame);
+                    client.write_all(&out).await?;
+                    return Ok(None);
+                }
+                _ => out.unsplit(frame),
+            }
+        }
+        if target.read_buf(&mut input).await? == 0 {
+            return Err(WireError::Closed);
+        }
+    }
+}
+
+/// A reader that first yields bytes already read.
+struct Prefixed<R> {
+    prefix: BytesMut,
+    inner: R,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let take = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(take));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}

@@ -1,0 +1,55 @@
+//! What the gateway asks of the broker, as one narrow trait: is this grant live, which grants are
+//! live, tell me when that changes, and record these events. Inside `airlock serve` the broker
+//! answers in-process; a gateway running apart would answer the same questions over the API.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use airlock_broker::Broker;
+use airlock_core::audit::AuditEvent;
+use airlock_core::ids::GrantId;
+use airlock_core::lifecycle::Grant;
+use tokio::sync::watch;
+
+/// The broker could not answer; the gateway fails closed.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker cannot be asked: {0}")]
+pub struct AuthorityError(pub String);
+
+/// The broker, as the gateway sees it.
+pub trait Authority: Clone + Send + Sync + 'static {
+    /// The grant, when it is live now.
+    fn live_grant(&self, grant: GrantId) -> impl Future<Output = Result<Option<Grant>, AuthorityError>> + Send;
+
+    /// The ids of every grant live now.
+    fn live_grants(&self) -> impl Future<Output = Result<HashSet<GrantId>, AuthorityError>> + Send;
+
+    /// Changes whenever a grant may have started or ended.
+    fn grant_changes(&self) -> watch::Receiver<u64>;
+
+    /// Appends events to the audit chain, in order, all or none.
+    fn record(&self, events: &[AuditEvent]) -> impl Future<Output = Result<(), AuthorityError>> + Send;
+}
+
+fn unavailable(error: impl std::fmt::Display) -> AuthorityError {
+    AuthorityError(error.to_string())
+}
+
+impl Authority for Broker {
+    async fn live_grant(&self, grant: GrantId) -> Result<Option<Grant>, AuthorityError> {
+        Broker::live_grant(self, &grant).await.map_err(unavailable)
+    }
+
+    async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
+        let grants = Broker::live_grants(self).await.map_err(unavailable)?;
+        Ok(grants.into_iter().map(|grant| grant.id).collect())
+    }
+
+    fn grant_changes(&self) -> watch::Receiver<u64> {
+        self.watch_grants()
+    }
+
+    async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
+        Broker::record(self, events).await.map_err(unavailable)
+    }
+}

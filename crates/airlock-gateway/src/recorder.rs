@@ -1,0 +1,53 @@
+//! Gets the gateway's events (sessions, statements) into the audit chain in order and without
+//! loss: sessions hand events to one bounded queue; one task appends whatever has gathered in a
+//! single transaction (group commit), and retries a failed append until it lands. A full queue
+//! makes sessions wait (back-pressure) rather than drop a record.
+
+use std::time::Duration;
+
+use airlock_core::audit::AuditEvent;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::authority::Authority;
+
+/// Events waiting to be written, at most.
+const QUEUE: usize = 16_384;
+/// Events written in one transaction, at most.
+const BATCH: usize = 4_096;
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Hands events to the writer task. Cheap to clone; the task ends when every clone is gone and
+/// the queue is written.
+#[derive(Clone)]
+pub struct Recorder {
+    queue: mpsc::Sender<AuditEvent>,
+}
+
+impl Recorder {
+    /// Starts the writer task.
+    pub fn start(authority: impl Authority) -> (Recorder, JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        (Recorder { queue }, tokio::spawn(write(authority, receiver)))
+    }
+
+    /// Queues `event`, waiting while the queue is full.
+    pub async fn record(&self, event: AuditEvent) {
+        // The writer only stops once every sender is gone, so this cannot fail while `self` lives.
+        let _ = self.queue.send(event).await;
+    }
+}
+
+async fn write(authority: impl Authority, mut receiver: mpsc::Receiver<AuditEvent>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let mut wait = RETRY_FIRST;
+        while let Err(error) = authority.record(&batch).await {
+            tracing::warn!(%error, events = batch.len(), "cannot record gateway events yet; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
+        }
+        batch.clear();
+    }
+}

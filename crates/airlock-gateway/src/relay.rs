@@ -1,0 +1,607 @@
+//! The relay of one live session: client messages to the target, the target's answers to the
+//! client, checking each statement before it leaves and recording each one when it completes,
+//! until one side leaves or the session is cut.
+//!
+//! Frames are passed on as they arrive, in pieces when large, so a million-row result flows
+//! through without being held. Only a few frames are looked into: statements going out (`Query`,
+//! `Parse`, `Bind`, `Execute`, `Close`, `FunctionCall`) and outcomes coming back
+//! (`CommandComplete`, `EmptyQueryResponse`, `PortalSuspended`, `ErrorResponse`,
+//! `ReadyForQuery`). A statement's outcome is matched to it by order: the server answers in the
+//! order it was asked, and skips to the next `Sync` after an error.
+//!
+//! A refused statement is never sent. In its place the target gets a statement that fails to
+//! parse and names a marker unique to the session; when that error comes back, the client gets
+//! the gateway's refusal instead. Going through the server keeps every answer in protocol order
+//! and gives exactly PostgreSQL's error semantics: the rest of the pipeline up to `Sync` is
+//! skipped, and an open transaction is aborted as by any failed statement.
+//!
+//! Only the loop that reads the target writes to the client, so the gateway's own final
+//! `ErrorResponse` (grant ended, idle, shut down) always falls between two whole frames.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_core::audit::{AuditEvent, EventKind};
+use airlock_core::ids::{GrantId, ResourceName, RoleName, UserName};
+use bytes::{Buf, BytesMut};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::guard::{Allowed, Guard, Refusal};
+use crate::recorder::Recorder;
+use crate::target::error_fields;
+use crate::wire::{self, Piece, Scanner, Severity, WireError, body, cstr, tag};
+
+/// The largest message a client may send, other than COPY data (which is streamed).
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024 * 1024;
+/// The largest message from the target held whole, other than rows and COPY data.
+const MAX_SERVER_MESSAGE: usize = 256 * 1024 * 1024;
+/// Statement text kept in an audit record, at most; longer texts keep their length and hash.
+const MAX_RECORDED_TEXT: usize = 8 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The client said goodbye or went away.
+    ClientLeft,
+    /// The target closed the connection.
+    TargetClosed,
+    /// The broker no longer knows the grant as live (revoked, expired, user disabled).
+    GrantEnded,
+    /// The grant's end (or the credential's) was reached.
+    Expired,
+    /// The broker could not confirm the grant for too long: fail closed.
+    Unconfirmed,
+    Idle(Duration),
+    Shutdown,
+    /// A peer broke the protocol, or a connection failed.
+    Broken(String),
+}
+
+impl Ending {
+    /// The short name recorded in the audit chain.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Ending::ClientLeft => "client_left",
+            Ending::TargetClosed => "target_closed",
+            Ending::GrantEnded => "grant_ended",
+            Ending::Expired => "grant_expired",
+            Ending::Unconfirmed => "grant_unconfirmed",
+            Ending::Idle(_) => "idle_timeout",
+            Ending::Shutdown => "gateway_shutdown",
+            Ending::Broken(_) => "connection_broken",
+        }
+    }
+
+    /// What the client is told, if the gateway ends the session: SQLSTATE and message.
+    fn notice(&self, grant: &GrantId) -> Option<(&'static str, String)> {
+        let text = match self {
+            Ending::ClientLeft | Ending::TargetClosed => return None,
+            Ending::GrantEnded => {
+                format!("airlock: grant {grant} has ended (revoked or expired); the session is closed")
+            }
+            Ending::Expired => format!("airlock: grant {grant} has expired; the session is closed"),
+            Ending::Unconfirmed => {
+                format!(
+                    "airlock: the gateway cannot confirm with the broker that grant {grant} is live; the session is closed"
+                )
+            }
+            Ending::Idle(after) => {
+                let after = humantime_secs(*after);
+                return Some(("57P05", format!("airlock: the session was idle for {after}; it is closed")));
+            }
+            Ending::Shutdown => "airlock: the gateway is shutting down; the session is closed".to_owned(),
+            Ending::Broken(why) => return Some(("08P01", format!("airlock: {why}"))),
+        };
+        Some(("57P01", text))
+    }
+}
+
+fn humantime_secs(duration: Duration) -> String {
+    format!("{} s", duration.as_secs())
+}
+
+/// Everything fixed about a session once it is admitted.
+pub struct Session {
+    pub id: Uuid,
+    pub grant: GrantId,
+    pub user: UserName,
+    pub resource: ResourceName,
+    pub role: RoleName,
+    pub allowed: Allowed,
+    pub guard: Arc<Guard>,
+    pub recorder: Recorder,
+    /// Record statements with their literals replaced by `$n`.
+    pub redact: bool,
+    pub idle_timeout: Duration,
+    /// When the grant (or the credential) ends.
+    pub ends_at: Instant,
+    /// The text sent in place of a refused statement; unique to the session.
+    pub marker: String,
+}
+
+impl Session {
+    /// An audit event about this session, with `details` added to its ids.
+    pub fn event(&self, kind: EventKind, details: Value) -> AuditEvent {
+        let mut all = json!({
+            "session": self.id,
+            "grant": self.grant,
+            "resource": self.resource,
+            "role": self.role,
+        });
+        if let (Value::Object(all), Value::Object(more)) = (&mut all, details) {
+            all.extend(more);
+        }
+        AuditEvent { kind, actor: self.user.as_str().to_owned(), at: OffsetDateTime::now_utc(), details: all }
+    }
+
+    fn recorded_text(&self, text: &str) -> Value {
+        let text = if self.redact { crate::guard::redact(text) } else { text.to_owned() };
+        if text.len() <= MAX_RECORDED_TEXT {
+            return json!({ "text": text });
+        }
+        let mut cut = MAX_RECORDED_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+        json!({ "text": &text[..cut], "text_bytes": text.len(), "text_sha256": digest })
+    }
+}
+
+/// A statement sent to the target whose outcome is awaited.
+struct Pending {
+    text: Arc<str>,
+    params: usize,
+    sent: Instant,
+}
+
+/// What the target will answer next, in order.
+enum Expect {
+    Statement(Pending),
+    /// A refused statement's stand-in: its error is replaced by the refusal (SQLSTATE, message).
+    Refused(&'static str, Arc<str>),
+    /// A `ReadyForQuery` (after a `Query`, `Sync` or `FunctionCall`).
+    Ready,
+}
+
+/// What both directions share.
+#[derive(Default)]
+struct Exchange {
+    expected: VecDeque<Expect>,
+    /// When either side last sent anything.
+    last_activity: Option<Instant>,
+}
+
+impl Exchange {
+    fn busy(&self) -> bool {
+        self.expected.iter().any(|e| !matches!(e, Expect::Ready))
+    }
+}
+
+/// The client's and the target's connections, each split in two.
+pub struct Ends<CR, CW, SR, SW> {
+    pub client_read: CR,
+    pub client_write: CW,
+    pub target_read: SR,
+    pub target_write: SW,
+}
+
+/// Relays until the session ends, and says why. `cut` carries an ending decided elsewhere
+/// (grant ended, shutdown).
+pub async fn relay<CR, CW, SR, SW>(
+    session: &Session,
+    ends: Ends<CR, CW, SR, SW>,
+    cut: &mut watch::Receiver<Option<Ending>>,
+) -> Ending
+where
+    CR: AsyncRead + Unpin + Send,
+    CW: AsyncWrite + Unpin + Send,
+    SR: AsyncRead + Unpin + Send,
+    SW: AsyncWrite + Unpin + Send,
+{
+    let Ends { mut client_read, mut client_write, mut target_read, mut target_write } = ends;
+    let exchange = Mutex::new(Exchange { last_activity: Some(Instant::now()), ..Exchange::default() });
+    let outbound = Box::pin(client_to_target(session, &mut client_read, &mut target_write, &exchange));
+    target_to_client(session, &mut target_read, &mut client_write, outbound, &exchange, cut).await
+}
+
+fn lock(exchange: &Mutex<Exchange>) -> std::sync::MutexGuard<'_, Exchange> {
+    exchange.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads the client, checks what it asks, and writes it to the target. Returns only when the
+/// client leaves or breaks the protocol.
+async fn client_to_target(
+    session: &Session,
+    client: &mut (impl AsyncRead + Unpin),
+    target: &mut (impl AsyncWrite + Unpin),
+    exchange: &Mutex<Exchange>,
+) -> Ending {
+    let mut scanner = Scanner::new(MAX_CLIENT_MESSAGE, b"d");
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut statements: HashMap<String, Arc<str>> = HashMap::new();
+    let mut portals: HashMap<String, (Arc<str>, usize)> = HashMap::new();
+    loop {
+        buffer.reserve(READ_CHUNK);
+        match client.read_buf(&mut buffer).await {
+            Ok(0) => return Ending::ClientLeft,
+            Ok(_) => {}
+            Err(error) => return Ending::Broken(format!("reading from the client: {error}")),
+        }
+        let mut out = BytesMut::new();
+        let mut refusals = Vec::new();
+        let mut leaving = false;
+        loop {
+            let piece = match scanner.next(&mut buffer) {
+                Ok(Some(piece)) => piece,
+                Ok(None) => break,
+                Err(error) => return Ending::Broken(format!("the client sent an invalid message: {error}")),
+            };
+            let frame = match piece {
+                Piece::Stream(bytes) => {
+                    out.unsplit(bytes);
+                    continue;
+                }
+                Piece::Frame(frame) => frame,
+            };
+            let mut forward = true;
+            match tag(&frame) {
+                b'Q' => {
+                    let text = match cstr(&mut body(&frame)) {
+                        Some(text) => text,
+                        None => return Ending::Broken("the client sent a malformed Query".to_owned()),
+                    };
+                    let mut exchange = lock(exchange);
+                    match session.guard.check(text, &session.allowed) {
+                        Ok(checked) => {
+                            let now = Instant::now();
+                            for statement in checked.statements {
+                                let text = Arc::from(statement);
+                                exchange.expected.push_back(Expect::Statement(Pending { text, params: 0, sent: now }));
+                            }
+                        }
+                        Err(refusal) => {
+                            forward = false;
+                            stand_in(&mut out, session, None);
+                            let message = refused_message(session, &refusal).into();
+                            exchange.expected.push_back(Expect::Refused(refusal.sqlstate(), message));
+                            refusals.push((text.to_owned(), refusal));
+                        }
+                    }
+                    exchange.expected.push_back(Expect::Ready);
+                }
+                b'P' => {
+                    let mut rest = body(&frame);
+                    let (Some(name), Some(text)) = (cstr(&mut rest), cstr(&mut rest)) else {
+                        return Ending::Broken("the client sent a malformed Parse".to_owned());
+                    };
+                    match session.guard.check(text, &session.allowed) {
+                        Ok(_) => {
+                            statements.insert(name.to_owned(), Arc::from(text));
+                        }
+                        Err(refusal) => {
+                            forward = false;
+                            stand_in(&mut out, session, Some(name));
+                            statements.remove(name);
+                            let message = refused_message(session, &refusal).into();
+                            lock(exchange).expected.push_back(Expect::Refused(refusal.sqlstate(), message));
+                            refusals.push((text.to_owned(), refusal));
+                        }
+                    }
+                }
+                b'B' => {
+                    let mut rest = body(&frame);
+                    if let (Some(portal), Some(statement)) = (cstr(&mut rest), cstr(&mut rest)) {
+                        let text = statements.get(statement).cloned().unwrap_or_else(|| unknown(statement));
+                        portals.insert(portal.to_owned(), (text, bind_parameters(rest)));
+                    }
+                }
+                b'E' => {
+                    let portal = cstr(&mut body(&frame)).unwrap_or_default();
+                    let (text, params) = portals.get(portal).cloned().unwrap_or_else(|| (unknown(portal), 0));
+                    let pending = Pending { text, params, sent: Instant::now() };
+                    lock(exchange).expected.push_back(Expect::Statement(pending));
+                }
+                b'C' => {
+                    let mut rest = body(&frame);
+                    let kind = rest.first().copied();
+                    rest.advance(rest.len().min(1));
+                    if let Some(name) = cstr(&mut rest) {
+                        match kind {
+                            Some(b'S') => statements.remove(name),
+                            _ => portals.remove(name).map(|(text, _)| text),
+                        };
+                    }
+                }
+                b'S' => lock(exchange).expected.push_back(Expect::Ready),
+                b'F' => {
+                    // The fast-path function call names a function by OID, out of the guard's
+                    // sight (it can reach set_config or lo_import): refused, fail closed.
+                    forward = false;
+                    stand_in(&mut out, session, None);
+                    let message = format!(
+                        "airlock: the fast-path function call protocol is not allowed through the gateway (role `{}` on `{}`); call the function in a statement",
+                        session.role, session.resource
+                    );
+                    let mut exchange = lock(exchange);
+                    exchange.expected.push_back(Expect::Refused("42501", message.into()));
+                    exchange.expected.push_back(Expect::Ready);
+                }
+                b'X' => leaving = true,
+                _ => {}
+            }
+            if forward {
+                out.unsplit(frame);
+            }
+        }
+        lock(exchange).last_activity = Some(Instant::now());
+        for (text, refusal) in refusals {
+            let mut details = session.recorded_text(&text);
+            details["refusal"] = json!(refusal.to_string());
+            session.recorder.record(session.event(EventKind::StatementRefused, details)).await;
+        }
+        if !out.is_empty()
+            && let Err(error) = target.write_all(&out).await
+        {
+            return Ending::Broken(format!("writing to the database: {error}"));
+        }
+        if leaving {
+            return Ending::ClientLeft;
+        }
+    }
+}
+
+fn unknown(name: &str) -> Arc<str> {
+    Arc::from(format!("-- prepared statement or portal \"{name}\" (not seen by this gateway)"))
+}
+
+/// The number of parameter values in a Bind body that follows the portal and statement names.
+fn bind_parameters(mut rest: &[u8]) -> usize {
+    if rest.len() < 2 {
+        return 0;
+    }
+    let formats = rest.get_i16().max(0) as usize;
+    if rest.len() < formats * 2 + 2 {
+        return 0;
+    }
+    rest.advance(formats * 2);
+    rest.get_i16().max(0) as usize
+}
+
+/// The statement sent in place of a refused one: it fails to parse, naming the marker.
+fn stand_in(out: &mut BytesMut, session: &Session, parse_name: Option<&str>) {
+    let written = match parse_name {
+        Some(name) => frontend::parse(name, &session.marker, std::iter::empty(), out),
+        None => frontend::query(&session.marker, out),
+    };
+    written.expect("the marker holds no NUL byte");
+}
+
+fn refused_message(session: &Session, refusal: &Refusal) -> String {
+    format!("airlock: {refusal} (role `{}` on `{}`)", session.role, session.resource)
+}
+
+/// Reads the target, records outcomes, writes to the client, and ends the session when asked.
+async fn target_to_client(
+    session: &Session,
+    target: &mut (impl AsyncRead + Unpin),
+    client: &mut (impl AsyncWrite + Unpin),
+    mut outbound: Pin<Box<impl Future<Output = Ending>>>,
+    exchange: &Mutex<Exchange>,
+    cut: &mut watch::Receiver<Option<Ending>>,
+) -> Ending {
+    let mut scanner = Scanner::new(MAX_SERVER_MESSAGE, b"Dd");
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut outcomes = Outcomes::default();
+    let ending = loop {
+        let idle_at = lock(exchange).last_activity.unwrap_or_else(Instant::now) + session.idle_timeout;
+        let read = tokio::select! {
+            biased;
+            changed = cut.changed() => match changed {
+                Ok(()) => match cut.borrow_and_update().clone() {
+                    Some(ending) => break ending,
+                    None => continue,
+                },
+                Err(_) => break Ending::Shutdown,
+            },
+            () = tokio::time::sleep_until(session.ends_at) => break Ending::Expired,
+            () = tokio::time::sleep_until(idle_at) => {
+                let mut exchange = lock(exchange);
+                let quiet = exchange.last_activity.is_none_or(|at| at + session.idle_timeout <= Instant::now());
+                if quiet && !exchange.busy() {
+                    break Ending::Idle(session.idle_timeout);
+                }
+                if exchange.busy() {
+                    // A running statement is activity: look again a whole timeout from now.
+                    exchange.last_activity = Some(Instant::now());
+                }
+                continue;
+            }
+            ending = &mut outbound => break ending,
+            read = { buffer.reserve(READ_CHUNK); target.read_buf(&mut buffer) } => read,
+        };
+        match read {
+            Ok(0) => break Ending::TargetClosed,
+            Ok(_) => {}
+            Err(error) => break Ending::Broken(format!("reading from the database: {error}")),
+        }
+        let mut out = BytesMut::new();
+        let mut events = Vec::new();
+        loop {
+            let frame = match scanner.next(&mut buffer) {
+                Ok(Some(Piece::Frame(frame))) => frame,
+                Ok(Some(Piece::Stream(bytes))) => {
+                    out.unsplit(bytes);
+                    continue;
+                }
+                Ok(None) => break,
+                Err(error) => return Ending::Broken(format!("the database sent an invalid message: {error}")),
+            };
+            let replaced = outcomes.observe(session, &frame, exchange, &mut events);
+            match replaced {
+                Some(own) => out.unsplit(own),
+                None => out.unsplit(frame),
+            }
+        }
+        lock(exchange).last_activity = Some(Instant::now());
+        for event in events {
+            session.recorder.record(event).await;
+        }
+        if let Err(error) = client.write_all(&out).await {
+            return Ending::Broken(format!("writing to the client: {error}"));
+        }
+    };
+    if let Some((sqlstate, message)) = ending.notice(&session.grant)
+        && !scanner.mid_frame()
+    {
+        let mut out = BytesMut::new();
+        wire::error_response(&mut out, Severity::Fatal, sqlstate, &message);
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&out)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+    ending
+}
+
+/// Matches the target's answers to the statements awaiting them.
+#[derive(Default)]
+struct Outcomes {
+    /// When the target last finished a statement: the next one cannot have started earlier.
+    last_done: Option<Instant>,
+    /// Rows sent so far for the statement at the front (for a suspended portal).
+    rows: u64,
+}
+
+impl Outcomes {
+    /// Looks at one frame from the target; returns a frame to send instead of it, if any.
+    fn observe(
+        &mut self,
+        session: &Session,
+        frame: &BytesMut,
+        exchange: &Mutex<Exchange>,
+        events: &mut Vec<AuditEvent>,
+    ) -> Option<BytesMut> {
+        match tag(frame) {
+            b'D' => self.rows += 1,
+            b'C' | b'I' | b's' => {
+                let rows = match tag(frame) {
+                    b'C' => cstr(&mut body(frame)).and_then(rows_of),
+                    b's' => Some(self.rows),
+                    _ => Some(0),
+                };
+                let front = pop_statement(exchange);
+                if let Some(pending) = front {
+                    events.push(self.finish(session, pending, json!({ "rows": rows })));
+                }
+            }
+            b'E' => {
+                let mut copy = frame.clone();
+                let Ok(Some(Message::ErrorResponse(error))) = Message::parse(&mut copy) else { return None };
+                let (sqlstate, message) = error_fields(&error);
+                let mut exchange = lock(exchange);
+                let replaced = match exchange.expected.front() {
+                    Some(Expect::Refused(sqlstate, refusal)) if message.contains(session.marker.as_str()) => {
+                        let mut own = BytesMut::new();
+                        wire::error_response(&mut own, Severity::Error, sqlstate, refusal);
+                        Some(own)
+                    }
+                    _ => None,
+                };
+                if !matches!(exchange.expected.front(), Some(Expect::Ready) | None) {
+                    let failed = exchange.expected.pop_front();
+                    if let Some(Expect::Statement(pending)) = failed {
+                        let error = json!({ "error": { "sqlstate": sqlstate, "message": message } });
+                        events.push(self.finish(session, pending, error));
+                    }
+                    // The target skips what remains until the next Sync.
+                    while matches!(exchange.expected.front(), Some(Expect::Statement(_) | Expect::Refused(..))) {
+                        exchange.expected.pop_front();
+                    }
+                }
+                self.last_done = Some(Instant::now());
+                return replaced;
+            }
+            b'Z' => {
+                let mut exchange = lock(exchange);
+                while let Some(expect) = exchange.expected.pop_front() {
+                    if matches!(expect, Expect::Ready) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn finish(&mut self, session: &Session, pending: Pending, outcome: Value) -> AuditEvent {
+        let now = Instant::now();
+        let started = self.last_done.map_or(pending.sent, |done| done.max(pending.sent));
+        self.last_done = Some(now);
+        self.rows = 0;
+        let mut details = session.recorded_text(&pending.text);
+        details["params"] = json!(pending.params);
+        details["duration_us"] = json!(now.duration_since(started).as_micros() as u64);
+        if let (Value::Object(details), Value::Object(outcome)) = (&mut details, outcome) {
+            details.extend(outcome);
+        }
+        session.event(EventKind::StatementExecuted, details)
+    }
+}
+
+/// The statement at the front, if the next answer is for one.
+fn pop_statement(exchange: &Mutex<Exchange>) -> Option<Pending> {
+    let mut exchange = lock(exchange);
+    match exchange.expected.front() {
+        Some(Expect::Statement(_)) => match exchange.expected.pop_front() {
+            Some(Expect::Statement(pending)) => Some(pending),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The row count in a CommandComplete tag (`SELECT 5`, `INSERT 0 5`, `COPY 5`…).
+fn rows_of(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    let command = words.next()?;
+    let counted = ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"];
+    if counted.contains(&command) { words.next_back()?.parse().ok() } else { None }
+}
+
+/// A read error as the Ending that reports it.
+pub fn broken(error: WireError) -> Ending {
+    Ending::Broken(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_counts_come_from_command_tags() {
+        assert_eq!(rows_of("SELECT 5"), Some(5));
+        assert_eq!(rows_of("INSERT 0 12"), Some(12));
+        assert_eq!(rows_of("COPY 1000000"), Some(1_000_000));
+        assert_eq!(rows_of("CREATE TABLE"), None);
+        assert_eq!(rows_of("BEGIN"), None);
+    }
+
+    #[test]
+    fn bind_parameter_counts() {
+        // two format codes, then three parameters
+        let body = [0, 2, 0, 0, 0, 1, 0, 3, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(bind_parameters(&body), 3);
+        assert_eq!(bind_parameters(&[0, 9]), 0);
+        assert_eq!(bind_parameters(&[]), 0);
+    }
+}

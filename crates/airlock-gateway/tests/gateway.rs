@@ -1,0 +1,411 @@
+//! The gateway against a real PostgreSQL and real clients: a throwaway cluster managed by the
+//! connector, a broker on the quickstart policies (system clock: PostgreSQL and the credentials
+//! check times against the real clock), the gateway on a random port with a generated TLS
+//! certificate, and tokio-postgres over rustls as the client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_broker::Broker;
+use airlock_broker::broker::RequestInput;
+use airlock_broker::clock::{Clock, SystemClock};
+use airlock_broker::secrets::{BrokerKey, load_or_create_key};
+use airlock_core::lifecycle::Grant;
+use airlock_core::values::{GrantDuration, Reason};
+use airlock_gateway::gateway::{self, Parts, ResourceTarget, Settings, Verifier};
+use airlock_gateway::guard::Allowed;
+use airlock_gateway::target::TargetAddress;
+use airlock_gateway::tls::{self, GENERATED_CERT, Identity};
+use airlock_postgres::cluster::LocalCluster;
+use airlock_postgres::reconciler::{Reconciler, Target};
+use airlock_postgres::roles::RoleKey;
+use airlock_testkit::{caller, eventually};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+const PREPARE: &str = "
+    CREATE ROLE airlock_connector LOGIN CREATEROLE PASSWORD 'connector-secret-3f9a';
+    GRANT pg_read_all_data TO airlock_connector WITH ADMIN OPTION;
+    CREATE ROLE app_writer NOLOGIN;
+    CREATE TABLE orders (id int, note text);
+    INSERT INTO orders VALUES (1, 'a'), (2, 'b'), (3, 'c');
+    GRANT SELECT, INSERT ON orders TO app_writer;
+    GRANT app_writer TO airlock_connector WITH ADMIN OPTION;
+";
+
+struct Harness {
+    _cluster: LocalCluster,
+    broker: Broker,
+    key: BrokerKey,
+    gateway_port: u16,
+    stop: watch::Sender<bool>,
+    tls: MakeRustlsConnect,
+    _dir: TempDir,
+}
+
+async fn start(settings: Settings) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(&dir.path().join("pg")).await.expect("a throwaway cluster");
+    cluster.connect("postgres").await.unwrap().batch_execute(PREPARE).await.unwrap();
+    std::fs::write(dir.path().join("connector.password"), "connector-secret-3f9a\n").unwrap();
+    let catalog = format!(
+        r#"
+        [[resource]]
+        name = "demo-db"
+        kind = "postgres"
+        environment = "prod"
+        [resource.postgres]
+        address = "127.0.0.1:{port}"
+        database = "postgres"
+        admin_user = "airlock_connector"
+        admin_password_file = "connector.password"
+        [resource.roles.read]
+        max_duration = "1h"
+        database_roles = ["pg_read_all_data"]
+        [resource.roles.write]
+        max_duration = "30m"
+        approvals = 2
+        database_roles = ["app_writer"]
+        "#,
+        port = cluster.port()
+    );
+    let broker = airlock_testkit::broker(dir.path(), &catalog, Arc::new(SystemClock) as Arc<dyn Clock>).await;
+    let key = load_or_create_key(dir.path()).unwrap();
+    let role_key = RoleKey::new([42; 32]);
+    let targets = Target::from_catalog(&broker.policies().catalog).unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let reconciler = Reconciler::new(broker.clone(), targets, role_key.clone(), Duration::from_secs(1));
+    tokio::spawn(reconciler.run(stopped.clone()));
+
+    let identity = Identity::Generated { dir: dir.path().to_owned() };
+    let address = TargetAddress { host: "127.0.0.1".into(), port: cluster.port(), database: "postgres".into() };
+    let roles = ["read", "write"].map(|role| (role.parse().unwrap(), Allowed::default()));
+    let resource = ResourceTarget { address, roles: HashMap::from(roles) };
+    let parts = Parts {
+        authority: broker.clone(),
+        settings,
+        tls: Some(tls::acceptor(&identity).unwrap()),
+        targets: HashMap::from([("demo-db".parse().unwrap(), resource)]),
+        verifier: Verifier { public_key: key.signing.verifying_key().to_bytes() },
+        role_key,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_port = listener.local_addr().unwrap().port();
+    tokio::spawn(gateway::serve(parts, listener, stopped));
+    let tls = client_tls(&dir.path().join(GENERATED_CERT));
+    Harness { _cluster: cluster, broker, key, gateway_port, stop, tls, _dir: dir }
+}
+
+/// A rustls client that trusts the gateway's generated certificate.
+fn client_tls(cert: &std::path::Path) -> MakeRustlsConnect {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    MakeRustlsConnect::new(config)
+}
+
+impl Harness {
+    /// A live `read` grant of dana's (on call: approved at once).
+    async fn read_grant(&self, duration: &str) -> Grant {
+        let input = RequestInput {
+            resource: "demo-db".parse().unwrap(),
+            role: "read".parse().unwrap(),
+            duration: GrantDuration::parse(duration).unwrap(),
+            reason: Reason::parse("INC-7 investigation").unwrap(),
+        };
+        let (_, grant) = self.broker.create_request(&caller("dana", &["eng", "oncall"]), input).await.unwrap();
+        grant.expect("on-call read is approved at once")
+    }
+
+    async fn token(&self, grant: &Grant) -> String {
+        let holder = caller(grant.holder.as_str(), &["eng", "oncall"]);
+        let (_, token) = self.broker.issue_credential(&holder, &grant.id.to_string(), &self.key).await.unwrap();
+        token.expose().to_owned()
+    }
+
+    fn config(&self, user: &str, password: &str) -> Config {
+        let mut config = Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.gateway_port)
+            .dbname("postgres")
+            .user(user)
+            .password(password)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        config
+    }
+
+    /// Connects as `user`; the connection's own outcome (how it ended) comes back on the handle.
+    async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<(Client, tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>), tokio_postgres::Error> {
+        let (client, connection) = self.config(user, password).connect(self.tls.clone()).await?;
+        Ok((client, tokio::spawn(connection)))
+    }
+
+    async fn audit(&self, kind: &str) -> Vec<Value> {
+        let records = self.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+        records.into_iter().filter(|r| r.kind == kind).map(|r| serde_json::from_str(&r.details).unwrap()).collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn code(error: &tokio_postgres::Error) -> Option<&SqlState> {
+    error.code()
+}
+
+fn message(error: &tokio_postgres::Error) -> String {
+    error.as_db_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string())
+}
+
+#[tokio::test]
+async fn statements_are_relayed_and_recorded() {
+    let h = start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let token = h.token(&grant).await;
+    let (client, _) = h.connect("dana", &token).await.expect("the credential logs in");
+
+    let count: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    assert_eq!(count, 3);
+    let rows = client.query("SELECT note FROM orders WHERE id > $1 ORDER BY id", &[&1i32]).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(), ["b", "c"]);
+    let refused = client.batch_execute("INSERT INTO orders VALUES (9, 'z')").await.unwrap_err();
+    assert_eq!(code(&refused), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "the database's own privileges hold");
+    client.batch_execute("SELECT 1; SELECT 2").await.unwrap();
+    drop(client);
+
+    eventually(|| async { !h.audit("session.ended").await.is_empty() }).await;
+    let statements = h.audit("statement.executed").await;
+    let texts: Vec<&str> = statements.iter().map(|s| s["text"].as_str().unwrap()).collect();
+    assert!(texts.contains(&"SELECT count(*) FROM orders"), "{texts:?}");
+    let with_param = statements.iter().find(|s| s["text"] == "SELECT note FROM orders WHERE id > $1 ORDER BY id");
+    let with_param = with_param.expect("the prepared statement is recorded");
+    assert_eq!((with_param["params"].as_u64(), with_param["rows"].as_u64()), (Some(1), Some(2)));
+    let insert = statements.iter().find(|s| s["text"].as_str().unwrap().starts_with("INSERT")).unwrap();
+    assert_eq!(insert["error"]["sqlstate"], "42501");
+    assert!(texts.contains(&"SELECT 1") && texts.contains(&"SELECT 2"), "each statement of a string: {texts:?}");
+    assert!(statements.iter().all(|s| s["grant"] == grant.id.to_string() && s["session"].is_string()));
+    let started = h.audit("session.started").await;
+    assert_eq!(started.len(), 1);
+    assert_eq!(h.audit("session.ended").await[0]["reason"], "client_left");
+    let chain = h.broker.verify_chain().await.unwrap();
+    assert!(matches!(chain, airlock_broker::broker::ChainCheck::Intact(_)));
+    let all = h.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+    assert!(all.iter().all(|r| !r.details.contains(&token)), "the token is never recorded");
+}
+
+#[tokio::test]
+async fn guardrails_refuse_privilege_changes_without_sending_them() {
+    let h = start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let (client, _) = h.connect("dana", &h.token(&grant).await).await.unwrap();
+
+    for statement in
+        ["SET ROLE pg_read_all_data", "GRANT SELECT ON orders TO public", "ALTER SYSTEM SET work_mem = '1GB'"]
+    {
+        let refused = client.batch_execute(statement).await.unwrap_err();
+        assert_eq!(code(&refused), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{statement}: {refused:?}");
+        assert!(message(&refused).starts_with("airlock: "), "{}", message(&refused));
+    }
+    // Extended protocol: a prepared statement is checked before it is parsed by the server.
+    let refused = client.prepare("SELECT set_config('role', 'pg_read_all_data', false)").await.unwrap_err();
+    assert_eq!(code(&refused), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    // One bad statement refuses the whole string: nothing of it runs.
+    let refused = client.batch_execute("SET application_name = 'ran'; RESET ROLE").await.unwrap_err();
+    assert_eq!(code(&refused), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    let name: String = client.query_one("SHOW application_name", &[]).await.unwrap().get(0);
+    assert_ne!(name, "ran");
+    // Inside a transaction the refusal aborts it, as any failed statement does.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert!(client.batch_execute("SET SESSION AUTHORIZATION DEFAULT").await.is_err());
+    let aborted = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&aborted), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // What cannot be parsed is refused too.
+    let garbled = client.batch_execute("SELEC 1").await.unwrap_err();
+    assert!(message(&garbled).starts_with("airlock: "), "{}", message(&garbled));
+    let user: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert!(user.starts_with("airlock_"), "still the grant's role: {user}");
+
+    eventually(|| async { h.audit("statement.refused").await.len() == 7 }).await;
+    let refused = h.audit("statement.refused").await;
+    assert!(refused.iter().any(|r| r["text"] == "SET ROLE pg_read_all_data"));
+}
+
+#[tokio::test]
+async fn bad_credentials_are_refused_with_clear_errors() {
+    let h = start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let token = h.token(&grant).await;
+
+    // One character of the signed claims changed.
+    let at = token.len() / 2;
+    let swapped = if &token[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+    for (user, password, expect) in [
+        ("dana", "hunter2", "not an Airlock credential"),
+        ("dana", forged.as_str(), "signature"),
+        ("alice", token.as_str(), "not issued to `alice`"),
+    ] {
+        let error = h.connect(user, password).await.err().expect("refused");
+        assert_eq!(code(&error), Some(&SqlState::INVALID_PASSWORD), "{user}: {error:?}");
+        assert!(message(&error).contains(expect), "{}", message(&error));
+    }
+    let mut plain = h.config("dana", &token);
+    plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let error = plain.connect(NoTls).await.err().expect("plaintext is refused");
+    assert!(message(&error).contains("only TLS"), "{}", message(&error));
+
+    // PostgreSQL applies startup parameters as settings: `-c role=…` would change identity.
+    let mut sneaky = h.config("dana", &token);
+    sneaky.options("-c role=pg_write_all_data");
+    let error = sneaky.connect(h.tls.clone()).await.err().expect("startup settings are refused");
+    assert_eq!(code(&error), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{error:?}");
+
+    h.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
+    let error = h.connect("dana", &token).await.err().expect("a revoked grant's credential is refused");
+    assert!(message(&error).contains("has ended"), "{}", message(&error));
+    eventually(|| async { h.audit("session.refused").await.len() == 6 }).await;
+}
+
+#[tokio::test]
+async fn a_revoke_ends_every_session_of_the_grant_with_an_error() {
+    let h = start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let token = h.token(&grant).await;
+    let (idle, idle_end) = h.connect("dana", &token).await.unwrap();
+    let (in_tx, in_tx_end) = h.connect("dana", &token).await.unwrap();
+    in_tx.batch_execute("BEGIN; SELECT count(*) FROM orders").await.unwrap();
+    let (listening, listening_end) = h.connect("dana", &token).await.unwrap();
+    listening.batch_execute("LISTEN news").await.unwrap();
+    let (busy, _) = h.connect("dana", &token).await.unwrap();
+    let sleeping = tokio::spawn(async move { busy.batch_execute("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    h.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
+    for end in [idle_end, in_tx_end, listening_end] {
+        let ended = tokio::time::timeout(Duration::from_secs(5), end).await.expect("the session ends").unwrap();
+        let error = ended.expect_err("the session ends with an error");
+        assert_eq!(code(&error), Some(&SqlState::ADMIN_SHUTDOWN), "{error:?}");
+        assert!(message(&error).contains("has ended"), "{}", message(&error));
+    }
+    let slept = tokio::time::timeout(Duration::from_secs(5), sleeping).await.expect("the query is cut").unwrap();
+    let error = slept.expect_err("mid-query, the client gets an error");
+    assert_eq!(code(&error), Some(&SqlState::ADMIN_SHUTDOWN), "{error:?}");
+    assert!(idle.is_closed() && in_tx.is_closed() && listening.is_closed());
+    eventually(|| async { h.audit("session.ended").await.len() == 4 }).await;
+    assert!(h.audit("session.ended").await.iter().all(|e| e["reason"] == "grant_ended"));
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_grant_expires() {
+    let h = start(Settings::default()).await;
+    let grant = h.read_grant("3s").await;
+    let (_client, end) = h.connect("dana", &h.token(&grant).await).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), end).await.expect("the session ends").unwrap();
+    let error = ended.expect_err("with an error");
+    assert_eq!(code(&error), Some(&SqlState::ADMIN_SHUTDOWN), "{error:?}");
+    assert!(message(&error).contains("expired") || message(&error).contains("has ended"), "{}", message(&error));
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed() {
+    let h = start(Settings { idle_timeout: Duration::from_secs(1), ..Settings::default() }).await;
+    let grant = h.read_grant("30m").await;
+    let (client, end) = h.connect("dana", &h.token(&grant).await).await.unwrap();
+    // A statement longer than the timeout is not idleness.
+    client.batch_execute("SELECT pg_sleep(1.5)").await.expect("a running statement is not idle");
+    let ended = tokio::time::timeout(Duration::from_secs(5), end).await.expect("the session ends").unwrap();
+    let error = ended.expect_err("with an error");
+    assert_eq!(code(&error), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{error:?}");
+}
+
+#[tokio::test]
+async fn cancel_requests_reach_only_their_own_backend() {
+    let h = start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let token = h.token(&grant).await;
+    let (client, _) = h.connect("dana", &token).await.unwrap();
+    let (bystander, _) = h.connect("dana", &token).await.unwrap();
+    let cancel = client.cancel_token();
+    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
+    let other = tokio::spawn(async move { bystander.batch_execute("SELECT pg_sleep(2)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel_query(h.tls.clone()).await.expect("the cancel request is sent");
+    let cancelled = tokio::time::timeout(Duration::from_secs(5), running).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(code(&cancelled), Some(&SqlState::QUERY_CANCELED));
+    other.await.unwrap().expect("the other session's statement is not cancelled");
+}
+
+#[tokio::test]
+async fn large_results_copy_and_notifications_pass_through() {
+    let h = start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let (client, _) = h.connect("dana", &h.token(&grant).await).await.unwrap();
+
+    let rows = client.query_raw("SELECT g, repeat('x', 20) FROM generate_series(1, 1000000) g", [] as [i32; 0]);
+    let mut rows = std::pin::pin!(rows.await.unwrap());
+    let mut count = 0u64;
+    while let Some(row) = futures_util::StreamExt::next(&mut rows).await {
+        row.unwrap();
+        count += 1;
+    }
+    assert_eq!(count, 1_000_000);
+
+    let out = client.copy_out("COPY orders TO STDOUT").await.unwrap();
+    let mut out = std::pin::pin!(out);
+    let mut copied = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut out).await {
+        copied.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(copied).unwrap(), "1\ta\n2\tb\n3\tc\n");
+
+    client.batch_execute("CREATE TEMP TABLE t (x int)").await.unwrap();
+    let sink = client.copy_in::<_, bytes::Bytes>("COPY t FROM STDIN").await.unwrap();
+    let mut sink = std::pin::pin!(sink);
+    futures_util::SinkExt::send(&mut sink, bytes::Bytes::from_static(b"1\n2\n3\n")).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+
+    let mut notices = Vec::new();
+    let (listener, mut connection) = h.config("dana", &h.token(&grant).await).connect(h.tls.clone()).await.unwrap();
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            let _ = sender.send(message);
+        }
+    });
+    listener
+        .batch_execute("LISTEN news; CREATE TEMP TABLE n (x int); CREATE TEMP TABLE IF NOT EXISTS n (x int)")
+        .await
+        .unwrap();
+    client.batch_execute("NOTIFY news, 'through the gateway'").await.unwrap();
+    while notices.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(5), received.recv()).await.unwrap().unwrap();
+        notices.push(format!("{message:?}"));
+    }
+    assert!(notices.iter().any(|n| n.contains("already exists")), "{notices:?}");
+    assert!(notices.iter().any(|n| n.contains("through the gateway")), "{notices:?}");
+    eventually(|| async { h.audit("statement.executed").await.iter().any(|s| s["rows"] == 1_000_000) }).await;
+}

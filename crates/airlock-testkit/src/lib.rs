@@ -1,0 +1,62 @@
+//! Dev-only helpers shared by the test suites: a caller with groups, a broker over a catalog and
+//! the quickstart policies, and waiting for a condition to hold.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_broker::broker::Settings;
+use airlock_broker::bundle::PolicyBundle;
+use airlock_broker::clock::Clock;
+use airlock_broker::config::PolicySection;
+use airlock_broker::{Broker, Caller};
+use airlock_core::policy::Principal;
+use airlock_core::values::GrantDuration;
+use airlock_store::Store;
+
+/// A person named `name` in `groups`, calling from 127.0.0.1.
+pub fn caller(name: &str, groups: &[&str]) -> Caller {
+    Caller {
+        principal: Principal {
+            name: name.parse().expect("a valid user name"),
+            groups: groups.iter().map(|g| g.parse().expect("a valid group name")).collect(),
+            service: false,
+        },
+        source_ip: [127, 0, 0, 1].into(),
+    }
+}
+
+/// A broker in `dir` (store in `dir/data`) over `catalog` and the quickstart's policies:
+/// `eng` may request demo-db's `read` and `write`, `sre` reviews, `oncall` reads at once.
+pub async fn broker(dir: &Path, catalog: &str, clock: Arc<dyn Clock>) -> Broker {
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
+    std::fs::write(dir.join("catalog.toml"), catalog).expect("the catalog is written");
+    let bundle = PolicyBundle::load(&PolicySection {
+        catalog: dir.join("catalog.toml"),
+        policies: format!("{quickstart}/policies").into(),
+        tests: format!("{quickstart}/policy-tests").into(),
+    })
+    .expect("the catalog and the quickstart policies load");
+    let store = Store::open(&dir.join("data")).await.expect("a store");
+    let settings = Settings {
+        pending_ttl: GrantDuration::parse("1h").expect("a duration"),
+        auditors: vec!["sre".parse().expect("a group name")],
+    };
+    Broker::new(store, bundle, clock, settings)
+}
+
+/// Polls `check` until it holds, for at most 10 seconds.
+pub async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the condition did not hold within 10 seconds");
+}
