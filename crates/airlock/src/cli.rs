@@ -46,6 +46,10 @@ pub enum Command {
         /// Address to listen on (default: the config's `broker.listen`, else 127.0.0.1:8470).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Address the gateway listens on (default: the config's `gateway.listen`); needs a
+        /// `[gateway]` section.
+        #[arg(long)]
+        gateway_listen: Option<SocketAddr>,
     },
     /// Administer the broker's data directory directly (users).
     Admin {
@@ -216,7 +220,7 @@ pub enum AuditCommand {
 
 pub async fn run(cli: Cli) -> Outcome {
     match cli.command {
-        Command::Serve { files, listen } => serve::run(&files, listen).await,
+        Command::Serve { files, listen, gateway_listen } => serve::run(&files, listen, gateway_listen).await,
         Command::Admin { files, command } => local::admin(&files, command).await,
         Command::Policy { config, command } => local::policy(&config, command),
         Command::Whoami { remote } => remote::whoami(&remote).await,

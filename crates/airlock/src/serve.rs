@@ -21,7 +21,7 @@ use crate::{gateway, throwaway};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
-pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
+pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Option<SocketAddr>) -> Outcome {
     let (broker, config) = open_broker(files).await?;
     let key = load_or_create_key(&files.data_dir).context("cannot load the signing key")?;
     let listen =
@@ -38,12 +38,15 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>) -> Outcome {
     let role_key = RoleKey::new(
         load_or_create_secret(&files.data_dir.join("connector.key")).context("cannot load the connector's key")?,
     );
+    if gateway_listen.is_some() && config.gateway.is_none() {
+        return Err(anyhow::anyhow!("--gateway-listen needs a [gateway] section in the configuration").into());
+    }
     let gateway = match &config.gateway {
         Some(section) => {
+            let listen = gateway_listen.unwrap_or(section.listen);
             let parts = gateway::parts(broker.clone(), section, &files.data_dir, &key, role_key.clone(), &targets)?;
-            let listener = TcpListener::bind(section.listen)
-                .await
-                .with_context(|| format!("the gateway cannot listen on {}", section.listen))?;
+            let listener =
+                TcpListener::bind(listen).await.with_context(|| format!("the gateway cannot listen on {listen}"))?;
             let address = listener.local_addr().context("cannot read the gateway's address")?;
             println!("airlock gateway listening on {address} (PostgreSQL, TLS)");
             Some((address, tokio::spawn(airlock_gateway::gateway::serve(parts, listener, stopped.clone()))))

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -195,7 +195,7 @@ impl TestApp {
             .arg(&self.config)
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -812,6 +812,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/requests/{id}/cancel", "post"),
     ("/v1/grants", "get"),
     ("/v1/grants/{id}/revoke", "post"),
+    ("/v1/grants/{id}/credentials", "post"),
     ("/v1/audit", "get"),
     ("/v1/audit/verify", "get"),
 ];
@@ -988,36 +989,58 @@ async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
 }
 
 #[test]
-fn the_quickstart_database_is_real_and_a_grant_reads_it_until_revoked() {
+fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_revoked() {
     let app = spawn_app();
     let request = app.request("dana", "read", "20m");
     let grant_id = str_of(&request["grant"], "id").to_owned();
-    let port = app.throwaway_port.expect("serve said it started a throwaway PostgreSQL for demo-db");
+    assert!(app.throwaway_port.is_some(), "serve said it started a throwaway PostgreSQL for demo-db");
 
-    // The grant's role, with the password only the connector's key can derive.
-    let secret: [u8; 32] = hex::decode(fs::read_to_string(app.data_dir.join("connector.key")).unwrap().trim())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let grant: airlock_core::ids::GrantId = grant_id.parse().unwrap();
-    let password = airlock_postgres::roles::RoleKey::new(secret).password(&grant);
-    let url = format!(
-        "host=127.0.0.1 port={port} dbname=demo user={} password={password}",
-        airlock_postgres::roles::role_name(&grant)
-    );
-    let psql = |sql: &str| Command::new("psql").args([url.as_str(), "-XAtc", sql]).output().expect("psql runs");
-    let read = eventually("the grant's role to log in and read", || {
-        let output = psql("SELECT count(*) FROM orders WHERE status = 'stuck'");
-        output.status.success().then(|| stdout(&output))
-    });
-    assert_eq!(read.trim(), "2");
-    let write = psql("UPDATE orders SET status = 'shipped'");
+    let connect = |sql: &str| app.airlock("dana", &["connect", "demo-db", "--", "-XAtc", sql]);
+    let stuck = connect("SELECT count(*) FROM orders WHERE status = 'stuck'");
+    assert_exit(&stuck, 0);
+    assert_eq!(stdout(&stuck).trim(), "2");
+    let write = connect("UPDATE orders SET status = 'shipped'");
+    assert_exit(&write, 1);
     assert!(stderr(&write).contains("permission denied"), "{}", stderr(&write));
+    let escalate = connect("SET ROLE postgres");
+    assert_exit(&escalate, 1);
+    assert!(
+        stderr(&escalate).contains("airlock:") && stderr(&escalate).contains("role_change"),
+        "{}",
+        stderr(&escalate)
+    );
 
+    // Any client, with the printed connection string; one session stays open across the revoke.
+    let credentials = app.airlock("dana", &["credentials", &grant_id]);
+    assert_exit(&credentials, 0);
+    let conninfo = stdout(&credentials).trim().to_owned();
+    assert!(conninfo.contains("sslmode=require") && conninfo.contains("password=v4.public."), "{conninfo}");
+    let mut open = Command::new("psql")
+        .args([conninfo.as_str(), "-XAt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    let mut input = open.stdin.take().unwrap();
+    input.write_all(b"SELECT 'before';\n").unwrap();
+    input.flush().unwrap();
+    thread::sleep(Duration::from_millis(500));
     assert_exit(&app.airlock("dana", &["revoke", &grant_id, "--reason", "done"]), 0);
-    let refused = eventually("the grant's role to be gone", || {
-        let output = psql("SELECT 1");
-        (!output.status.success()).then(|| stderr(&output))
-    });
-    assert!(refused.contains("password authentication failed"), "{refused}");
+    thread::sleep(Duration::from_millis(500));
+    let _ = input.write_all(b"SELECT 'after';\n");
+    drop(input);
+    let session = open.wait_with_output().unwrap();
+    assert!(stdout(&session).contains("before") && !stdout(&session).contains("after"), "{}", stdout(&session));
+    assert!(stderr(&session).contains("has ended"), "the client is told why: {}", stderr(&session));
+
+    let after = connect("SELECT 1");
+    assert_exit(&after, 1);
+    assert!(stderr(&after).contains("no live grant"), "{}", stderr(&after));
+    let tail = app.json("bob", &["audit", "tail", "-n", "30"]).to_string();
+    for kind in ["credential.issued", "session.started", "statement.executed", "statement.refused", "session.ended"] {
+        assert!(tail.contains(kind), "{kind} in {tail}");
+    }
+    assert!(tail.contains("status = 'stuck'"), "the statement text is recorded");
+    assert!(!tail.contains("v4.public."), "a credential is never recorded");
 }
