@@ -28,16 +28,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-const PREPARE: &str = "
-    CREATE ROLE airlock_connector LOGIN CREATEROLE PASSWORD 'connector-secret-3f9a';
-    GRANT pg_read_all_data TO airlock_connector WITH ADMIN OPTION;
-    CREATE ROLE app_writer NOLOGIN;
-    CREATE TABLE orders (id int, note text);
-    INSERT INTO orders VALUES (1, 'a'), (2, 'b'), (3, 'c');
-    GRANT SELECT, INSERT ON orders TO app_writer;
-    GRANT app_writer TO airlock_connector WITH ADMIN OPTION;
-";
-
 struct Harness {
     _cluster: LocalCluster,
     broker: Broker,
@@ -50,30 +40,7 @@ struct Harness {
 
 async fn start(settings: Settings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(&dir.path().join("pg")).await.expect("a throwaway cluster");
-    cluster.connect("postgres").await.unwrap().batch_execute(PREPARE).await.unwrap();
-    std::fs::write(dir.path().join("connector.password"), "connector-secret-3f9a\n").unwrap();
-    let catalog = format!(
-        r#"
-        [[resource]]
-        name = "demo-db"
-        kind = "postgres"
-        environment = "prod"
-        [resource.postgres]
-        address = "127.0.0.1:{port}"
-        database = "postgres"
-        admin_user = "airlock_connector"
-        admin_password_file = "connector.password"
-        [resource.roles.read]
-        max_duration = "1h"
-        database_roles = ["pg_read_all_data"]
-        [resource.roles.write]
-        max_duration = "30m"
-        approvals = 2
-        database_roles = ["app_writer"]
-        "#,
-        port = cluster.port()
-    );
+    let (cluster, catalog) = airlock_testkit::managed_database(dir.path()).await;
     let broker = airlock_testkit::broker(dir.path(), &catalog, Arc::new(SystemClock) as Arc<dyn Clock>).await;
     let key = load_or_create_key(dir.path()).unwrap();
     let role_key = RoleKey::new([42; 32]);

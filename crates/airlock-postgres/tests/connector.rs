@@ -15,12 +15,10 @@ use airlock_core::values::{GrantDuration, Reason};
 use airlock_postgres::cluster::LocalCluster;
 use airlock_postgres::reconciler::{Pass, Reconciler, Target};
 use airlock_postgres::roles::{RoleKey, role_name};
-use airlock_testkit::{caller, eventually};
+use airlock_testkit::{CONNECTOR_PASSWORD, caller, eventually};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio_postgres::{Client, NoTls};
-
-const CONNECTOR_PASSWORD: &str = "connector-secret-3f9a";
 
 struct Setup {
     cluster: LocalCluster,
@@ -31,45 +29,9 @@ struct Setup {
     _dir: TempDir,
 }
 
-/// Superuser SQL giving the connector what the documentation says it needs, and a table.
-const PREPARE: &str = "
-    CREATE ROLE airlock_connector LOGIN CREATEROLE PASSWORD 'connector-secret-3f9a';
-    GRANT pg_read_all_data TO airlock_connector WITH ADMIN OPTION;
-    CREATE ROLE app_writer NOLOGIN;
-    CREATE TABLE orders (id int);
-    INSERT INTO orders VALUES (1), (2), (3);
-    GRANT SELECT, INSERT ON orders TO app_writer;
-    GRANT CREATE ON SCHEMA public TO app_writer;
-    GRANT app_writer TO airlock_connector WITH ADMIN OPTION;
-";
-
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(&dir.path().join("pg")).await.expect("a throwaway cluster");
-    cluster.connect("postgres").await.unwrap().batch_execute(PREPARE).await.unwrap();
-
-    std::fs::write(dir.path().join("connector.password"), format!("{CONNECTOR_PASSWORD}\n")).unwrap();
-    let catalog = format!(
-        r#"
-        [[resource]]
-        name = "demo-db"
-        kind = "postgres"
-        environment = "prod"
-        [resource.postgres]
-        address = "127.0.0.1:{port}"
-        database = "postgres"
-        admin_user = "airlock_connector"
-        admin_password_file = "connector.password"
-        [resource.roles.read]
-        max_duration = "1h"
-        database_roles = ["pg_read_all_data"]
-        [resource.roles.write]
-        max_duration = "30m"
-        approvals = 2
-        database_roles = ["app_writer"]
-        "#,
-        port = cluster.port()
-    );
+    let (cluster, catalog) = airlock_testkit::managed_database(dir.path()).await;
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
     let broker = airlock_testkit::broker(dir.path(), &catalog, clock.clone() as Arc<dyn Clock>).await;
     let targets = Target::from_catalog(&broker.policies().catalog).unwrap();
