@@ -58,6 +58,10 @@ pub enum BrokerError {
     NotActive(#[from] NotActive),
     #[error("only members of the auditor groups may read the audit chain")]
     AuditForbidden,
+    #[error("only service accounts in the `gateways` group may act as a gateway")]
+    GatewayForbidden,
+    #[error("{0}")]
+    GatewayEvents(String),
     #[error(transparent)]
     Credential(#[from] airlock_core::credential::IssueError),
     #[error(transparent)]
@@ -78,7 +82,9 @@ impl BrokerError {
             }
             BrokerError::Review(ReviewError::OwnRequest | ReviewError::NotAllowed { .. })
             | BrokerError::Cancel(CancelError::NotRequester)
-            | BrokerError::AuditForbidden => ErrorKind::Forbidden,
+            | BrokerError::AuditForbidden
+            | BrokerError::GatewayForbidden => ErrorKind::Forbidden,
+            BrokerError::GatewayEvents(_) => ErrorKind::BadInput,
             BrokerError::Review(_)
             | BrokerError::Cancel(_)
             | BrokerError::NotActive(_)

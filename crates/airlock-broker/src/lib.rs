@@ -8,6 +8,7 @@
 //! - [`secrets`]: API tokens (shown once, stored hashed) and the broker's signing key;
 //! - [`broker`]: the use cases, each one transaction with its audit events;
 //! - [`credentials`]: gateway credentials for a holder's live grant;
+//! - [`gateways`]: what a gateway running apart may ask and record;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
 
 pub mod broker;
@@ -15,6 +16,7 @@ pub mod bundle;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod gateways;
 pub mod scheduler;
 pub mod secrets;
 

@@ -54,24 +54,27 @@ impl BrokerKey {
     }
 }
 
+/// Reads the 32-byte secret at `path`, which must exist.
+pub fn read_secret(path: &Path) -> Result<[u8; 32], SecretError> {
+    let display = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|source| SecretError::KeyFile { path: display.clone(), source })?;
+    let bytes = hex::decode(text.trim()).map_err(|_| SecretError::KeyFormat { path: display.clone() })?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| SecretError::KeyFormat { path: display })
+}
+
 /// Reads the 32-byte secret at `path`, generating it (file mode 0600) when missing.
 pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], SecretError> {
+    if path.exists() {
+        return read_secret(path);
+    }
     let display = path.display().to_string();
     let io = |source| SecretError::KeyFile { path: display.clone(), source };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let bytes = hex::decode(text.trim()).map_err(|_| SecretError::KeyFormat { path: display.clone() })?;
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| SecretError::KeyFormat { path: display.clone() })
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let seed = random_bytes()?;
-            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-            file.write_all(hex::encode(seed).as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            Ok(seed)
-        }
-        Err(error) => Err(io(error)),
-    }
+    let seed = random_bytes()?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    file.write_all(hex::encode(seed).as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(seed)
 }
 
 /// Reads the signing key in `data_dir`, generating it (file mode 0600) at first start.

@@ -7,8 +7,9 @@ use std::future::Future;
 
 use airlock_broker::Broker;
 use airlock_core::audit::AuditEvent;
-use airlock_core::ids::GrantId;
+use airlock_core::ids::{GrantId, ResourceName, RoleName, UserName};
 use airlock_core::lifecycle::Grant;
+use time::OffsetDateTime;
 use tokio::sync::watch;
 
 /// The broker could not answer; the gateway fails closed.
@@ -16,10 +17,26 @@ use tokio::sync::watch;
 #[error("the broker cannot be asked: {0}")]
 pub struct AuthorityError(pub String);
 
+/// What the gateway needs to know of a live grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveGrant {
+    pub id: GrantId,
+    pub holder: UserName,
+    pub resource: ResourceName,
+    pub role: RoleName,
+    pub ends_at: OffsetDateTime,
+}
+
+impl From<Grant> for LiveGrant {
+    fn from(grant: Grant) -> Self {
+        Self { id: grant.id, holder: grant.holder, resource: grant.resource, role: grant.role, ends_at: grant.ends_at }
+    }
+}
+
 /// The broker, as the gateway sees it.
 pub trait Authority: Clone + Send + Sync + 'static {
     /// The grant, when it is live now.
-    fn live_grant(&self, grant: GrantId) -> impl Future<Output = Result<Option<Grant>, AuthorityError>> + Send;
+    fn live_grant(&self, grant: GrantId) -> impl Future<Output = Result<Option<LiveGrant>, AuthorityError>> + Send;
 
     /// The ids of every grant live now.
     fn live_grants(&self) -> impl Future<Output = Result<HashSet<GrantId>, AuthorityError>> + Send;
@@ -36,8 +53,8 @@ fn unavailable(error: impl std::fmt::Display) -> AuthorityError {
 }
 
 impl Authority for Broker {
-    async fn live_grant(&self, grant: GrantId) -> Result<Option<Grant>, AuthorityError> {
-        Broker::live_grant(self, &grant).await.map_err(unavailable)
+    async fn live_grant(&self, grant: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
+        Ok(Broker::live_grant(self, &grant).await.map_err(unavailable)?.map(LiveGrant::from))
     }
 
     async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {

@@ -198,6 +198,38 @@ pub struct VerifyView {
     pub error: Option<String>,
 }
 
+/// What a gateway running apart asks for live grants with.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LiveGrantsQuery {
+    /// Answer only once the grants changed after this generation (or after 25 s).
+    pub changed_since: Option<u64>,
+}
+
+/// The live grants, for gateways, at a generation of the broker's grant changes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LiveGrantsView {
+    pub generation: u64,
+    pub grants: Vec<GrantView>,
+}
+
+/// An event a gateway observed (`session.*`, `statement.*`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GatewayEventView {
+    pub kind: String,
+    pub actor: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub details: serde_json::Value,
+}
+
+/// How many events were recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecordedView {
+    pub recorded: usize,
+}
+
 /// A gateway credential for one live grant: the token is the password, shown once.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CredentialView {

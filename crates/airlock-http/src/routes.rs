@@ -2,7 +2,8 @@
 //! caller; the broker then checks what that caller may do.
 
 use airlock_broker::broker::{ChainCheck, RequestInput};
-use airlock_core::ids::{ResourceName, RoleName};
+use airlock_core::audit::AuditEvent;
+use airlock_core::ids::{GrantId, ResourceName, RoleName};
 use airlock_core::values::{GrantDuration, Reason};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -30,6 +31,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/grants", get(list_grants))
         .route("/v1/grants/{id}/revoke", post(revoke))
         .route("/v1/grants/{id}/credentials", post(issue_credential))
+        .route("/v1/gateway/grants", get(gateway_live_grants))
+        .route("/v1/gateway/grants/{id}", get(gateway_grant))
+        .route("/v1/gateway/events", post(gateway_events))
         .route("/v1/audit", get(audit_tail))
         .route("/v1/audit/verify", get(audit_verify))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -209,6 +213,57 @@ async fn issue_credential(
         gateway: state.gateway.map(|address| address.to_string()),
         database,
     }))
+}
+
+/// How long a gateway's `changed_since` question waits for a change at most.
+const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(25);
+
+#[utoipa::path(get, path = "/v1/gateway/grants", security(("token" = [])), params(LiveGrantsQuery),
+    responses((status = 200, body = LiveGrantsView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "not a service account in the `gateways` group")))]
+async fn gateway_live_grants(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(query): Params<LiveGrantsQuery>,
+) -> Result<Json<LiveGrantsView>, ApiError> {
+    let live = state.broker.gateway_live_grants(&caller, query.changed_since, LONG_POLL).await?;
+    let now = state.broker.clock().now();
+    let grants = live.grants.iter().map(|g| GrantView::new(g, now)).collect();
+    Ok(Json(LiveGrantsView { generation: live.generation, grants }))
+}
+
+#[utoipa::path(get, path = "/v1/gateway/grants/{id}", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = GrantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no such grant, or it is not live")))]
+async fn gateway_grant(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<GrantView>, ApiError> {
+    let grant_id: GrantId = id.parse().map_err(|_| ApiError::not_found(format!("grant `{id}` not found")))?;
+    let grant = state.broker.gateway_grant(&caller, &grant_id).await?;
+    let grant = grant.ok_or_else(|| ApiError::not_found(format!("grant `{id}` is not live")))?;
+    Ok(Json(GrantView::new(&grant, state.broker.clock().now())))
+}
+
+#[utoipa::path(post, path = "/v1/gateway/events", security(("token" = [])), request_body = Vec<GatewayEventView>,
+    responses((status = 200, body = RecordedView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+async fn gateway_events(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Body(events): Body<Vec<GatewayEventView>>,
+) -> Result<Json<RecordedView>, ApiError> {
+    let events = events
+        .into_iter()
+        .map(|event| {
+            let kind = serde_json::from_value(serde_json::Value::String(event.kind.clone()));
+            let kind = parse("kind", kind.map_err(|_| format!("unknown event kind `{}`", event.kind)))?;
+            Ok(AuditEvent { kind, actor: event.actor, at: event.at, details: event.details })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    state.broker.gateway_record(&caller, &events).await?;
+    Ok(Json(RecordedView { recorded: events.len() }))
 }
 
 #[utoipa::path(post, path = "/v1/grants/{id}/revoke", security(("token" = [])), params(("id" = String, Path)),

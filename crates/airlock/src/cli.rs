@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{Outcome, connect, local, remote, serve};
+use crate::{Outcome, connect, gateway, local, remote, serve};
 
 /// Just-in-time, time-bound, audited access to production.
 #[derive(Debug, Parser)]
@@ -50,6 +50,17 @@ pub enum Command {
         /// `[gateway]` section.
         #[arg(long)]
         gateway_listen: Option<SocketAddr>,
+    },
+    /// Run the PostgreSQL gateway alone, asking the broker at AIRLOCK_URL as the service account
+    /// whose token is in AIRLOCK_TOKEN (a member of the `gateways` group).
+    Gateway {
+        #[command(flatten)]
+        files: Files,
+        /// Address to listen on (default: the config's `gateway.listen`, else 127.0.0.1:6470).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Administer the broker's data directory directly (users).
     Admin {
@@ -221,6 +232,7 @@ pub enum AuditCommand {
 pub async fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Serve { files, listen, gateway_listen } => serve::run(&files, listen, gateway_listen).await,
+        Command::Gateway { files, listen, remote } => gateway::run(&files, listen, &remote).await,
         Command::Admin { files, command } => local::admin(&files, command).await,
         Command::Policy { config, command } => local::policy(&config, command),
         Command::Whoami { remote } => remote::whoami(&remote).await,

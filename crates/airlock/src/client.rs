@@ -39,7 +39,20 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 
+    /// Like [`Client::get`], but a 404 is `None`.
+    pub async fn get_if_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, Failure> {
+        match self.exchange(self.http.get(format!("{}{path}", self.base))).await? {
+            (reqwest::StatusCode::NOT_FOUND, _) => Ok(None),
+            (status, bytes) => self.decode(status, &bytes).map(Some),
+        }
+    }
+
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, Failure> {
+        let (status, bytes) = self.exchange(request).await?;
+        self.decode(status, &bytes)
+    }
+
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Vec<u8>), Failure> {
         let response = request
             .bearer_auth(&self.token)
             .send()
@@ -47,11 +60,15 @@ impl Client {
             .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| anyhow!("the broker's answer was cut off: {e}"))?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, status: reqwest::StatusCode, bytes: &[u8]) -> Result<T, Failure> {
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
+            return serde_json::from_slice(bytes)
                 .map_err(|e| anyhow!("the broker's answer is not what this version of airlock expects: {e}").into());
         }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+        let message = serde_json::from_slice::<ErrorBody>(bytes)
             .map(|body| body.error)
             .unwrap_or_else(|_| format!("HTTP {status}"));
         if status.is_client_error() {

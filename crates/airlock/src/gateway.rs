@@ -1,48 +1,58 @@
-//! The gateway's parts from the configuration: TLS identity, the resources it serves (the
-//! connector's targets, whose per-grant roles it logs in as) and each role's allowed statements.
+//! The gateway's parts from the configuration (TLS identity, the resources it serves and each
+//! role's allowed statements), and `airlock gateway`: the gateway alone, asking a broker over its
+//! API. Several can run beside one broker.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
-use airlock_broker::Broker;
-use airlock_broker::config::GatewaySection;
-use airlock_broker::secrets::BrokerKey;
+use airlock_broker::bundle::PolicyBundle;
+use airlock_broker::config::{Config, GatewaySection};
+use airlock_broker::secrets::read_secret;
+use airlock_core::catalog::{Catalog, PostgresTarget};
+use airlock_core::ids::ResourceName;
+use airlock_gateway::authority::Authority;
 use airlock_gateway::gateway::{Parts, ResourceTarget, Settings, Verifier};
 use airlock_gateway::guard::Allowed;
 use airlock_gateway::target::TargetAddress;
 use airlock_gateway::tls::{self, Identity};
-use airlock_postgres::reconciler::Target;
+use airlock_http::api::KeyView;
 use airlock_postgres::roles::RoleKey;
 use anyhow::{Context, anyhow};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-/// Everything `airlock_gateway::gateway::serve` needs, for the connector's `targets`.
-pub fn parts(
-    broker: Broker,
+use crate::Outcome;
+use crate::cli::{Files, Remote};
+use crate::client::Client;
+use crate::remote_authority::RemoteAuthority;
+use crate::serve::shutdown_signal;
+
+/// Everything `airlock_gateway::gateway::serve` needs, for the databases at `addresses`.
+pub fn parts<A: Authority>(
+    authority: A,
     section: &GatewaySection,
     data_dir: &Path,
-    key: &BrokerKey,
+    catalog: &Catalog,
+    public_key: [u8; 32],
     role_key: RoleKey,
-    targets: &[Target],
-) -> anyhow::Result<Parts<Broker>> {
+    addresses: Vec<(ResourceName, TargetAddress)>,
+) -> anyhow::Result<Parts<A>> {
     let identity = match (&section.tls_cert, &section.tls_key) {
         (Some(cert), Some(key)) => Identity::Files { cert: cert.clone(), key: key.clone() },
         _ => Identity::Generated { dir: data_dir.to_owned() },
     };
     let tls = tls::acceptor(&identity).context("the gateway's TLS identity")?;
-    let catalog = &broker.policies().catalog;
-    let mut resources = HashMap::new();
-    for target in targets {
-        let resource =
-            catalog.resource(&target.resource).ok_or_else(|| anyhow!("unknown resource {}", target.resource))?;
-        let Some((host, port)) = target.endpoint() else { continue };
+    let mut targets = HashMap::new();
+    for (name, address) in addresses {
+        let resource = catalog.resource(&name).ok_or_else(|| anyhow!("unknown resource {name}"))?;
         let mut roles = HashMap::new();
         for role in resource.roles.values() {
             let allowed = Allowed::parse(&role.allow_statements)
-                .map_err(|e| anyhow!("resource `{}`, role `{}`: allow_statements: {e}", resource.name, role.name))?;
+                .map_err(|e| anyhow!("resource `{name}`, role `{}`: allow_statements: {e}", role.name))?;
             roles.insert(role.name.clone(), allowed);
         }
-        let address = TargetAddress { host, port, database: target.database().to_owned() };
-        resources.insert(resource.name.clone(), ResourceTarget { address, roles });
+        targets.insert(name, ResourceTarget { address, roles });
     }
     let settings = Settings {
         require_tls: section.require_tls,
@@ -50,6 +60,75 @@ pub fn parts(
         redact_literals: section.redact_literals,
         ..Settings::default()
     };
-    let verifier = Verifier { public_key: key.signing.verifying_key().to_bytes() };
-    Ok(Parts { authority: broker, settings, tls: Some(tls), targets: resources, verifier, role_key })
+    Ok(Parts { authority, settings, tls: Some(tls), targets, verifier: Verifier { public_key }, role_key })
+}
+
+/// The catalog's databases that have an address (throwaway ones live inside `serve`).
+fn catalog_addresses(catalog: &Catalog) -> Vec<(ResourceName, TargetAddress)> {
+    let mut addresses = Vec::new();
+    for resource in catalog.resources() {
+        let Some(PostgresTarget { address: Some(address), database, .. }) = &resource.postgres else { continue };
+        let Some((host, port)) = address.rsplit_once(':') else { continue };
+        let Ok(port) = port.parse() else { continue };
+        let address = TargetAddress { host: host.to_owned(), port, database: database.clone() };
+        addresses.push((resource.name.clone(), address));
+    }
+    addresses
+}
+
+/// `airlock gateway`: serves the catalog's databases, asking the broker at `remote.url` (as the
+/// service account whose token is in `AIRLOCK_TOKEN`, in the `gateways` group).
+pub async fn run(files: &Files, listen: Option<SocketAddr>, remote: &Remote) -> Outcome {
+    let config = Config::load(&files.config)?;
+    let section = config.gateway.clone().unwrap_or_default();
+    let bundle = PolicyBundle::load(&config.policy)?;
+    let key_path = files.data_dir.join("connector.key");
+    let role_key = RoleKey::new(read_secret(&key_path).with_context(|| {
+        format!(
+            "the gateway logs in with the connector's key: copy the broker's `connector.key` to {}",
+            key_path.display()
+        )
+    })?);
+    let client = Client::new(remote)?;
+    let key: KeyView = client.get("/v1/keys").await?;
+    let public_key: [u8; 32] = hex::decode(&key.public_key)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| anyhow!("the broker's public key is not 32 bytes of hex"))?;
+    let addresses = catalog_addresses(&bundle.catalog);
+    if addresses.is_empty() {
+        return Err(anyhow!("the catalog names no PostgreSQL database with an address to serve").into());
+    }
+    let authority = RemoteAuthority::start(client);
+    let parts = parts(authority, &section, &files.data_dir, &bundle.catalog, public_key, role_key, addresses)?;
+    let listen = listen.unwrap_or(section.listen);
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("the gateway cannot listen on {listen}"))?;
+    let address = listener.local_addr().context("cannot read the gateway's address")?;
+    println!("airlock gateway listening on {address} (PostgreSQL, TLS), broker {}", remote.url);
+    let (stop, stopped) = watch::channel(false);
+    let serving = tokio::spawn(airlock_gateway::gateway::serve(parts, listener, stopped));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = serving.await;
+    Ok(())
+}
+
+/// The gateway's parts inside `serve`, for the connector's targets.
+pub fn in_serve(
+    broker: airlock_broker::Broker,
+    section: &GatewaySection,
+    data_dir: &Path,
+    public_key: [u8; 32],
+    role_key: RoleKey,
+    targets: &[airlock_postgres::reconciler::Target],
+) -> anyhow::Result<Parts<airlock_broker::Broker>> {
+    let addresses = targets
+        .iter()
+        .filter_map(|target| {
+            let (host, port) = target.endpoint()?;
+            Some((target.resource.clone(), TargetAddress { host, port, database: target.database().to_owned() }))
+        })
+        .collect();
+    let catalog = broker.policies().catalog.clone();
+    parts(broker, section, data_dir, &catalog, public_key, role_key, addresses)
 }

@@ -9,6 +9,7 @@
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
 //! - [`connect`]: gateway credentials and `psql` through the gateway;
+//! - [`remote_authority`]: the broker over its API, for `airlock gateway`;
 //! - [`output`]: tables and JSON for people and scripts.
 //!
 //! Exit codes: 0 done; 1 refused by the broker (or a failed check), with the reason printed;
@@ -21,6 +22,7 @@ mod gateway;
 mod local;
 mod output;
 mod remote;
+mod remote_authority;
 mod serve;
 mod throwaway;
 

@@ -44,7 +44,9 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     let gateway = match &config.gateway {
         Some(section) => {
             let listen = gateway_listen.unwrap_or(section.listen);
-            let parts = gateway::parts(broker.clone(), section, &files.data_dir, &key, role_key.clone(), &targets)?;
+            let public_key = key.signing.verifying_key().to_bytes();
+            let parts =
+                gateway::in_serve(broker.clone(), section, &files.data_dir, public_key, role_key.clone(), &targets)?;
             let listener =
                 TcpListener::bind(listen).await.with_context(|| format!("the gateway cannot listen on {listen}"))?;
             let address = listener.local_addr().context("cannot read the gateway's address")?;
@@ -83,7 +85,8 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes at SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM can be watched");

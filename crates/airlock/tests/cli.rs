@@ -813,6 +813,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/grants", "get"),
     ("/v1/grants/{id}/revoke", "post"),
     ("/v1/grants/{id}/credentials", "post"),
+    ("/v1/gateway/grants", "get"),
+    ("/v1/gateway/grants/{id}", "get"),
+    ("/v1/gateway/events", "post"),
     ("/v1/audit", "get"),
     ("/v1/audit/verify", "get"),
 ];
@@ -939,13 +942,13 @@ fn policy_check_and_policy_tests() {
     assert_exit(&missing, 2);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
-    let root = tempfile::tempdir().unwrap();
-    let cluster = airlock_postgres::cluster::LocalCluster::start(&root.path().join("pg")).await.expect("a cluster");
-    let config = copy_quickstart(&root.path().join("quickstart"));
-    fs::write(root.path().join("quickstart/connector.password"), cluster.superuser_password()).unwrap();
-    let catalog = fs::read_to_string(root.path().join("quickstart/catalog.toml")).unwrap().replace(
+/// A throwaway cluster that the quickstart's demo-db points at (with its superuser as the
+/// connector), and a broker on that quickstart.
+async fn app_on_a_cluster(root: &Path) -> (airlock_postgres::cluster::LocalCluster, TestApp) {
+    let cluster = airlock_postgres::cluster::LocalCluster::start(&root.join("pg")).await.expect("a cluster");
+    let config = copy_quickstart(&root.join("quickstart"));
+    fs::write(root.join("quickstart/connector.password"), cluster.superuser_password()).unwrap();
+    let catalog = fs::read_to_string(root.join("quickstart/catalog.toml")).unwrap().replace(
         "[resource.postgres]\ndatabase = \"demo\"\n",
         &format!(
             "[resource.postgres]\naddress = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\n\
@@ -954,8 +957,14 @@ async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
         ),
     );
     assert!(catalog.contains("admin_user"), "the quickstart's demo-db section was replaced");
-    fs::write(root.path().join("quickstart/catalog.toml"), catalog).unwrap();
-    let app = spawn_app_with(&config);
+    fs::write(root.join("quickstart/catalog.toml"), catalog).unwrap();
+    (cluster, spawn_app_with(&config))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
+    let root = tempfile::tempdir().unwrap();
+    let (cluster, app) = app_on_a_cluster(root.path()).await;
 
     let superuser = cluster.connect("postgres").await.unwrap();
     let roles = async || -> Vec<String> {
@@ -1043,4 +1052,77 @@ fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_rev
     }
     assert!(tail.contains("status = 'stuck'"), "the statement text is recorded");
     assert!(!tail.contains("v4.public."), "a credential is never recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_running_apart_asks_the_broker_and_cuts_sessions_on_revoke() {
+    let root = tempfile::tempdir().unwrap();
+    let (_cluster, app) = app_on_a_cluster(root.path()).await;
+    let service = app.admin(&["user", "add", "gw1", "--service", "--group", "gateways"]);
+    assert_exit(&service, 0);
+    let gateway_token = stdout(&service).trim().to_owned();
+    let gateway_dir = root.path().join("gateway-data");
+    fs::create_dir(&gateway_dir).unwrap();
+    fs::copy(app.data_dir.join("connector.key"), gateway_dir.join("connector.key")).unwrap();
+
+    let mut gateway = airlock_command();
+    gateway
+        .args(["gateway", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&app.config)
+        .arg("--data-dir")
+        .arg(&gateway_dir)
+        .env("AIRLOCK_URL", &app.url)
+        .env("AIRLOCK_TOKEN", &gateway_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = gateway.spawn().expect("`airlock gateway` starts");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let _gateway = KillOnDrop(child);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let address =
+        line.strip_prefix("airlock gateway listening on ").expect(&line).split(' ').next().unwrap().to_owned();
+    let port = address.rsplit_once(':').unwrap().1.to_owned();
+
+    let request = app.request("dana", "read", "20m");
+    let grant_id = str_of(&request["grant"], "id").to_owned();
+    let credential = app.json("dana", &["credentials", &grant_id]);
+    let conninfo = format!(
+        "host=127.0.0.1 port={port} dbname=postgres user=dana sslmode=require password={}",
+        str_of(&credential, "token")
+    );
+    let psql = |sql: &str| Command::new("psql").args([conninfo.as_str(), "-XAtc", sql]).output().expect("psql runs");
+    let read = psql("SELECT current_user LIKE 'airlock_%'");
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert_eq!(stdout(&read).trim(), "t");
+
+    let mut open = Command::new("psql")
+        .args([conninfo.as_str(), "-XAt"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = open.stdin.take().unwrap();
+    input.write_all(b"SELECT 1;\n").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert_exit(&app.airlock("dana", &["revoke", &grant_id, "--reason", "done"]), 0);
+    thread::sleep(Duration::from_millis(500));
+    let _ = input.write_all(b"SELECT 2;\n");
+    drop(input);
+    let session = open.wait_with_output().unwrap();
+    assert!(stderr(&session).contains("has ended"), "the push reached the gateway: {}", stderr(&session));
+    let after = psql("SELECT 1");
+    assert!(!after.status.success() && stderr(&after).contains("has ended"), "{}", stderr(&after));
+
+    let tail = app.json("bob", &["audit", "tail", "-n", "20"]).to_string();
+    assert!(tail.contains("session.started") && tail.contains("statement.executed"), "{tail}");
+    // Only the gateway's service account may ask for live grants or record events.
+    let http = reqwest::Client::new();
+    let asked = http.get(format!("{}/v1/gateway/grants", app.url)).bearer_auth(app.token("bob")).send().await.unwrap();
+    assert_eq!(asked.status(), 403);
+    let forged =
+        serde_json::json!([{ "kind": "grant.revoked", "actor": "x", "at": "2026-01-01T00:00:00Z", "details": {} }]);
+    let told = http.post(format!("{}/v1/gateway/events", app.url)).bearer_auth(&gateway_token).json(&forged).send();
+    assert_eq!(told.await.unwrap().status(), 400, "a gateway records only session and statement events");
 }
