@@ -3,8 +3,10 @@
 //! - [`roles`]: per-grant login roles on one target (create, drop, list) and their passwords;
 //! - [`reconciler`]: converges every target on the live grants, at start, on each grant change
 //!   and periodically;
+//! - [`standing`]: the standing-privilege report (privileges no live grant explains);
 //! - [`cluster`]: a throwaway local PostgreSQL cluster started from the installed binaries (for
 //!   the quickstart's `demo-db` and for tests).
 pub mod cluster;
 pub mod reconciler;
 pub mod roles;
+pub mod standing;

@@ -15,6 +15,7 @@ use airlock_core::values::{GrantDuration, Reason};
 use airlock_postgres::cluster::LocalCluster;
 use airlock_postgres::reconciler::{Pass, Reconciler, Target};
 use airlock_postgres::roles::{RoleKey, role_name};
+use airlock_postgres::standing::standing;
 use airlock_testkit::{CONNECTOR_PASSWORD, caller, eventually};
 use tempfile::TempDir;
 use time::OffsetDateTime;
@@ -186,4 +187,24 @@ async fn an_unreachable_target_is_audited_without_its_secret() {
     let failed = records.iter().find(|r| r.kind == "target.failed").expect("the failure is audited");
     assert!(failed.details.contains("cannot connect"), "{}", failed.details);
     assert!(records.iter().all(|r| !r.details.contains(CONNECTOR_PASSWORD)));
+}
+
+#[tokio::test]
+async fn the_standing_report_names_privileges_no_live_grant_explains() {
+    let s = setup().await;
+    let standing_grants = "CREATE ROLE mallory LOGIN; GRANT pg_read_all_data TO mallory;
+        CREATE ROLE reporting NOLOGIN; GRANT app_writer TO reporting;";
+    s.superuser().await.batch_execute(standing_grants).await.unwrap();
+    let grant = s.grant("read", "30m").await;
+    s.pass().await;
+    let found = standing(&s.targets[0], &s.broker.live_grants().await.unwrap()).await.unwrap();
+    let seen: Vec<(String, &str)> = found.iter().map(|f| (f.database_role.clone(), f.kind)).collect();
+    assert!(seen.contains(&("mallory".to_owned(), "member_of_mapped_role")), "{seen:?}");
+    assert!(seen.contains(&(s.cluster.superuser().to_owned(), "superuser")), "{seen:?}");
+    let explained = ["reporting", "airlock_connector", role_name(&grant.id).as_str()].map(str::to_owned);
+    assert!(seen.iter().all(|(role, _)| !explained.contains(role)), "login-less, connector and live grant: {seen:?}");
+
+    s.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
+    let found = standing(&s.targets[0], &s.broker.live_grants().await.unwrap()).await.unwrap();
+    assert!(found.iter().any(|f| f.database_role == role_name(&grant.id) && f.kind == "ended_grant_role"), "{found:?}");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{Outcome, connect, gateway, local, remote, serve};
+use crate::{Outcome, connect, gateway, local, remote, report, serve};
 
 /// Just-in-time, time-bound, audited access to production.
 #[derive(Debug, Parser)]
@@ -68,6 +68,13 @@ pub enum Command {
         files: Files,
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Reports on the catalog's databases.
+    Report {
+        #[command(flatten)]
+        files: Files,
+        #[command(subcommand)]
+        command: ReportCommand,
     },
     /// Check and test policies and the catalog, without a broker.
     Policy {
@@ -206,6 +213,17 @@ pub enum UserCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Database privileges no live grant explains: superusers, permanent members of the mapped
+    /// roles, per-grant roles whose grant ended (exit 1 when there are any).
+    Standing {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Parse and validate the catalog and policies against the Airlock schema.
     Check,
@@ -233,6 +251,9 @@ pub async fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Serve { files, listen, gateway_listen } => serve::run(&files, listen, gateway_listen).await,
         Command::Gateway { files, listen, remote } => gateway::run(&files, listen, &remote).await,
+        Command::Report { files, command: ReportCommand::Standing { json } } => {
+            report::standing_privileges(&files, json).await
+        }
         Command::Admin { files, command } => local::admin(&files, command).await,
         Command::Policy { config, command } => local::policy(&config, command),
         Command::Whoami { remote } => remote::whoami(&remote).await,

@@ -9,6 +9,7 @@
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
 //! - [`connect`]: gateway credentials and `psql` through the gateway;
+//! - [`report`]: the standing-privilege report;
 //! - [`remote_authority`]: the broker over its API, for `airlock gateway`;
 //! - [`output`]: tables and JSON for people and scripts.
 //!
@@ -23,6 +24,7 @@ mod local;
 mod output;
 mod remote;
 mod remote_authority;
+mod report;
 mod serve;
 mod throwaway;
 

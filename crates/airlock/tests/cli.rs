@@ -995,6 +995,20 @@ async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
     let tail = app.json("bob", &["audit", "tail", "-n", "5"]).to_string();
     assert!(tail.contains("target.role_created") && tail.contains("target.role_dropped"), "{tail}");
     assert!(!tail.contains(cluster.superuser_password()), "the connector's password is never audited");
+
+    let report = airlock_command()
+        .args(["report", "standing", "--config"])
+        .arg(&app.config)
+        .arg("--data-dir")
+        .arg(&app.data_dir)
+        .output()
+        .unwrap();
+    assert_exit(&report, 1);
+    assert!(
+        stdout(&report).contains("superuser"),
+        "the connector's superuser login is standing privilege: {}",
+        stdout(&report)
+    );
 }
 
 #[test]
