@@ -212,6 +212,21 @@ where
     Ok(credential)
 }
 
+/// The startup parameters sent to the target: the client's passed ones, with the two settings the
+/// guard reads statements by pinned (startup parameters override role and database defaults,
+/// so `ALTER ROLE … SET standard_conforming_strings = off` cannot undo them).
+fn target_parameters(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut passed: Vec<(String, String)> = params
+        .iter()
+        .filter(|(name, _)| PASSED_PARAMETERS.contains(&name.as_str()) && name != "client_encoding")
+        .cloned()
+        .collect();
+    let encoding = params.iter().find(|(name, _)| name == "client_encoding").map(|(_, value)| value.as_str());
+    passed.push(("client_encoding".to_owned(), encoding.unwrap_or("UTF8").to_owned()));
+    passed.push(("standard_conforming_strings".to_owned(), "on".to_owned()));
+    passed
+}
+
 /// Whether a client encoding keeps every ASCII byte meaning itself, as the guard reads text.
 /// The refused ones (client-only encodings of East Asian scripts) have multibyte characters whose
 /// second byte can be a quote or a backslash.
@@ -328,8 +343,7 @@ async fn admit_grant<A: Authority>(
         return Err(refuse("28000", "airlock: the credential does not match its grant"));
     }
     let ends_at = instant_of(grant.ends_at.min(credential.expires_at));
-    let passed: Vec<(String, String)> =
-        params.iter().filter(|(name, _)| PASSED_PARAMETERS.contains(&name.as_str())).cloned().collect();
+    let passed = target_parameters(params);
     let target = log_in(shared, &resource.address, &credential.grant, &passed).await?;
     Ok((target, resource.address.clone(), allowed, ends_at))
 }
