@@ -1,142 +1,17 @@
-//! The gateway against a real PostgreSQL and real clients: a throwaway cluster managed by the
-//! connector, a broker on the quickstart policies (system clock: PostgreSQL and the credentials
-//! check times against the real clock), the gateway on a random port with a generated TLS
-//! certificate, and tokio-postgres over rustls as the client.
+//! The gateway against a real PostgreSQL and real clients, through the shared harness
+//! ([`airlock_testkit::gateway`]): a throwaway cluster managed by the connector, a broker on the
+//! quickstart policies (system clock: PostgreSQL and the credentials check times against the real
+//! clock), the gateway on a random port with a generated TLS certificate, and tokio-postgres over
+//! rustls as the client.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_broker::Broker;
-use airlock_broker::broker::RequestInput;
-use airlock_broker::clock::{Clock, SystemClock};
-use airlock_broker::secrets::{BrokerKey, load_or_create_key};
-use airlock_core::lifecycle::Grant;
-use airlock_core::values::{GrantDuration, Reason};
-use airlock_gateway::gateway::{self, Parts, ResourceTarget, Settings, Verifier};
-use airlock_gateway::guard::Allowed;
-use airlock_gateway::target::TargetAddress;
-use airlock_gateway::tls::{self, GENERATED_CERT, Identity};
-use airlock_postgres::cluster::LocalCluster;
-use airlock_postgres::reconciler::{Reconciler, Target};
-use airlock_postgres::roles::RoleKey;
+use airlock_core::values::Reason;
+use airlock_gateway::gateway::Settings;
+use airlock_testkit::gateway::{DATABASE, GatewayHarness};
 use airlock_testkit::{caller, eventually};
-use serde_json::Value;
-use tempfile::TempDir;
-use tokio::sync::watch;
+use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
-use tokio_postgres_rustls::MakeRustlsConnect;
-
-struct Harness {
-    _cluster: LocalCluster,
-    broker: Broker,
-    key: BrokerKey,
-    gateway_port: u16,
-    stop: watch::Sender<bool>,
-    tls: MakeRustlsConnect,
-    _dir: TempDir,
-}
-
-async fn start(settings: Settings) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, catalog) = airlock_testkit::managed_database(dir.path()).await;
-    let broker = airlock_testkit::broker(dir.path(), &catalog, Arc::new(SystemClock) as Arc<dyn Clock>).await;
-    let key = load_or_create_key(dir.path()).unwrap();
-    let role_key = RoleKey::new([42; 32]);
-    let targets = Target::from_catalog(&broker.policies().catalog).unwrap();
-    let (stop, stopped) = watch::channel(false);
-    let reconciler = Reconciler::new(broker.clone(), targets, role_key.clone(), Duration::from_secs(1));
-    tokio::spawn(reconciler.run(stopped.clone()));
-
-    let identity = Identity::Generated { dir: dir.path().to_owned() };
-    let address = TargetAddress { host: "127.0.0.1".into(), port: cluster.port(), database: "postgres".into() };
-    let roles = ["read", "write"].map(|role| (role.parse().unwrap(), Allowed::default()));
-    let resource = ResourceTarget { address, roles: HashMap::from(roles) };
-    let parts = Parts {
-        authority: broker.clone(),
-        settings,
-        tls: Some(tls::acceptor(&identity).unwrap()),
-        targets: HashMap::from([("demo-db".parse().unwrap(), resource)]),
-        verifier: Verifier { public_key: key.signing.verifying_key().to_bytes() },
-        role_key,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway_port = listener.local_addr().unwrap().port();
-    tokio::spawn(gateway::serve(parts, listener, stopped));
-    let tls = client_tls(&dir.path().join(GENERATED_CERT));
-    Harness { _cluster: cluster, broker, key, gateway_port, stop, tls, _dir: dir }
-}
-
-/// A rustls client that trusts the gateway's generated certificate.
-fn client_tls(cert: &std::path::Path) -> MakeRustlsConnect {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    MakeRustlsConnect::new(config)
-}
-
-impl Harness {
-    /// A live `read` grant of dana's (on call: approved at once).
-    async fn read_grant(&self, duration: &str) -> Grant {
-        let input = RequestInput {
-            resource: "demo-db".parse().unwrap(),
-            role: "read".parse().unwrap(),
-            duration: GrantDuration::parse(duration).unwrap(),
-            reason: Reason::parse("INC-7 investigation").unwrap(),
-        };
-        let (_, grant) = self.broker.create_request(&caller("dana", &["eng", "oncall"]), input).await.unwrap();
-        grant.expect("on-call read is approved at once")
-    }
-
-    async fn token(&self, grant: &Grant) -> String {
-        let holder = caller(grant.holder.as_str(), &["eng", "oncall"]);
-        let (_, token) = self.broker.issue_credential(&holder, &grant.id.to_string(), &self.key).await.unwrap();
-        token.expose().to_owned()
-    }
-
-    fn config(&self, user: &str, password: &str) -> Config {
-        let mut config = Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.gateway_port)
-            .dbname("postgres")
-            .user(user)
-            .password(password)
-            .ssl_mode(tokio_postgres::config::SslMode::Require);
-        config
-    }
-
-    /// Connects as `user`; the connection's own outcome (how it ended) comes back on the handle.
-    async fn connect(
-        &self,
-        user: &str,
-        password: &str,
-    ) -> Result<(Client, tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>), tokio_postgres::Error> {
-        let (client, connection) = self.config(user, password).connect(self.tls.clone()).await?;
-        Ok((client, tokio::spawn(connection)))
-    }
-
-    async fn audit(&self, kind: &str) -> Vec<Value> {
-        let records = self.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
-        records.into_iter().filter(|r| r.kind == kind).map(|r| serde_json::from_str(&r.details).unwrap()).collect()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
 
 fn code(error: &tokio_postgres::Error) -> Option<&SqlState> {
     error.code()
@@ -148,7 +23,7 @@ fn message(error: &tokio_postgres::Error) -> String {
 
 #[tokio::test]
 async fn statements_are_relayed_and_recorded() {
-    let h = start(Settings::default()).await;
+    let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("30m").await;
     let token = h.token(&grant).await;
     let (client, _) = h.connect("dana", &token).await.expect("the credential logs in");
@@ -184,7 +59,7 @@ async fn statements_are_relayed_and_recorded() {
 
 #[tokio::test]
 async fn guardrails_refuse_privilege_changes_without_sending_them() {
-    let h = start(Settings::default()).await;
+    let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("30m").await;
     let (client, _) = h.connect("dana", &h.token(&grant).await).await.unwrap();
 
@@ -222,7 +97,7 @@ async fn guardrails_refuse_privilege_changes_without_sending_them() {
 
 #[tokio::test]
 async fn bad_credentials_are_refused_with_clear_errors() {
-    let h = start(Settings::default()).await;
+    let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("30m").await;
     let token = h.token(&grant).await;
 
@@ -258,7 +133,7 @@ async fn bad_credentials_are_refused_with_clear_errors() {
 
 #[tokio::test]
 async fn a_revoke_ends_every_session_of_the_grant_with_an_error() {
-    let h = start(Settings::default()).await;
+    let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("30m").await;
     let token = h.token(&grant).await;
     let (idle, idle_end) = h.connect("dana", &token).await.unwrap();
@@ -287,7 +162,7 @@ async fn a_revoke_ends_every_session_of_the_grant_with_an_error() {
 
 #[tokio::test]
 async fn a_session_ends_when_its_grant_expires() {
-    let h = start(Settings::default()).await;
+    let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("3s").await;
     let (_client, end) = h.connect("dana", &h.token(&grant).await).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), end).await.expect("the session ends").unwrap();
@@ -298,7 +173,7 @@ async fn a_session_ends_when_its_grant_expires() {
 
 #[tokio::test]
 async fn an_idle_session_is_closed() {
-    let h = start(Settings { idle_timeout: Duration::from_secs(1), ..Settings::default() }).await;
+    let h = GatewayHarness::start(Settings { idle_timeout: Duration::from_secs(1), ..Settings::default() }).await;
     let grant = h.read_grant("30m").await;
     let (client, end) = h.connect("dana", &h.token(&grant).await).await.unwrap();
     // A statement longer than the timeout is not idleness.
@@ -310,7 +185,7 @@ async fn an_idle_session_is_closed() {
 
 #[tokio::test]
 async fn cancel_requests_reach_only_their_own_backend() {
-    let h = start(Settings::default()).await;
+    let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("30m").await;
     let token = h.token(&grant).await;
     let (client, _) = h.connect("dana", &token).await.unwrap();
@@ -327,7 +202,7 @@ async fn cancel_requests_reach_only_their_own_backend() {
 
 #[tokio::test]
 async fn large_results_copy_and_notifications_pass_through() {
-    let h = start(Settings::default()).await;
+    let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("30m").await;
     let (client, _) = h.connect("dana", &h.token(&grant).await).await.unwrap();
 
@@ -375,4 +250,105 @@ async fn large_results_copy_and_notifications_pass_through() {
     assert!(notices.iter().any(|n| n.contains("already exists")), "{notices:?}");
     assert!(notices.iter().any(|n| n.contains("through the gateway")), "{notices:?}");
     eventually(|| async { h.audit("statement.executed").await.iter().any(|s| s["rows"] == 1_000_000) }).await;
+}
+
+#[tokio::test]
+async fn pgbench_runs_through_the_gateway_and_every_statement_is_recorded() {
+    let h = GatewayHarness::start(Settings::default()).await;
+    let superuser = h.cluster().connect(airlock_testkit::gateway::DATABASE).await.unwrap();
+    let pgbench = airlock_postgres::cluster::program("pgbench").expect("pgbench is installed");
+    let init = tokio::process::Command::new(&pgbench)
+        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", &h.cluster().port().to_string()])
+        .args(["-U", h.cluster().superuser(), airlock_testkit::gateway::DATABASE])
+        .env("PGPASSWORD", h.cluster().superuser_password())
+        .output()
+        .await
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    drop(superuser);
+    let grant = h.read_grant("30m").await;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname={} user=dana sslmode=require",
+        h.port,
+        airlock_testkit::gateway::DATABASE
+    );
+    let run = tokio::process::Command::new(&pgbench)
+        .args(["-n", "-S", "-c", "2", "-t", "50", "-M", "prepared", &conninfo])
+        .env("PGPASSWORD", h.token(&grant).await)
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(out.contains("number of transactions actually processed: 100/100"), "{out}");
+    let selects = || async {
+        let executed = h.audit("statement.executed").await;
+        executed
+            .iter()
+            .filter(|s| s["text"].as_str().is_some_and(|t| t.contains("SELECT abalance FROM pgbench_accounts")))
+            .count()
+    };
+    eventually(|| async { selects().await >= 100 }).await;
+    assert_eq!(selects().await, 100, "one record per executed statement");
+}
+
+#[tokio::test]
+async fn a_revoke_ends_a_session_in_the_middle_of_copy() {
+    use std::io::Write;
+    let h = GatewayHarness::start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let psql = airlock_postgres::cluster::program("psql").expect("psql is installed");
+    let conninfo = format!("host=127.0.0.1 port={} dbname={} user=dana sslmode=require", h.port, DATABASE);
+    let mut copying = std::process::Command::new(psql)
+        .args([conninfo.as_str(), "-X", "-c", "CREATE TEMP TABLE t (x int)", "-c", "COPY t FROM STDIN"])
+        .env("PGPASSWORD", h.token(&grant).await)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rows = copying.stdin.take().unwrap();
+    rows.write_all(b"1\n2\n").unwrap();
+    rows.flush().unwrap();
+    eventually(|| async { h.audit("session.started").await.len() == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.revoke(&grant).await;
+    eventually(|| async { h.audit("session.ended").await.len() == 1 }).await;
+    let _ = rows.write_all(b"3\n\\.\n");
+    drop(rows);
+    let copied = copying.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&copied.stderr);
+    assert!(!copied.status.success() && stderr.contains("has ended"), "the client is told mid-COPY: {stderr}");
+    assert_eq!(h.audit("session.ended").await[0]["reason"], "grant_ended");
+}
+
+#[tokio::test]
+async fn portals_with_row_limits_and_pinned_parsing_settings() {
+    let h = GatewayHarness::start(Settings::default()).await;
+    // A database default that would make the server read strings differently from the guard.
+    let superuser = h.cluster().connect(airlock_testkit::gateway::DATABASE).await.unwrap();
+    let database = airlock_testkit::gateway::DATABASE;
+    superuser.batch_execute(&format!("ALTER DATABASE {database} SET standard_conforming_strings = off")).await.unwrap();
+    let grant = h.read_grant("30m").await;
+    let (mut client, _) = h.connect("dana", &h.token(&grant).await).await.unwrap();
+    let pinned: String = client.query_one("SHOW standard_conforming_strings", &[]).await.unwrap().get(0);
+    assert_eq!(pinned, "on", "the gateway pins it at login");
+
+    let transaction = client.transaction().await.unwrap();
+    let statement = transaction.prepare("SELECT g FROM generate_series(1, 10) g").await.unwrap();
+    let portal = transaction.bind(&statement, &[]).await.unwrap();
+    let first = transaction.query_portal(&portal, 4).await.unwrap();
+    let rest = transaction.query_portal(&portal, 0).await.unwrap();
+    assert_eq!((first.len(), rest.len()), (4, 6));
+    transaction.commit().await.unwrap();
+    eventually(|| async {
+        let executed = h.audit("statement.executed").await;
+        let runs: Vec<u64> = executed
+            .iter()
+            .filter(|s| s["text"] == "SELECT g FROM generate_series(1, 10) g")
+            .filter_map(|s| s["rows"].as_u64())
+            .collect();
+        runs == [4, 6]
+    })
+    .await;
 }

@@ -239,6 +239,20 @@ impl fmt::Debug for LocalCluster {
     }
 }
 
+/// A PostgreSQL program (`pgbench`, `psql`…): from the newest Debian installation, else on PATH.
+pub fn program(name: &str) -> Option<PathBuf> {
+    let installed = std::fs::read_dir(DEBIAN_ROOT).ok().into_iter().flatten().filter_map(Result::ok);
+    let newest = installed
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.split('.').next()?.parse().ok()?;
+            let path = entry.path().join("bin").join(name);
+            path.is_file().then_some((version, path))
+        })
+        .max()
+        .map(|(_, path)| path);
+    newest.or_else(|| std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file()))
+}
+
 /// The `initdb` and `pg_ctl` executables of one PostgreSQL installation.
 struct Binaries {
     initdb: PathBuf,

@@ -1,5 +1,8 @@
 //! Dev-only helpers shared by the test suites: a caller with groups, a broker over a catalog and
-//! the quickstart policies, and waiting for a condition to hold.
+//! the quickstart policies, and waiting for a condition to hold; [`gateway`] runs the whole
+//! gateway against a throwaway cluster, for the gateway's tests and its bench.
+
+pub mod gateway;
 
 use std::future::Future;
 use std::path::Path;
