@@ -175,6 +175,18 @@ impl Catalog {
     }
 }
 
+impl PostgresTarget {
+    /// The address's host and port; `None` without an address (the catalog refuses any other).
+    pub fn host_and_port(&self) -> Option<(&str, u16)> {
+        host_and_port(self.address.as_deref()?)
+    }
+}
+
+fn host_and_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host, port.parse().ok()?)).filter(|_| !host.is_empty())
+}
+
 /// PostgreSQL's limit on identifier length, in bytes.
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -210,7 +222,7 @@ impl PostgresEntry {
             return Err(error("with an address, the connector needs admin_user and admin_password_env or _file"));
         }
         if let Some(address) = &self.address
-            && address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            && host_and_port(address).is_none()
         {
             return Err(error(&format!("address `{address}` is not host:port")));
         }

@@ -43,6 +43,11 @@ const PASSED_PARAMETERS: &[&str] = &[
 const ROLE_PENDING_FOR: Duration = Duration::from_secs(5);
 const PASSWORD_LIMIT: usize = 16 * 1024;
 
+/// The value of startup parameter `name`, if the client sent it.
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+}
+
 /// A connection refused before its session began: what the client and the audit are told.
 struct Refused {
     sqlstate: &'static str,
@@ -130,8 +135,7 @@ where
     let credential = match check_credential(shared, &mut client, &params, peer, tls).await {
         Ok(credential) => credential,
         Err(Some(refused)) => {
-            let claimed = params.iter().find(|(name, _)| name == "user").map(|(_, user)| user.as_str());
-            let details = json!({ "claimed_user": claimed.unwrap_or_default() });
+            let details = json!({ "claimed_user": param(&params, "user").unwrap_or_default() });
             return turn_away(shared, client, refused, "gateway", peer, details).await;
         }
         Err(None) => return,
@@ -187,7 +191,7 @@ where
             ),
         )));
     }
-    if let Some((_, encoding)) = params.iter().find(|(name, _)| name == "client_encoding")
+    if let Some(encoding) = param(params, "client_encoding")
         && !safe_encoding(encoding)
     {
         return Err(Some(refuse(
@@ -205,7 +209,7 @@ where
         Err(error) => return Err(Some(refuse("08P01", error.to_string()))),
     };
     let password = cstr(&mut body(&frame)).unwrap_or_default();
-    let user = params.iter().find(|(name, _)| name == "user").map(|(_, user)| user.as_str()).unwrap_or_default();
+    let user = param(params, "user").unwrap_or_default();
     let login = Login { user, password, source: Some(peer.ip()) };
     let credential = credential::verify(&shared.verifier.public_key, &login, OffsetDateTime::now_utc())
         .map_err(|error| Some(refuse("28P01", format!("airlock: {error}"))))?;
@@ -221,8 +225,8 @@ fn target_parameters(params: &[(String, String)]) -> Vec<(String, String)> {
         .filter(|(name, _)| PASSED_PARAMETERS.contains(&name.as_str()) && name != "client_encoding")
         .cloned()
         .collect();
-    let encoding = params.iter().find(|(name, _)| name == "client_encoding").map(|(_, value)| value.as_str());
-    passed.push(("client_encoding".to_owned(), encoding.unwrap_or("UTF8").to_owned()));
+    let encoding = param(params, "client_encoding").unwrap_or("UTF8");
+    passed.push(("client_encoding".to_owned(), encoding.to_owned()));
     passed.push(("standard_conforming_strings".to_owned(), "on".to_owned()));
     passed
 }
@@ -321,8 +325,7 @@ async fn admit_grant<A: Authority>(
     let resource = shared.targets.get(&credential.resource).ok_or_else(|| {
         refuse("3D000", format!("airlock: this gateway serves no database for resource `{}`", credential.resource))
     })?;
-    let database = params.iter().find(|(name, _)| name == "database").map(|(_, db)| db.as_str());
-    let database = database.unwrap_or(credential.holder.as_str());
+    let database = param(params, "database").unwrap_or(credential.holder.as_str());
     if database != resource.address.database && database != credential.resource.as_str() {
         return Err(refuse(
             "3D000",

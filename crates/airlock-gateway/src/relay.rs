@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::guard::{Allowed, Guard, Refusal};
 use crate::recorder::Recorder;
 use crate::target::error_fields;
-use crate::wire::{self, Piece, Scanner, Severity, WireError, body, cstr, tag};
+use crate::wire::{self, Piece, Scanner, Severity, body, cstr, tag};
 
 /// The largest message a client may send, other than COPY data (which is streamed).
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024 * 1024;
@@ -96,18 +96,14 @@ impl Ending {
                 )
             }
             Ending::Idle(after) => {
-                let after = humantime_secs(*after);
-                return Some(("57P05", format!("airlock: the session was idle for {after}; it is closed")));
+                let after = after.as_secs();
+                return Some(("57P05", format!("airlock: the session was idle for {after} s; it is closed")));
             }
             Ending::Shutdown => "airlock: the gateway is shutting down; the session is closed".to_owned(),
             Ending::Broken(why) => return Some(("08P01", format!("airlock: {why}"))),
         };
         Some(("57P01", text))
     }
-}
-
-fn humantime_secs(duration: Duration) -> String {
-    format!("{} s", duration.as_secs())
 }
 
 /// Everything fixed about a session once it is admitted.
@@ -492,17 +488,9 @@ impl Outcomes {
     ) -> Option<BytesMut> {
         match tag(frame) {
             b'D' => self.rows += 1,
-            b'C' | b'I' | b's' => {
-                let rows = match tag(frame) {
-                    b'C' => cstr(&mut body(frame)).and_then(rows_of),
-                    b's' => Some(self.rows),
-                    _ => Some(0),
-                };
-                let front = pop_statement(exchange);
-                if let Some(pending) = front {
-                    events.push(self.finish(session, pending, json!({ "rows": rows })));
-                }
-            }
+            b'C' => self.complete(session, exchange, events, cstr(&mut body(frame)).and_then(rows_of)),
+            b'I' => self.complete(session, exchange, events, Some(0)),
+            b's' => self.complete(session, exchange, events, Some(self.rows)),
             b'E' => {
                 let mut copy = frame.clone();
                 let Ok(Some(Message::ErrorResponse(error))) = Message::parse(&mut copy) else { return None };
@@ -543,6 +531,19 @@ impl Outcomes {
         None
     }
 
+    /// The statement at the front completed with `rows`.
+    fn complete(
+        &mut self,
+        session: &Session,
+        exchange: &Mutex<Exchange>,
+        events: &mut Vec<AuditEvent>,
+        rows: Option<u64>,
+    ) {
+        if let Some(pending) = pop_statement(exchange) {
+            events.push(self.finish(session, pending, json!({ "rows": rows })));
+        }
+    }
+
     fn finish(&mut self, session: &Session, pending: Pending, outcome: Value) -> AuditEvent {
         let now = Instant::now();
         let started = self.last_done.map_or(pending.sent, |done| done.max(pending.sent));
@@ -576,11 +577,6 @@ fn rows_of(tag: &str) -> Option<u64> {
     let command = words.next()?;
     let counted = ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"];
     if counted.contains(&command) { words.next_back()?.parse().ok() } else { None }
-}
-
-/// A read error as the Ending that reports it.
-pub fn broken(error: WireError) -> Ending {
-    Ending::Broken(error.to_string())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use airlock_core::ids::{ResourceName, RoleName};
 use airlock_core::lifecycle::Grant;
 use serde_json::json;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 use crate::roles::{RoleError, RoleKey, TargetRoles, describe, grant_of_role, role_name};
@@ -50,15 +51,13 @@ impl Target {
     pub fn from_catalog(catalog: &Catalog) -> Result<Vec<Target>, ReconcileError> {
         let mut targets = Vec::new();
         for resource in catalog.resources() {
-            let Some(PostgresTarget { address: Some(address), database, admin: Some((user, secret)) }) =
-                &resource.postgres
+            let Some(postgres @ PostgresTarget { database, admin: Some((user, secret)), .. }) = &resource.postgres
             else {
                 continue;
             };
-            let (host, port) = address.rsplit_once(':').expect("the catalog checked host:port");
+            let Some((host, port)) = postgres.host_and_port() else { continue };
             let password = read_secret(secret)
                 .map_err(|message| ReconcileError::Secret { resource: resource.name.clone(), message })?;
-            let port = port.parse().expect("the catalog checked the port");
             targets.push(Target::new(resource, connection(host, port, database, user, &password)));
         }
         Ok(targets)
@@ -82,6 +81,16 @@ impl Target {
     /// The target's database.
     pub fn database(&self) -> &str {
         self.connection.get_dbname().unwrap_or_default()
+    }
+
+    /// Logs in to the target as the connector; the connection runs until the client is dropped.
+    pub async fn connect(&self) -> Result<(tokio_postgres::Client, JoinHandle<()>), ReconcileError> {
+        let (client, connection) = self.connection.connect(NoTls).await.map_err(|source| ReconcileError::Connect {
+            resource: self.resource.clone(),
+            address: self.address(),
+            message: describe(&source),
+        })?;
+        Ok((client, tokio::spawn(async move { drop(connection.await) })))
     }
 
     fn address(&self) -> String {
@@ -182,13 +191,7 @@ impl Reconciler {
 
     async fn reconcile(&self, target: &Target, live: &[Grant]) -> Result<Pass, ReconcileError> {
         let resource = &target.resource;
-        let (client, connection) =
-            target.connection.connect(NoTls).await.map_err(|source| ReconcileError::Connect {
-                resource: resource.clone(),
-                address: target.address(),
-                message: describe(&source),
-            })?;
-        let connection = tokio::spawn(connection);
+        let (client, connection) = target.connect().await?;
         let roles = TargetRoles::new(&client);
         let role_error = |source| ReconcileError::Role { resource: resource.clone(), source };
         let wanted: HashMap<String, &Grant> =

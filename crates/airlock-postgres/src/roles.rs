@@ -30,7 +30,7 @@ pub enum RoleError {
     Database { what: String, message: String },
 }
 
-fn database(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> RoleError {
+pub(crate) fn database(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> RoleError {
     let what = what.into();
     move |source| RoleError::Database { what, message: describe(&source) }
 }

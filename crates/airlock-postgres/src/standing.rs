@@ -7,10 +7,9 @@ use std::collections::HashSet;
 
 use airlock_core::lifecycle::Grant;
 use serde::Serialize;
-use tokio_postgres::NoTls;
 
 use crate::reconciler::{ReconcileError, Target};
-use crate::roles::{RoleError, describe, grant_of_role, role_name};
+use crate::roles::{database, grant_of_role, role_name};
 
 /// One privilege no live grant explains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -26,16 +25,11 @@ pub struct Finding {
 /// What `target` holds beyond its live grants and the connector's own login.
 pub async fn standing(target: &Target, live: &[Grant]) -> Result<Vec<Finding>, ReconcileError> {
     let resource = target.resource.to_string();
+    let (client, connection) = target.connect().await?;
     let sql = |what: &str| {
-        let what = what.to_owned();
-        let resource = target.resource.clone();
-        move |error: tokio_postgres::Error| {
-            let source = RoleError::Database { what, message: describe(&error) };
-            ReconcileError::Role { resource, source }
-        }
+        let (resource, describe) = (target.resource.clone(), database(what.to_owned()));
+        move |error| ReconcileError::Role { resource, source: describe(error) }
     };
-    let (client, connection) = target.connection.connect(NoTls).await.map_err(sql("connecting"))?;
-    let connection = tokio::spawn(connection);
     let connector = target.connection.get_user().unwrap_or_default().to_owned();
     let live_roles: HashSet<String> = live.iter().map(|grant| role_name(&grant.id)).collect();
     let mut mapped: Vec<String> = target.database_roles.values().flatten().cloned().collect();

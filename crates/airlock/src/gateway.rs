@@ -9,7 +9,7 @@ use std::path::Path;
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::config::{Config, GatewaySection};
 use airlock_broker::secrets::read_secret;
-use airlock_core::catalog::{Catalog, PostgresTarget};
+use airlock_core::catalog::Catalog;
 use airlock_core::ids::ResourceName;
 use airlock_gateway::authority::Authority;
 use airlock_gateway::gateway::{Parts, ResourceTarget, Settings, Verifier};
@@ -67,10 +67,9 @@ pub fn parts<A: Authority>(
 fn catalog_addresses(catalog: &Catalog) -> Vec<(ResourceName, TargetAddress)> {
     let mut addresses = Vec::new();
     for resource in catalog.resources() {
-        let Some(PostgresTarget { address: Some(address), database, .. }) = &resource.postgres else { continue };
-        let Some((host, port)) = address.rsplit_once(':') else { continue };
-        let Ok(port) = port.parse() else { continue };
-        let address = TargetAddress { host: host.to_owned(), port, database: database.clone() };
+        let Some(postgres) = &resource.postgres else { continue };
+        let Some((host, port)) = postgres.host_and_port() else { continue };
+        let address = TargetAddress { host: host.to_owned(), port, database: postgres.database.clone() };
         addresses.push((resource.name.clone(), address));
     }
     addresses
@@ -115,7 +114,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, remote: &Remote) -> 
 
 /// The gateway's parts inside `serve`, for the connector's targets.
 pub fn in_serve(
-    broker: airlock_broker::Broker,
+    broker: &airlock_broker::Broker,
     section: &GatewaySection,
     data_dir: &Path,
     public_key: [u8; 32],
@@ -129,6 +128,5 @@ pub fn in_serve(
             Some((target.resource.clone(), TargetAddress { host, port, database: target.database().to_owned() }))
         })
         .collect();
-    let catalog = broker.policies().catalog.clone();
-    parts(broker, section, data_dir, &catalog, public_key, role_key, addresses)
+    parts(broker.clone(), section, data_dir, &broker.policies().catalog, public_key, role_key, addresses)
 }

@@ -10,7 +10,7 @@ pub fn json<T: Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("API documents serialise"));
 }
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(presets::NOTHING).set_header(header.iter().map(|h| h.to_uppercase()));
     table

@@ -4,7 +4,6 @@
 use airlock_postgres::reconciler::Target;
 use airlock_postgres::standing::{Finding, standing};
 use anyhow::anyhow;
-use comfy_table::{Table, presets};
 
 use crate::cli::Files;
 use crate::local::open_broker;
@@ -26,8 +25,7 @@ pub async fn standing_privileges(files: &Files, json: bool) -> Outcome {
     } else if findings.is_empty() {
         println!("no standing privileges on {} database(s)", targets.len());
     } else {
-        let mut table = Table::new();
-        table.load_preset(presets::NOTHING).set_header(["RESOURCE", "DATABASE ROLE", "FINDING", "DETAIL"]);
+        let mut table = output::table(&["resource", "database role", "finding", "detail"]);
         for f in &findings {
             table.add_row([f.resource.as_str(), f.database_role.as_str(), f.kind, f.detail.as_str()]);
         }

@@ -45,8 +45,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
         Some(section) => {
             let listen = gateway_listen.unwrap_or(section.listen);
             let public_key = key.signing.verifying_key().to_bytes();
-            let parts =
-                gateway::in_serve(broker.clone(), section, &files.data_dir, public_key, role_key.clone(), &targets)?;
+            let parts = gateway::in_serve(&broker, section, &files.data_dir, public_key, role_key.clone(), &targets)?;
             let listener =
                 TcpListener::bind(listen).await.with_context(|| format!("the gateway cannot listen on {listen}"))?;
             let address = listener.local_addr().context("cannot read the gateway's address")?;
