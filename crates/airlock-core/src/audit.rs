@@ -4,7 +4,11 @@
 //! chain id, the previous hash, time, kind, actor and the exact JSON text of its details. Editing,
 //! deleting, inserting or reordering a record breaks the chain at that record, and [`verify`]
 //! names it. The details are hashed as stored text, so the check never depends on how a JSON
-//! library orders keys.
+//! library orders keys. [`checkpoint`] signs heads of the chain; [`export`] is the JSON Lines
+//! format an auditor takes away and verifies offline.
+
+pub mod checkpoint;
+pub mod export;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
