@@ -4,13 +4,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, EventKind, SYSTEM_ACTOR, verify};
+use airlock_core::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
 use airlock_core::catalog::{Resource, Role};
 use airlock_core::ids::{GrantId, GroupName, RequestId, ResourceName, RoleName, UserName};
 use airlock_core::lifecycle::{AccessRequest, CancelError, Grant, NewRequest, NotActive, OpenError, ReviewError};
 use airlock_core::policy::{Action, Decision, Facts, Principal};
 use airlock_core::values::{GrantDuration, Reason};
-use airlock_store::{BROKER_CHAIN, GrantFilter, RequestFilter, Store, StoreError, Tx};
+use airlock_store::{GrantFilter, RequestFilter, Store, StoreError, Tx};
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::bundle::PolicyBundle;
 use crate::clock::Clock;
-use crate::secrets::{self, SecretError};
+use crate::secrets::{self, BrokerKey, SecretError};
 
 /// How an error should be reported: the HTTP edge and the CLI map these to codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,8 @@ pub enum BrokerError {
     Credential(#[from] airlock_core::credential::IssueError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("cannot sign: {0}")]
+    Sign(#[from] airlock_core::audit::checkpoint::SignatureError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,7 +93,7 @@ impl BrokerError {
             | BrokerError::UserExists(_) => ErrorKind::Conflict,
             BrokerError::Credential(airlock_core::credential::IssueError::GrantNotLive { .. }) => ErrorKind::Conflict,
             BrokerError::Credential(_) => ErrorKind::Internal,
-            BrokerError::Secret(_) | BrokerError::Store(_) => ErrorKind::Internal,
+            BrokerError::Secret(_) | BrokerError::Sign(_) | BrokerError::Store(_) => ErrorKind::Internal,
         }
     }
 }
@@ -110,13 +112,6 @@ pub struct RequestInput {
     pub role: RoleName,
     pub duration: GrantDuration,
     pub reason: Reason,
-}
-
-/// What happened to the audit chain when it was checked.
-#[derive(Debug, Clone)]
-pub enum ChainCheck {
-    Intact(ChainHead),
-    Broken(airlock_core::audit::ChainError),
 }
 
 /// How the broker behaves, from the configuration.
@@ -151,6 +146,8 @@ pub struct Broker {
     deadlines: Arc<Notify>,
     /// Bumped whenever a grant starts or ends in this process, so connectors act at once.
     grant_changes: Arc<watch::Sender<u64>>,
+    /// Signs credentials, audit checkpoints and export seals.
+    key: Arc<BrokerKey>,
 }
 
 fn new_id() -> Uuid {
@@ -158,8 +155,15 @@ fn new_id() -> Uuid {
 }
 
 impl Broker {
-    pub fn new(store: Store, policies: PolicyBundle, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+    pub fn new(
+        store: Store,
+        policies: PolicyBundle,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        key: BrokerKey,
+    ) -> Self {
         Self {
+            key: Arc::new(key),
             store,
             policies: Arc::new(policies),
             clock,
@@ -208,6 +212,11 @@ impl Broker {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The broker's signing key.
+    pub fn key(&self) -> &BrokerKey {
+        &self.key
     }
 
     pub fn clock(&self) -> &dyn Clock {
@@ -260,7 +269,7 @@ impl Broker {
         self.policies.engine.decide(action, &caller.principal, resource, &facts)
     }
 
-    fn is_auditor(&self, caller: &Caller) -> bool {
+    pub(crate) fn is_auditor(&self, caller: &Caller) -> bool {
         caller.principal.groups.iter().any(|g| self.settings.auditors.contains(g))
     }
 
@@ -563,31 +572,6 @@ impl Broker {
             }
         }
         Ok(visible)
-    }
-
-    /// The last `n` audit records; auditors only.
-    pub async fn audit_tail(&self, caller: &Caller, n: u32) -> Result<Vec<ChainRecord>, BrokerError> {
-        if !self.is_auditor(caller) {
-            return Err(BrokerError::AuditForbidden);
-        }
-        Ok(self.store.audit_tail(BROKER_CHAIN, n.clamp(1, 10_000)).await?)
-    }
-
-    /// Checks the whole audit chain; auditors only.
-    pub async fn audit_verify(&self, caller: &Caller) -> Result<ChainCheck, BrokerError> {
-        if !self.is_auditor(caller) {
-            return Err(BrokerError::AuditForbidden);
-        }
-        self.verify_chain().await
-    }
-
-    /// Checks the whole audit chain (for administrators with the data directory in hand).
-    pub async fn verify_chain(&self) -> Result<ChainCheck, BrokerError> {
-        let records = self.store.audit_chain(BROKER_CHAIN).await?;
-        Ok(match verify(&records) {
-            Ok(head) => ChainCheck::Intact(head),
-            Err(error) => ChainCheck::Broken(error),
-        })
     }
 
     /// Ends every pending request and grant whose time is up at the clock's `now`.

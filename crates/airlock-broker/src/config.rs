@@ -18,6 +18,12 @@
 //! require_tls = true          # refuse clients without TLS
 //! idle_timeout = "15m"        # close sessions idle this long
 //! redact_literals = false     # record statements with literals replaced by $n
+//!
+//! [audit]
+//! checkpoint_every = "1s"     # sign the chain's head this often when it moved
+//! checkpoint_every_records = 10000   # and whenever this many records were appended
+//! checkpoint_file = "/mnt/other-volume/airlock-checkpoints.jsonl"  # copy each checkpoint here
+//! checkpoint_webhook = "https://audit.example.com/airlock"          # and POST it here
 //! ```
 
 use std::net::SocketAddr;
@@ -47,6 +53,39 @@ pub struct Config {
     #[serde(default)]
     pub policy: PolicySection,
     pub gateway: Option<GatewaySection>,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// Signed checkpoints of the audit chain, and where copies of them go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: GrantDuration,
+    #[serde(default = "default_checkpoint_every_records")]
+    pub checkpoint_every_records: u32,
+    pub checkpoint_file: Option<PathBuf>,
+    pub checkpoint_webhook: Option<String>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_every_records: default_checkpoint_every_records(),
+            checkpoint_file: None,
+            checkpoint_webhook: None,
+        }
+    }
+}
+
+fn default_checkpoint_every() -> GrantDuration {
+    GrantDuration::from_secs(1).expect("one second is a valid duration")
+}
+
+fn default_checkpoint_every_records() -> u32 {
+    10_000
 }
 
 /// The PostgreSQL gateway's settings.
@@ -160,6 +199,18 @@ impl Config {
                 return Err(ConfigError::Invalid { path: path.display().to_string(), message });
             }
         }
+        if let Some(file) = &mut config.audit.checkpoint_file {
+            *file = base.join(&*file);
+        }
+        let invalid = |message| ConfigError::Invalid { path: path.display().to_string(), message };
+        if config.audit.checkpoint_every_records == 0 {
+            return Err(invalid("[audit] checkpoint_every_records must be at least 1"));
+        }
+        if let Some(url) = &config.audit.checkpoint_webhook
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid("[audit] checkpoint_webhook must be an http:// or https:// URL"));
+        }
         Ok(config)
     }
 }
@@ -184,6 +235,12 @@ mod tests {
         assert_eq!(gateway.tls_cert, Some(dir.path().join("c.pem")));
         std::fs::write(&path, "[gateway]\ntls_cert = \"c.pem\"\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("both tls_cert and tls_key"));
+        std::fs::write(&path, "[audit]\ncheckpoint_file = \"sink.jsonl\"\ncheckpoint_every_records = 5\n").unwrap();
+        let audit = Config::load(&path).unwrap().audit;
+        assert_eq!((audit.checkpoint_file, audit.checkpoint_every_records), (Some(dir.path().join("sink.jsonl")), 5));
+        assert_eq!(audit.checkpoint_every.as_secs(), 1);
+        std::fs::write(&path, "[audit]\ncheckpoint_webhook = \"ftp://x\"\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().to_string().contains("http:// or https://"));
         std::fs::write(&path, "[brokr]\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("unknown field `brokr`"));
     }

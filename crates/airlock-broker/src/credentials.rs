@@ -7,17 +7,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::broker::{Broker, BrokerError, Caller};
-use crate::secrets::BrokerKey;
 
 impl Broker {
     /// A credential for the caller's own live grant `grant_id`, valid until the grant ends (bound
     /// to the caller's address when the catalog asks). Another user's grant is "not found".
-    pub async fn issue_credential(
-        &self,
-        caller: &Caller,
-        grant_id: &str,
-        key: &BrokerKey,
-    ) -> Result<(Credential, Token), BrokerError> {
+    pub async fn issue_credential(&self, caller: &Caller, grant_id: &str) -> Result<(Credential, Token), BrokerError> {
         let not_found = || BrokerError::GrantNotFound(grant_id.to_owned());
         let grant = self.store().grant(grant_id).await?.ok_or_else(not_found)?;
         if grant.holder != caller.principal.name {
@@ -29,7 +23,7 @@ impl Broker {
         if bind {
             credential = credential.bound_to(caller.source_ip);
         }
-        let token = credential::issue(&key.signing.to_keypair_bytes(), &credential)?;
+        let token = credential::issue(&self.key().keypair(), &credential)?;
         let event = AuditEvent {
             kind: EventKind::CredentialIssued,
             actor: caller.principal.name.as_str().to_owned(),

@@ -7,16 +7,23 @@
 //! - [`clock`]: where time comes from (the system, or a hand-moved clock in tests);
 //! - [`secrets`]: API tokens (shown once, stored hashed) and the broker's signing key;
 //! - [`broker`]: the use cases, each one transaction with its audit events;
+//! - [`audit`]: the audit chain for auditors: tail, verification, signed exports;
+//! - [`checkpoints`]: signs the chain's head every second (or every N records) and copies each
+//!   checkpoint to sinks kept elsewhere;
 //! - [`credentials`]: gateway credentials for a holder's live grant;
 //! - [`gateways`]: what a gateway running apart may ask and record;
+//! - [`outbound`]: HTTP clients for webhooks and the CLI;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
 
+pub mod audit;
 pub mod broker;
 pub mod bundle;
+pub mod checkpoints;
 pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod gateways;
+pub mod outbound;
 pub mod scheduler;
 pub mod secrets;
 

@@ -50,7 +50,16 @@ pub struct BrokerKey {
 
 impl BrokerKey {
     pub fn public_hex(&self) -> String {
-        hex::encode(self.signing.verifying_key().to_bytes())
+        hex::encode(self.public_key())
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// `seed || public key`, as `airlock_core` takes signing keys.
+    pub fn keypair(&self) -> [u8; 64] {
+        self.signing.to_keypair_bytes()
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Each record stores the hash of the record before it; its own hash covers its sequence number,
 //! chain id, the previous hash, time, kind, actor and the exact JSON text of its details. Editing,
-//! deleting, inserting or reordering a record breaks the chain at that record, and [`verify`]
-//! names it. The details are hashed as stored text, so the check never depends on how a JSON
+//! deleting, inserting or reordering a record breaks the chain at that record, and
+//! [`export::Verifier`] names it. The details are hashed as stored text, so the check never depends on how a JSON
 //! library orders keys. [`checkpoint`] signs heads of the chain; [`export`] is the JSON Lines
 //! format an auditor takes away and verifies offline.
 
@@ -183,128 +183,5 @@ pub fn chain(head: &ChainHead, chain_id: &str, event: &AuditEvent) -> ChainRecor
         kind: kind.to_owned(),
         actor: event.actor.clone(),
         details,
-    }
-}
-
-/// What is wrong with a record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    #[error("record {seq}: its contents do not match its hash (edited)")]
-    Edited { seq: i64 },
-    #[error("record {seq}: expected sequence number {expected} (a record was deleted, inserted or moved)")]
-    Sequence { seq: i64, expected: i64 },
-    #[error("record {seq}: it does not link to the record before it (a record was deleted, inserted or moved)")]
-    Link { seq: i64 },
-}
-
-impl ChainError {
-    pub fn seq(&self) -> i64 {
-        match self {
-            ChainError::Edited { seq } | ChainError::Sequence { seq, .. } | ChainError::Link { seq } => *seq,
-        }
-    }
-}
-
-/// Checks records of one chain in stored order, from the first; returns the head when intact.
-pub fn verify<'a>(records: impl IntoIterator<Item = &'a ChainRecord>) -> Result<ChainHead, ChainError> {
-    let mut head = ChainHead::genesis();
-    for record in records {
-        let expected = head.seq + 1;
-        if record.seq != expected {
-            return Err(ChainError::Sequence { seq: record.seq, expected });
-        }
-        let recomputed = record_hash(
-            record.seq,
-            &record.chain_id,
-            &record.prev_hash,
-            record.at_ms,
-            &record.kind,
-            &record.actor,
-            &record.details,
-        );
-        if recomputed != record.hash {
-            return Err(ChainError::Edited { seq: record.seq });
-        }
-        if record.prev_hash != head.hash {
-            return Err(ChainError::Link { seq: record.seq });
-        }
-        head = ChainHead { seq: record.seq, hash: record.hash.clone() };
-    }
-    Ok(head)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn chain_of(n: i64) -> Vec<ChainRecord> {
-        let mut head = ChainHead::genesis();
-        (0..n)
-            .map(|i| {
-                let event = AuditEvent {
-                    kind: EventKind::RequestCreated,
-                    actor: "alice".into(),
-                    at: OffsetDateTime::from_unix_timestamp(1_800_000_000 + i).unwrap(),
-                    details: json!({"n": i}),
-                };
-                let record = chain(&head, "broker", &event);
-                head = ChainHead { seq: record.seq, hash: record.hash.clone() };
-                record
-            })
-            .collect()
-    }
-
-    #[track_caller]
-    fn check(records: &[ChainRecord], expect: Result<i64, &str>) {
-        let got = verify(records).map(|h| h.seq).map_err(|e| e.to_string());
-        assert_eq!(got, expect.map_err(str::to_owned));
-    }
-
-    #[test]
-    fn intact_chain_verifies() {
-        check(&chain_of(5), Ok(5));
-        check(&[], Ok(0));
-    }
-
-    #[test]
-    fn every_tampering_names_its_record() {
-        let mut edited = chain_of(5);
-        edited[2].details = r#"{"n":99}"#.into();
-        check(&edited, Err("record 3: its contents do not match its hash (edited)"));
-
-        let mut deleted = chain_of(5);
-        deleted.remove(1);
-        check(&deleted, Err("record 3: expected sequence number 2 (a record was deleted, inserted or moved)"));
-
-        let mut reordered = chain_of(5);
-        reordered.swap(1, 2);
-        check(&reordered, Err("record 3: expected sequence number 2 (a record was deleted, inserted or moved)"));
-
-        // Renumbering after a deletion still breaks the link.
-        let mut renumbered = chain_of(5);
-        renumbered.remove(1);
-        for (i, r) in renumbered.iter_mut().enumerate() {
-            r.seq = i as i64 + 1;
-        }
-        check(&renumbered, Err("record 2: its contents do not match its hash (edited)"));
-
-        // A forged record with a correct hash of its own still does not link.
-        let mut forged = chain_of(3);
-        let fake = chain(
-            &ChainHead { seq: 1, hash: "f".repeat(64) },
-            "broker",
-            &AuditEvent {
-                kind: EventKind::GrantRevoked,
-                actor: "mallory".into(),
-                at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
-                details: json!({}),
-            },
-        );
-        forged[1] = fake;
-        check(
-            &forged,
-            Err("record 2: it does not link to the record before it (a record was deleted, inserted or moved)"),
-        );
     }
 }

@@ -116,6 +116,21 @@ fn deleted_inserted_and_reordered_records_are_named() {
     assert!(found[0].contains("line 7, record 7: expected sequence number 6"), "{found:?}");
     assert!(found.iter().any(|p| p.contains("the seal vouches for records 1..=10 (10 records)")), "{found:?}");
 
+    // Renumbering after a deletion does not help: the sequence number is hashed.
+    let mut renumbered = records(10, "real");
+    renumbered.remove(1);
+    for (i, record) in renumbered.iter_mut().enumerate() {
+        record.seq = i as i64 + 1;
+    }
+    let renumbered: Vec<String> = renumbered.iter().map(|r| Line::Event(RecordLine::of(r)).to_json()).collect();
+    let mut verifier = Verifier::new(public(&key), Vec::new());
+    for (i, line) in renumbered.iter().enumerate() {
+        verifier.line(i as u64 + 1, line);
+    }
+    let found = problems(&verifier.finish(false));
+    assert!(found[0].starts_with("line 2, record 2: it does not link to the record before it"), "{found:?}");
+    assert_eq!(found[1], "line 2, record 2: its contents do not match its hash (edited)", "{found:?}");
+
     let mut inserted = lines.clone();
     let forged = chain(
         &ChainHead { seq: 2, hash: records(2, "real")[1].hash.clone() },
@@ -145,13 +160,21 @@ fn truncation_is_caught_whether_or_not_the_seal_is_kept() {
     // Cut right after a checkpoint, so the file still ends on a valid signature.
     let cut = line_of(&lines, 8) + 2;
     let found = problems(&verify_with(&public(&key), &lines[..cut], Vec::new()));
-    assert_eq!(found, [format!("line {}: the file ends without the export's signed seal (truncated, or not a whole export)", cut + 1)]);
+    assert_eq!(
+        found,
+        [format!(
+            "line {}: the file ends without the export's signed seal (truncated, or not a whole export)",
+            cut + 1
+        )]
+    );
 
     let mut kept_seal = lines[..cut].to_vec();
     kept_seal.push(lines.last().unwrap().clone());
     let found = problems(&verify_with(&public(&key), &kept_seal, Vec::new()));
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].contains("the seal vouches for records 1..=10 (10 records), but the file holds 1..=8 (8 records)"));
+    assert!(
+        found[0].contains("the seal vouches for records 1..=10 (10 records), but the file holds 1..=8 (8 records)")
+    );
 
     let mut appended = lines.clone();
     appended.push(lines[0].clone());

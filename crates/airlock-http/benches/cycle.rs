@@ -71,7 +71,7 @@ where
         .map(|client| {
             let operation = operation.clone();
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = airlock_broker::outbound::client(std::time::Duration::from_secs(30)).unwrap();
                 let mut latencies = Vec::with_capacity(per_client as usize);
                 let mut previous_done = start;
                 for n in 0..per_client {
@@ -124,13 +124,13 @@ async fn main() {
     let store = Store::open(dir.path()).await.expect("a store");
     let bundle = PolicyBundle::load(&config.policy).expect("the quickstart policies");
     let settings = Settings { pending_ttl: config.broker.pending_ttl, auditors: config.broker.auditors.clone() };
-    let broker = Broker::new(store, bundle, Arc::new(SystemClock), settings);
+    let key = load_or_create_key(dir.path()).expect("a key");
+    let broker = Broker::new(store, bundle, Arc::new(SystemClock), settings, key);
     let alice = broker.add_user(&"alice".parse().unwrap(), &["eng".parse().unwrap()], false, "bench").await.unwrap();
     let bob = broker.add_user(&"bob".parse().unwrap(), &["sre".parse().unwrap()], false, "bench").await.unwrap();
-    let key = Arc::new(load_or_create_key(dir.path()).expect("a key"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(airlock_http::serve(listener, AppState { broker, key, gateway: None }, std::future::pending()));
+    tokio::spawn(airlock_http::serve(listener, AppState { broker, gateway: None }, std::future::pending()));
 
     let (alice, bob, base) = (Arc::new(alice), Arc::new(bob), Arc::new(base));
     let cycle = {

@@ -189,13 +189,33 @@ pub struct AuditRecordView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VerifyView {
     pub intact: bool,
-    /// How many records were checked and found intact.
+    /// How many records were checked.
     pub records: i64,
-    /// The hash of the last intact record.
+    /// The hash of the last record.
     pub head_hash: Option<String>,
+    /// How many signed checkpoints were checked against the records they name.
+    pub checkpoints: u64,
     /// The first bad record, when the chain is broken.
     pub first_bad_seq: Option<i64>,
+    /// The first problem found.
     pub error: Option<String>,
+    /// Every problem found (the first 1,000), each naming its record.
+    pub problems: Vec<String>,
+}
+
+/// Which records an export holds.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// The first record made at or after this time (RFC 3339); from the chain's start if absent.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    pub since: Option<OffsetDateTime>,
+    /// Records made before this time (RFC 3339); up to the chain's head if absent.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    pub until: Option<OffsetDateTime>,
 }
 
 /// What a gateway running apart asks for live grants with.

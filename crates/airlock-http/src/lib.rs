@@ -18,15 +18,12 @@ pub mod routes;
 use std::net::SocketAddr;
 
 use airlock_broker::Broker;
-use airlock_broker::secrets::BrokerKey;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Broker,
-    pub key: Arc<BrokerKey>,
     /// Where this broker's gateway listens, for connection details in credentials.
     pub gateway: Option<SocketAddr>,
 }

@@ -14,7 +14,7 @@ use crate::routes;
         routes::health, routes::openapi_document, routes::whoami, routes::keys,
         routes::create_request, routes::list_requests, routes::get_request,
         routes::approve, routes::deny, routes::cancel,
-        routes::list_grants, routes::revoke, routes::issue_credential,
+        routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export,
         routes::gateway_live_grants, routes::gateway_grant, routes::gateway_events, routes::audit_tail, routes::audit_verify,
     ),
     components(schemas(

@@ -1,12 +1,14 @@
 //! One handler per route. Every route but `/v1/health` and `/v1/openapi.json` authenticates its
 //! caller; the broker then checks what that caller may do.
 
-use airlock_broker::broker::{ChainCheck, RequestInput};
+use airlock_broker::broker::RequestInput;
 use airlock_core::audit::AuditEvent;
+use airlock_core::audit::export::Report;
 use airlock_core::ids::{GrantId, ResourceName, RoleName};
 use airlock_core::values::{GrantDuration, Reason};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -36,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/gateway/events", post(gateway_events))
         .route("/v1/audit", get(audit_tail))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/export", get(audit_export))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             (
@@ -74,7 +77,11 @@ async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
 #[utoipa::path(get, path = "/v1/keys", security(("token" = [])),
     responses((status = 200, body = KeyView), (status = 401, body = ErrorBody)))]
 async fn keys(State(state): State<AppState>, Authenticated(_): Authenticated) -> Json<KeyView> {
-    Json(KeyView { algorithm: "ed25519".into(), key_id: state.key.key_id.clone(), public_key: state.key.public_hex() })
+    Json(KeyView {
+        algorithm: "ed25519".into(),
+        key_id: state.broker.key().key_id.clone(),
+        public_key: state.broker.key().public_hex(),
+    })
 }
 
 #[utoipa::path(post, path = "/v1/requests", security(("token" = [])), request_body = CreateRequest,
@@ -199,7 +206,7 @@ async fn issue_credential(
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    let (credential, token) = state.broker.issue_credential(&caller, &id, &state.key).await?;
+    let (credential, token) = state.broker.issue_credential(&caller, &id).await?;
     let resource = state.broker.policies().catalog.resource(&credential.resource);
     let database = resource.and_then(|r| r.postgres.as_ref()).map(|postgres| postgres.database.clone());
     Ok(Json(CredentialView {
@@ -301,22 +308,34 @@ async fn audit_verify(
     Ok(Json(verify_view(state.broker.audit_verify(&caller).await?)))
 }
 
-/// The answer to a chain check, for the API and for `airlock admin audit verify`.
-pub fn verify_view(check: ChainCheck) -> VerifyView {
-    match check {
-        ChainCheck::Intact(head) => VerifyView {
-            intact: true,
-            records: head.seq,
-            head_hash: (head.seq > 0).then_some(head.hash),
-            first_bad_seq: None,
-            error: None,
-        },
-        ChainCheck::Broken(error) => VerifyView {
-            intact: false,
-            records: error.seq() - 1,
-            head_hash: None,
-            first_bad_seq: Some(error.seq()),
-            error: Some(error.to_string()),
-        },
+/// The answer to a chain check.
+pub fn verify_view(report: Report) -> VerifyView {
+    let problems: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
+    VerifyView {
+        intact: report.intact(),
+        records: report.records,
+        head_hash: report.head.map(|head| head.hash),
+        checkpoints: report.checkpoints,
+        first_bad_seq: report.failures.iter().find_map(|f| f.place.seq),
+        error: problems.first().cloned(),
+        problems,
     }
+}
+
+#[utoipa::path(get, path = "/v1/audit/export", security(("token" = [])), params(ExportQuery),
+    responses((status = 200, description = "JSON Lines: records, checkpoints, and a signed seal last",
+        content_type = "application/x-ndjson", body = String),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn audit_export(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(query): Params<ExportQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    let export = state.broker.audit_export(&caller, query.since, query.until).await?;
+    // A failure mid-way ends the body early: the file then lacks its seal, and verifying it says so.
+    let lines = futures_util::stream::try_unfold(export, |mut export| async move {
+        Ok::<_, airlock_broker::BrokerError>(export.next_lines().await?.map(|text| (text, export)))
+    });
+    let body = axum::body::Body::from_stream(lines);
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

@@ -10,6 +10,7 @@
 //! [`CHECKPOINT_EVERY`], without blocking writers. Connections are not pinged before use: the
 //! database is a local file, and the ping is a round trip to SQLite's thread on every query.
 
+mod audit;
 mod rows;
 mod tx;
 
@@ -18,12 +19,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_core::audit::ChainRecord;
 use airlock_core::ids::UserName;
 use airlock_core::lifecycle::{AccessRequest, Grant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use time::OffsetDateTime;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 pub use rows::User;
 pub use tx::Tx;
@@ -67,6 +67,8 @@ pub struct Store {
     /// Writers of this process queue here rather than in SQLite's busy handler, which backs off
     /// by sleeping (milliseconds each) and so turns contention into latency.
     writer: Arc<Mutex<()>>,
+    /// The broker chain's head after this process's last commit that appended to it.
+    audit_head: Arc<watch::Sender<i64>>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -111,13 +113,22 @@ impl Store {
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let checkpointer = Arc::new(Checkpointer(tokio::spawn(checkpoint_forever(pool.clone()))));
-        Ok(Self { pool, writer: Arc::new(Mutex::new(())), _checkpointer: checkpointer })
+        let head: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_events WHERE chain_id = ?")
+            .bind(BROKER_CHAIN)
+            .fetch_one(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            writer: Arc::new(Mutex::new(())),
+            audit_head: Arc::new(watch::Sender::new(head.unwrap_or(0))),
+            _checkpointer: checkpointer,
+        })
     }
 
     /// Begins a use case's transaction, taking the write lock at once.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let turn = self.writer.clone().lock_owned().await;
-        Ok(Tx::new(self.pool.begin_with("BEGIN IMMEDIATE").await?, turn))
+        Ok(Tx::new(self.pool.begin_with("BEGIN IMMEDIATE").await?, turn, self.audit_head.clone()))
     }
 
     pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
@@ -200,24 +211,5 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(ms.map(rows::time_of_ms))
-    }
-
-    /// The whole audit chain, in order.
-    pub async fn audit_chain(&self, chain_id: &str) -> Result<Vec<ChainRecord>, StoreError> {
-        let rows = sqlx::query(rows::AUDIT_SELECT).bind(chain_id).bind(i64::MAX).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(rows::chain_record).collect())
-    }
-
-    /// The last `n` audit records, oldest first.
-    pub async fn audit_tail(&self, chain_id: &str, n: u32) -> Result<Vec<ChainRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM (SELECT seq, chain_id, prev_hash, hash, at_ms, kind, actor, details FROM audit_events
-             WHERE chain_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-        )
-        .bind(chain_id)
-        .bind(n)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(rows::chain_record).collect())
     }
 }

@@ -23,8 +23,9 @@ pub(crate) const USER_COLUMNS_BY_TOKEN: &str =
     "SELECT name, groups_json, service, disabled, created_ms FROM users WHERE token_hash = ?";
 pub(crate) const USER_COLUMNS_BY_NAME: &str =
     "SELECT name, groups_json, service, disabled, created_ms FROM users WHERE name = ?";
-pub(crate) const AUDIT_SELECT: &str = "SELECT seq, chain_id, prev_hash, hash, at_ms, kind, actor, details
-     FROM audit_events WHERE chain_id = ? AND seq <= ? ORDER BY seq";
+
+/// The last record of a chain: its sequence number and hash.
+pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1";
 
 pub(crate) fn ms(at: OffsetDateTime) -> i64 {
     airlock_core::audit::unix_ms(at)

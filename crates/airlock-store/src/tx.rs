@@ -1,11 +1,13 @@
 //! One use case's transaction: reads for update, writes, and audit appends, committed together.
 
+use std::sync::Arc;
+
 use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, chain};
 use airlock_core::ids::{GroupName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use time::OffsetDateTime;
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, watch};
 
 use crate::rows::{self, User, ms, to_body};
 use crate::{BROKER_CHAIN, StoreError};
@@ -14,17 +16,27 @@ use crate::{BROKER_CHAIN, StoreError};
 pub struct Tx {
     inner: Transaction<'static, Sqlite>,
     head: Option<ChainHead>,
+    /// Told the new head when a commit appended records.
+    audit_head: Arc<watch::Sender<i64>>,
     /// This process's write turn, held until the transaction ends.
     _turn: OwnedMutexGuard<()>,
 }
 
 impl Tx {
-    pub(crate) fn new(inner: Transaction<'static, Sqlite>, turn: OwnedMutexGuard<()>) -> Self {
-        Self { inner, head: None, _turn: turn }
+    pub(crate) fn new(
+        inner: Transaction<'static, Sqlite>,
+        turn: OwnedMutexGuard<()>,
+        audit_head: Arc<watch::Sender<i64>>,
+    ) -> Self {
+        Self { inner, head: None, audit_head, _turn: turn }
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
-        Ok(self.inner.commit().await?)
+        self.inner.commit().await?;
+        if let Some(head) = self.head {
+            self.audit_head.send_replace(head.seq);
+        }
+        Ok(())
     }
 
     pub async fn user(&mut self, name: &UserName) -> Result<Option<User>, StoreError> {
@@ -171,10 +183,7 @@ impl Tx {
             Some(head) => head,
             None => {
                 let row: Option<(i64, String)> =
-                    sqlx::query_as("SELECT seq, hash FROM audit_events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1")
-                        .bind(BROKER_CHAIN)
-                        .fetch_optional(&mut *self.inner)
-                        .await?;
+                    sqlx::query_as(rows::AUDIT_HEAD).bind(BROKER_CHAIN).fetch_optional(&mut *self.inner).await?;
                 row.map_or_else(ChainHead::genesis, |(seq, hash)| ChainHead { seq, hash })
             }
         };

@@ -17,7 +17,6 @@ use std::time::Duration;
 use airlock_broker::Broker;
 use airlock_broker::broker::RequestInput;
 use airlock_broker::clock::{Clock, SystemClock};
-use airlock_broker::secrets::{BrokerKey, load_or_create_key};
 use airlock_core::lifecycle::{AccessRequest, Grant};
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_gateway::gateway::{self, Parts, ResourceTarget, Settings, Verifier};
@@ -51,8 +50,6 @@ pub struct Setup {
 /// A cluster, a broker, a reconciler and a gateway; see the module documentation.
 pub struct GatewayHarness {
     pub broker: Broker,
-    /// The broker's key, which signs credentials.
-    pub key: BrokerKey,
     /// The gateway's port on 127.0.0.1.
     pub port: u16,
     /// A client TLS configuration that trusts the gateway's certificate.
@@ -75,7 +72,6 @@ impl GatewayHarness {
             set_max_connections(&cluster, &dir.path().join("pg").join("data"), connections).await;
         }
         let broker = broker(dir.path(), &catalog, Arc::new(SystemClock) as Arc<dyn Clock>).await;
-        let key = load_or_create_key(dir.path()).expect("the broker's key");
         let role_key = RoleKey::new([42; 32]);
         let targets = Target::from_catalog(&broker.policies().catalog).expect("the catalog's targets");
         let (stop, stopped) = watch::channel(false);
@@ -91,14 +87,14 @@ impl GatewayHarness {
             settings: setup.settings,
             tls: Some(tls::acceptor(&identity).expect("the gateway's TLS identity")),
             targets: HashMap::from([("demo-db".parse().expect("a resource name"), resource)]),
-            verifier: Verifier { public_key: key.signing.verifying_key().to_bytes() },
+            verifier: Verifier { public_key: broker.key().public_key() },
             role_key,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port for the gateway");
         let port = listener.local_addr().expect("the gateway's address").port();
         let gateway = Some(tokio::spawn(gateway::serve(parts, listener, stopped)));
         let tls = client_tls(&dir.path().join(GENERATED_CERT));
-        GatewayHarness { broker, key, port, tls, stop, gateway, cluster, dir }
+        GatewayHarness { broker, port, tls, stop, gateway, cluster, dir }
     }
 
     /// The target cluster (its superuser connects directly, not through the gateway).
@@ -154,8 +150,7 @@ impl GatewayHarness {
     /// A credential for `grant`, issued to its holder.
     pub async fn token(&self, grant: &Grant) -> String {
         let holder = caller(grant.holder.as_str(), &["eng", "oncall"]);
-        let (_, token) =
-            self.broker.issue_credential(&holder, &grant.id.to_string(), &self.key).await.expect("a credential");
+        let (_, token) = self.broker.issue_credential(&holder, &grant.id.to_string()).await.expect("a credential");
         token.expose().to_owned()
     }
 

@@ -13,6 +13,7 @@ use airlock_broker::broker::Settings;
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::clock::Clock;
 use airlock_broker::config::PolicySection;
+use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, Caller};
 use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
@@ -47,7 +48,8 @@ pub async fn broker(dir: &Path, catalog: &str, clock: Arc<dyn Clock>) -> Broker 
         pending_ttl: GrantDuration::parse("1h").expect("a duration"),
         auditors: vec!["sre".parse().expect("a group name")],
     };
-    Broker::new(store, bundle, clock, settings)
+    let key = load_or_create_key(&dir.join("data")).expect("the broker's key");
+    Broker::new(store, bundle, clock, settings, key)
 }
 
 /// The connector's password on a [`managed_database`].

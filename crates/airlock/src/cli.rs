@@ -4,8 +4,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
 
-use crate::{Outcome, connect, gateway, local, remote, report, serve};
+use crate::{Outcome, audit, connect, gateway, local, remote, report, serve};
+
+/// A time on the command line: RFC 3339 (`2026-11-01T09:00:00Z`), or a date (midnight UTC).
+fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(at);
+    }
+    time::Date::parse(text, format_description!("[year]-[month]-[day]"))
+        .map(|date| date.midnight().assume_utc())
+        .map_err(|_| format!("`{text}` is neither an RFC 3339 time (2026-11-01T09:00:00Z) nor a date (2026-11-01)"))
+}
 
 /// Just-in-time, time-bound, audited access to production.
 #[derive(Debug, Parser)]
@@ -233,8 +246,37 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the whole hash chain; exit 0 only if it is intact, else name the first bad record.
+    /// Check the hash chain and its signed checkpoints: the broker's (default), or an export
+    /// file offline with `--file`. Exit 0 only if intact; else each problem names its record.
     Verify {
+        /// An export file to check offline, without a broker.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The broker's public key (hex, or a file holding it; see `airlock audit key`).
+        #[arg(long, requires = "file")]
+        public_key: Option<String>,
+        /// Checkpoints a sink kept elsewhere (`[audit] checkpoint_file`), to check against.
+        #[arg(long, requires = "file")]
+        checkpoints: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write the records (with their checkpoints and a signed seal) as JSON Lines.
+    Export {
+        /// From the first record made at or after this time (RFC 3339, or a date: 2026-11-01).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<OffsetDateTime>,
+        /// Up to the last record made before this time (RFC 3339, or a date).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<OffsetDateTime>,
+        /// Write here (whole, or not at all) instead of to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the broker's public key, which verifies exports offline.
+    Key {
         #[command(flatten)]
         remote: Remote,
     },
@@ -270,7 +312,22 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Connect { resource, role, psql, psql_args, remote } => {
             connect::connect(&remote, &resource, role.as_deref(), &psql, &psql_args).await
         }
-        Command::Audit { command: AuditCommand::Verify { remote } } => remote::audit_verify(&remote).await,
-        Command::Audit { command: AuditCommand::Tail { n, remote } } => remote::audit_tail(&remote, n).await,
+        Command::Audit { command } => audit_command(command).await,
+    }
+}
+
+async fn audit_command(command: AuditCommand) -> Outcome {
+    match command {
+        AuditCommand::Verify { file: Some(file), public_key, checkpoints, remote } => {
+            let key =
+                public_key.ok_or_else(|| anyhow::anyhow!("--file needs --public-key (see `airlock audit key`)"))?;
+            audit::verify_file(&file, &key, checkpoints.as_deref(), remote.json)
+        }
+        AuditCommand::Verify { file: None, remote, .. } => audit::verify_remote(&remote).await,
+        AuditCommand::Export { since, until, out, remote } => {
+            audit::export(&remote, since, until, out.as_deref()).await
+        }
+        AuditCommand::Key { remote } => audit::key(&remote).await,
+        AuditCommand::Tail { n, remote } => audit::tail(&remote, n).await,
     }
 }

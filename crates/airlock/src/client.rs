@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 use crate::Failure;
 use crate::cli::Remote;
 
+/// How long a download (an audit export) may take.
+const LONGEST_DOWNLOAD: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -24,9 +27,7 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!("AIRLOCK_URL `{base}` must start with http:// or https://").into());
         }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
+        let http = airlock_broker::outbound::client(std::time::Duration::from_secs(30))
             .context("cannot build the HTTP client")?;
         Ok(Self { http, base, token: token.trim().to_owned() })
     }
@@ -45,6 +46,24 @@ impl Client {
             (reqwest::StatusCode::NOT_FOUND, _) => Ok(None),
             (status, bytes) => self.decode(status, &bytes).map(Some),
         }
+    }
+
+    /// Streams the body of a GET to `out`, however long it takes; returns the bytes written.
+    pub async fn download(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Failure> {
+        let request = self.http.get(format!("{}{path}", self.base)).timeout(LONGEST_DOWNLOAD).bearer_auth(&self.token);
+        let mut response =
+            request.send().await.map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.map_err(|e| anyhow!("the broker's answer was cut off: {e}"))?;
+            return self.decode::<serde_json::Value>(status, &bytes).map(|_| 0);
+        }
+        let mut written = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|e| anyhow!("the broker's answer was cut off: {e}"))? {
+            out.write_all(&chunk).context("cannot write the answer")?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
     }
 
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, Failure> {

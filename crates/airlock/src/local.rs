@@ -8,6 +8,7 @@ use airlock_broker::broker::Settings;
 use airlock_broker::bundle::{PolicyBundle, load_cases};
 use airlock_broker::clock::SystemClock;
 use airlock_broker::config::Config;
+use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, BrokerError};
 use airlock_core::ids::{GroupName, UserName};
 use airlock_core::policy_test::run_case;
@@ -31,7 +32,8 @@ pub async fn open_broker(files: &Files) -> Result<(Broker, Config), Failure> {
         .await
         .with_context(|| format!("cannot open the store in `{}`", files.data_dir.display()))?;
     let settings = Settings { pending_ttl: config.broker.pending_ttl, auditors: config.broker.auditors.clone() };
-    Ok((Broker::new(store, bundle, Arc::new(SystemClock), settings), config))
+    let key = load_or_create_key(&files.data_dir).context("cannot load the signing key")?;
+    Ok((Broker::new(store, bundle, Arc::new(SystemClock), settings, key), config))
 }
 
 fn refused_or_usage(error: BrokerError) -> Failure {

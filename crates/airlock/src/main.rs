@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line, as clap types;
+//! - [`audit`]: `airlock audit`: tail, verify (by the broker, or offline from an export), export, key;
 //! - [`local`]: commands that work on files (the config, policies, the data directory);
 //! - [`serve`]: the broker process: store, scheduler, HTTP API and PostgreSQL connector;
 //! - [`gateway`]: the PostgreSQL gateway's parts from the configuration;
@@ -16,6 +17,7 @@
 //! Exit codes: 0 done; 1 refused by the broker (or a failed check), with the reason printed;
 //! 2 bad usage, bad configuration or an unreachable broker.
 
+mod audit;
 mod cli;
 mod client;
 mod connect;

@@ -119,31 +119,3 @@ pub async fn revoke(remote: &Remote, grant_id: &str, reason_text: String) -> Out
     }
     Ok(())
 }
-
-pub async fn audit_verify(remote: &Remote) -> Outcome {
-    let check: VerifyView = Client::new(remote)?.get("/v1/audit/verify").await?;
-    if remote.json {
-        output::json(&check);
-    }
-    match (check.intact, check.error) {
-        (true, _) => {
-            if !remote.json {
-                println!("audit chain intact: {} records, head {}", check.records, check.head_hash.unwrap_or_default());
-            }
-            Ok(())
-        }
-        (false, error) => {
-            Err(Failure::Refused(format!("audit chain broken: {}", error.unwrap_or_else(|| "unknown problem".into()))))
-        }
-    }
-}
-
-pub async fn audit_tail(remote: &Remote, n: u32) -> Outcome {
-    let records: Vec<AuditRecordView> = Client::new(remote)?.get(&format!("/v1/audit?n={n}")).await?;
-    if remote.json {
-        output::json(&records)
-    } else {
-        output::audit(&records)
-    }
-    Ok(())
-}

@@ -1,12 +1,12 @@
-//! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the API, the
-//! PostgreSQL connector when the catalog names PostgreSQL targets, and the gateway when the
-//! configuration has a `[gateway]` section.
+//! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the audit
+//! checkpointer, the API, the PostgreSQL connector when the catalog names PostgreSQL targets, and
+//! the gateway when the configuration has a `[gateway]` section.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
+use airlock_broker::checkpoints::{self, CheckpointSettings};
 use airlock_broker::scheduler;
-use airlock_broker::secrets::{load_or_create_key, load_or_create_secret};
+use airlock_broker::secrets::load_or_create_secret;
 use airlock_http::AppState;
 use airlock_postgres::reconciler::{Reconciler, Target};
 use airlock_postgres::roles::RoleKey;
@@ -23,7 +23,6 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
 pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Option<SocketAddr>) -> Outcome {
     let (broker, config) = open_broker(files).await?;
-    let key = load_or_create_key(&files.data_dir).context("cannot load the signing key")?;
     let listen =
         listen.or(config.broker.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -31,6 +30,10 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
 
     let (stop, stopped) = watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(broker.clone(), stopped.clone()));
+    // The checkpointer stops last, so its final checkpoint covers what the others recorded.
+    let (stop_checkpoints, checkpoints_stopped) = watch::channel(false);
+    let checkpointer =
+        tokio::spawn(checkpoints::run(broker.clone(), CheckpointSettings::from(&config.audit), checkpoints_stopped));
     let mut targets =
         Target::from_catalog(&broker.policies().catalog).context("cannot set up the PostgreSQL connector")?;
     let throwaway = throwaway::start(&broker.policies().catalog, &files.data_dir).await;
@@ -44,7 +47,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     let gateway = match &config.gateway {
         Some(section) => {
             let listen = gateway_listen.unwrap_or(section.listen);
-            let public_key = key.signing.verifying_key().to_bytes();
+            let public_key = broker.key().public_key();
             let parts = gateway::in_serve(&broker, section, &files.data_dir, public_key, role_key.clone(), &targets)?;
             let listener =
                 TcpListener::bind(listen).await.with_context(|| format!("the gateway cannot listen on {listen}"))?;
@@ -65,11 +68,11 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
         policies = broker.policies().engine.policy_count(),
         policy_version = %broker.policies().version,
         data_dir = %files.data_dir.display(),
-        key_id = %key.key_id,
+        key_id = %broker.key().key_id,
         "broker started"
     );
     println!("airlock broker listening on http://{address}");
-    let state = AppState { broker, key: Arc::new(key), gateway: gateway.as_ref().map(|(address, _)| *address) };
+    let state = AppState { broker, gateway: gateway.as_ref().map(|(address, _)| *address) };
     airlock_http::serve(listener, state, shutdown_signal()).await.context("the HTTP server failed")?;
     let _ = stop.send(true);
     let _ = scheduler.await;
@@ -79,6 +82,8 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     if let Some(connector) = connector {
         let _ = connector.await;
     }
+    let _ = stop_checkpoints.send(true);
+    let _ = checkpointer.await;
     throwaway.stop().await;
     tracing::info!("broker stopped");
     Ok(())

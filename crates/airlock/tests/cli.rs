@@ -823,7 +823,7 @@ const ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn the_http_api_answers_json_errors_and_matches_its_openapi_document() {
     let app = spawn_app();
-    let http = reqwest::Client::new();
+    let http = airlock_broker::outbound::client(std::time::Duration::from_secs(30)).unwrap();
     let url = |path: &str| format!("{}{path}", app.url);
     let bob = app.token("bob");
 
@@ -1132,7 +1132,7 @@ async fn a_gateway_running_apart_asks_the_broker_and_cuts_sessions_on_revoke() {
     let tail = app.json("bob", &["audit", "tail", "-n", "20"]).to_string();
     assert!(tail.contains("session.started") && tail.contains("statement.executed"), "{tail}");
     // Only the gateway's service account may ask for live grants or record events.
-    let http = reqwest::Client::new();
+    let http = airlock_broker::outbound::client(std::time::Duration::from_secs(30)).unwrap();
     let asked = http.get(format!("{}/v1/gateway/grants", app.url)).bearer_auth(app.token("bob")).send().await.unwrap();
     assert_eq!(asked.status(), 403);
     let forged =

@@ -135,15 +135,21 @@ pub enum Problem {
     OtherChain { found: String, expected: String },
     #[error("checkpoint: {0}")]
     CheckpointSignature(SignatureError),
-    #[error("the checkpoint signed at record {seq} names hash {signed}, but the record's hash is {found} (records rewritten)")]
+    #[error(
+        "the checkpoint signed at record {seq} names hash {signed}, but the record's hash is {found} (records rewritten)"
+    )]
     CheckpointMismatch { seq: i64, signed: String, found: String },
     #[error("a checkpoint for record {seq} follows record {after} (the record it signs is missing or out of order)")]
     CheckpointOutOfPlace { seq: i64, after: i64 },
     #[error("sink checkpoint for record {seq}: {error}")]
     SinkSignature { seq: i64, error: SignatureError },
-    #[error("the sink's checkpoint for record {seq} names hash {signed}, but the record's hash is {found} (records rewritten)")]
+    #[error(
+        "the sink's checkpoint for record {seq} names hash {signed}, but the record's hash is {found} (records rewritten)"
+    )]
     SinkMismatch { seq: i64, signed: String, found: String },
-    #[error("the sink holds a checkpoint for record {seq}, past the end of an export that claims to reach the chain's head (records were removed)")]
+    #[error(
+        "the sink holds a checkpoint for record {seq}, past the end of an export that claims to reach the chain's head (records were removed)"
+    )]
     SinkBeyondEnd { seq: i64 },
     #[error("seal: {0}")]
     SealSignature(SignatureError),
@@ -207,7 +213,9 @@ impl Verifier {
         for checkpoint in sink {
             match checkpoint.verify(&public_key) {
                 Ok(()) => verifier.sink.push_back(checkpoint),
-                Err(error) => verifier.fail(Some(checkpoint.seq), Problem::SinkSignature { seq: checkpoint.seq, error }),
+                Err(error) => {
+                    verifier.fail(Some(checkpoint.seq), Problem::SinkSignature { seq: checkpoint.seq, error })
+                }
             }
         }
         verifier
@@ -294,8 +302,7 @@ impl Verifier {
             if checkpoint.seq == seq {
                 self.report.sink_checkpoints += 1;
                 if checkpoint.head_hash != hash {
-                    let problem =
-                        Problem::SinkMismatch { seq, signed: checkpoint.head_hash, found: hash.to_owned() };
+                    let problem = Problem::SinkMismatch { seq, signed: checkpoint.head_hash, found: hash.to_owned() };
                     self.fail(Some(seq), problem);
                 }
             }
@@ -336,7 +343,8 @@ impl Verifier {
         if let Err(error) = seal.verify(&self.public_key) {
             self.fail(None, Problem::SealSignature(error));
         } else {
-            let found = (self.report.first_seq.unwrap_or(0), self.last.as_ref().map_or(0, |l| l.seq), self.report.records);
+            let found =
+                (self.report.first_seq.unwrap_or(0), self.last.as_ref().map_or(0, |l| l.seq), self.report.records);
             let last_hash = self.last.as_ref().map_or(GENESIS_HASH, |l| l.hash.as_str());
             if (seal.first_seq, seal.last_seq, seal.records) != found || seal.last_hash != last_hash {
                 let sealed = describe(seal.first_seq, seal.last_seq, seal.records);

@@ -1,0 +1,273 @@
+//! The audit chain for auditors: signed checkpoints, their sinks, exports verified offline, and
+//! a rewrite of the whole table caught. A real SQLite store in a temporary directory; the
+//! webhook sink's receiver is a bare HTTP listener on loopback (it stands for a service
+//! elsewhere). Background work is awaited by polling with an overall timeout.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_broker::broker::Settings;
+use airlock_broker::bundle::PolicyBundle;
+use airlock_broker::checkpoints::{self, CheckpointSettings, Sink};
+use airlock_broker::clock::{Clock, ManualClock};
+use airlock_broker::config::PolicySection;
+use airlock_broker::secrets::load_or_create_key;
+use airlock_broker::{Broker, BrokerError, Caller};
+use airlock_core::audit::checkpoint::Checkpoint;
+use airlock_core::audit::export::{Line, Report, Verifier};
+use airlock_core::audit::{AuditEvent, ChainHead, EventKind, chain};
+use airlock_core::policy::Principal;
+use airlock_core::values::GrantDuration;
+use airlock_store::{BROKER_CHAIN, Store};
+use serde_json::json;
+use time::macros::datetime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+async fn broker(dir: &Path) -> Broker {
+    let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart"));
+    let bundle = PolicyBundle::load(&PolicySection {
+        catalog: base.join("catalog.toml"),
+        policies: base.join("policies"),
+        tests: base.join("policy-tests"),
+    })
+    .expect("the quickstart bundle loads");
+    let store = Store::open(dir).await.expect("the store opens");
+    let settings =
+        Settings { pending_ttl: GrantDuration::parse("1h").unwrap(), auditors: vec!["sre".parse().unwrap()] };
+    let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
+    Broker::new(store, bundle, clock as Arc<dyn Clock>, settings, load_or_create_key(dir).unwrap())
+}
+
+fn caller(name: &str, group: &str) -> Caller {
+    Caller {
+        principal: Principal { name: name.parse().unwrap(), groups: vec![group.parse().unwrap()], service: false },
+        source_ip: IpAddr::from([127, 0, 0, 1]),
+    }
+}
+
+/// Appends `n` records (users added).
+async fn records(broker: &Broker, from: usize, n: usize) {
+    for i in from..from + n {
+        broker.add_user(&format!("user{i}").parse().unwrap(), &[], false, "test").await.unwrap();
+    }
+}
+
+async fn export(broker: &Broker, since: Option<time::OffsetDateTime>) -> Vec<String> {
+    let mut export = broker.audit_export(&caller("bob", "sre"), since, None).await.unwrap();
+    let mut text = String::new();
+    while let Some(lines) = export.next_lines().await.unwrap() {
+        text.push_str(&lines);
+    }
+    text.lines().map(str::to_owned).collect()
+}
+
+fn verify(broker: &Broker, lines: &[String], sink: Vec<Checkpoint>) -> Report {
+    let mut verifier = Verifier::new(broker.key().public_key(), sink);
+    for (i, line) in lines.iter().enumerate() {
+        verifier.line(i as u64 + 1, line);
+    }
+    verifier.finish(true)
+}
+
+fn problems(report: &Report) -> Vec<String> {
+    report.failures.iter().map(ToString::to_string).collect()
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn sink_lines(path: &Path) -> Vec<Checkpoint> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| match serde_json::from_str::<Line<'_>>(line).unwrap() {
+            Line::Checkpoint(checkpoint) => checkpoint,
+            other => panic!("not a checkpoint: {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn checkpoints_sign_the_head_once_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path()).await;
+    assert_eq!(broker.checkpoint().await.unwrap(), None, "nothing to sign on an empty chain");
+    records(&broker, 0, 3).await;
+    let first = broker.checkpoint().await.unwrap().expect("a checkpoint of the head");
+    assert_eq!(first.seq, 3);
+    assert_eq!(first.verify(&broker.key().public_key()), Ok(()));
+    assert_eq!(broker.checkpoint().await.unwrap(), None, "the head is already signed");
+    records(&broker, 3, 2).await;
+    assert_eq!(broker.checkpoint().await.unwrap().map(|c| c.seq), Some(5));
+
+    let report = broker.verify_chain().await.unwrap();
+    assert!(report.intact(), "{:?}", problems(&report));
+    assert_eq!((report.records, report.checkpoints), (5, 2));
+}
+
+#[tokio::test]
+async fn exports_are_for_auditors_and_verify_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path()).await;
+    records(&broker, 0, 5).await;
+    broker.checkpoint().await.unwrap();
+    records(&broker, 5, 5).await;
+
+    let refused = broker.audit_export(&caller("alice", "eng"), None, None).await;
+    assert!(matches!(refused, Err(BrokerError::AuditForbidden)));
+
+    let lines = export(&broker, None).await;
+    assert_eq!(lines.len(), 10 + 1 + 1, "records, one checkpoint, the seal");
+    assert!(lines[5].starts_with("{\"checkpoint\":"), "the checkpoint follows record 5: {}", lines[5]);
+    let report = verify(&broker, &lines, Vec::new());
+    assert!(report.intact(), "{:?}", problems(&report));
+    assert_eq!((report.records, report.checkpoints, report.head.unwrap().seq), (10, 1, 10));
+
+    // Every record is stamped with the manual clock's time, so `since` after it leaves none.
+    let empty = export(&broker, Some(datetime!(2026-11-24 00:00 UTC))).await;
+    assert_eq!(empty.len(), 1, "only the seal: {empty:?}");
+    assert!(verify(&broker, &empty, Vec::new()).intact());
+}
+
+#[tokio::test]
+async fn a_rewrite_of_the_whole_table_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path()).await;
+    records(&broker, 0, 4).await;
+    let signed = broker.checkpoint().await.unwrap().unwrap();
+
+    // Behind the broker's back: drop the guards and write a whole new chain with valid hashes.
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("airlock.db"));
+    let raw = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::query("DROP TRIGGER audit_events_no_delete").execute(&raw).await.unwrap();
+    sqlx::query("DELETE FROM audit_events").execute(&raw).await.unwrap();
+    let mut head = ChainHead::genesis();
+    for i in 0..4 {
+        let event = AuditEvent {
+            kind: EventKind::UserAdded,
+            actor: "test".into(),
+            at: datetime!(2026-11-23 10:00 UTC),
+            details: json!({"user": format!("someone-else{i}")}),
+        };
+        let record = chain(&head, BROKER_CHAIN, &event);
+        sqlx::query("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&record.chain_id)
+            .bind(record.seq)
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .bind(record.at_ms)
+            .bind(&record.kind)
+            .bind(&record.actor)
+            .bind(&record.details)
+            .execute(&raw)
+            .await
+            .unwrap();
+        head = ChainHead { seq: record.seq, hash: record.hash };
+    }
+    raw.close().await;
+
+    let report = broker.verify_chain().await.unwrap();
+    assert_eq!(
+        problems(&report),
+        [format!(
+            "record 4: the checkpoint signed at record 4 names hash {}, but the record's hash is {} (records rewritten)",
+            signed.head_hash, head.hash
+        )]
+    );
+    let lines = export(&broker, None).await;
+    assert!(!verify(&broker, &lines, Vec::new()).intact());
+}
+
+#[tokio::test]
+async fn the_checkpointer_feeds_its_sinks_and_signs_the_head_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path()).await;
+    let sink = dir.path().join("elsewhere").join("checkpoints.jsonl");
+    std::fs::create_dir_all(sink.parent().unwrap()).unwrap();
+    let (webhook, received) = receiver().await;
+    let settings = CheckpointSettings {
+        every: Duration::from_secs(3600),
+        every_records: 3,
+        sinks: vec![Sink::File(sink.clone()), Sink::Webhook(webhook)],
+    };
+    let (stop, stopped) = watch::channel(false);
+    let checkpointer = tokio::spawn(checkpoints::run(broker.clone(), settings, stopped));
+
+    // Three records, and no tick for an hour: the count alone brings a checkpoint.
+    records(&broker, 0, 3).await;
+    eventually("a checkpoint in the file sink", async || sink_lines(&sink).iter().any(|c| c.seq == 3)).await;
+    records(&broker, 3, 1).await;
+    stop.send(true).unwrap();
+    checkpointer.await.unwrap();
+
+    let kept = sink_lines(&sink);
+    assert_eq!(kept.last().map(|c| c.seq), Some(4), "the head at shutdown is signed and copied");
+    let lines = export(&broker, None).await;
+    let report = verify(&broker, &lines, kept);
+    assert!(report.intact(), "{:?}", problems(&report));
+    assert_eq!(report.sink_checkpoints, 2);
+
+    // The webhook refused the first delivery (HTTP 500); a retry brought it the newest checkpoint,
+    // which vouches for everything before it.
+    let bodies = received.borrow().clone();
+    let posted: Vec<i64> = bodies
+        .iter()
+        .map(|body| match serde_json::from_str::<Line<'_>>(body).unwrap() {
+            Line::Checkpoint(checkpoint) => checkpoint.seq,
+            other => panic!("not a checkpoint: {other:?}"),
+        })
+        .collect();
+    assert_eq!(posted.last(), Some(&4), "{posted:?}");
+}
+
+/// An HTTP receiver on loopback that answers 500 to the first POST and 200 after; it keeps the
+/// bodies it accepted.
+async fn receiver() -> (String, watch::Receiver<Vec<String>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/checkpoints", listener.local_addr().unwrap());
+    let (kept, seen) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let mut refused_once = false;
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            let body = loop {
+                let n = socket.read(&mut buffer).await.unwrap();
+                if n == 0 {
+                    break None;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break Some(body.to_owned());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            let status = if refused_once { "200 OK" } else { "500 Internal Server Error" };
+            if refused_once {
+                kept.send_modify(|bodies| bodies.push(body));
+            }
+            refused_once = true;
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    (url, seen)
+}
