@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use crate::appender::{AppendError, Appender};
 use crate::bundle::PolicyBundle;
 use crate::clock::Clock;
 use crate::secrets::{self, BrokerKey, SecretError};
@@ -66,6 +67,8 @@ pub enum BrokerError {
     Credential(#[from] airlock_core::credential::IssueError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
     #[error("cannot sign: {0}")]
     Sign(#[from] airlock_core::audit::checkpoint::SignatureError),
     #[error(transparent)]
@@ -93,7 +96,9 @@ impl BrokerError {
             | BrokerError::UserExists(_) => ErrorKind::Conflict,
             BrokerError::Credential(airlock_core::credential::IssueError::GrantNotLive { .. }) => ErrorKind::Conflict,
             BrokerError::Credential(_) => ErrorKind::Internal,
-            BrokerError::Secret(_) | BrokerError::Sign(_) | BrokerError::Store(_) => ErrorKind::Internal,
+            BrokerError::Secret(_) | BrokerError::Sign(_) | BrokerError::Append(_) | BrokerError::Store(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct Broker {
     grant_changes: Arc<watch::Sender<u64>>,
     /// Signs credentials, audit checkpoints and export seals.
     key: Arc<BrokerKey>,
+    /// Group commit for [`Broker::record`].
+    appender: Appender,
 }
 
 fn new_id() -> Uuid {
@@ -155,6 +162,7 @@ fn new_id() -> Uuid {
 }
 
 impl Broker {
+    /// A broker over `store`. Call inside a Tokio runtime: it starts the audit writer task.
     pub fn new(
         store: Store,
         policies: PolicyBundle,
@@ -164,6 +172,7 @@ impl Broker {
     ) -> Self {
         Self {
             key: Arc::new(key),
+            appender: Appender::start(store.clone()),
             store,
             policies: Arc::new(policies),
             clock,
@@ -202,12 +211,9 @@ impl Broker {
     }
 
     /// Appends events that a gateway or connector observed (sessions, statements) to the audit
-    /// chain, in order, in one transaction.
+    /// chain, in order, committed together with whatever other callers append at the same time.
     pub async fn record(&self, events: &[AuditEvent]) -> Result<(), BrokerError> {
-        let mut tx = self.store.begin().await?;
-        tx.append(events).await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(self.appender.append(events.to_vec()).await?)
     }
 
     pub fn store(&self) -> &Store {

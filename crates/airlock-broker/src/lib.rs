@@ -7,6 +7,7 @@
 //! - [`clock`]: where time comes from (the system, or a hand-moved clock in tests);
 //! - [`secrets`]: API tokens (shown once, stored hashed) and the broker's signing key;
 //! - [`broker`]: the use cases, each one transaction with its audit events;
+//! - `appender`: group commit for audit records that come without a state change;
 //! - [`audit`]: the audit chain for auditors: tail, verification, signed exports;
 //! - [`checkpoints`]: signs the chain's head every second (or every N records) and copies each
 //!   checkpoint to sinks kept elsewhere;
@@ -15,6 +16,7 @@
 //! - [`outbound`]: HTTP clients for webhooks and the CLI;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
 
+mod appender;
 pub mod audit;
 pub mod broker;
 pub mod bundle;

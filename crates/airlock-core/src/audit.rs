@@ -148,6 +148,9 @@ pub fn unix_ms(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// A record's SHA-256, as lowercase hex digits (what records store).
+type HexDigest = [u8; 64];
+
 fn record_hash(
     seq: i64,
     chain_id: &str,
@@ -156,7 +159,7 @@ fn record_hash(
     kind: &str,
     actor: &str,
     details: &str,
-) -> String {
+) -> HexDigest {
     let mut hasher = Sha256::new();
     hasher.update(seq.to_be_bytes());
     hasher.update(at_ms.to_be_bytes());
@@ -164,7 +167,13 @@ fn record_hash(
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
-    hex::encode(hasher.finalize())
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(hasher.finalize(), &mut hex).expect("64 hex digits hold 32 bytes");
+    hex
+}
+
+fn hex_str(digest: &HexDigest) -> &str {
+    std::str::from_utf8(digest).expect("hex digits are ASCII")
 }
 
 /// Links `event` after `head` in chain `chain_id`, returning the record to store.
@@ -173,7 +182,7 @@ pub fn chain(head: &ChainHead, chain_id: &str, event: &AuditEvent) -> ChainRecor
     let at_ms = unix_ms(event.at);
     let kind = event.kind.as_str();
     let details = event.details.to_string();
-    let hash = record_hash(seq, chain_id, &head.hash, at_ms, kind, &event.actor, &details);
+    let hash = hex_str(&record_hash(seq, chain_id, &head.hash, at_ms, kind, &event.actor, &details)).to_owned();
     ChainRecord {
         seq,
         chain_id: chain_id.to_owned(),

@@ -106,7 +106,7 @@ impl Store {
             .filename(data_dir.join("airlock.db"))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
             .pragma("wal_autocheckpoint", "0");

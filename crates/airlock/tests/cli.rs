@@ -795,7 +795,128 @@ async fn editing_the_audit_chain_is_refused_and_then_detected() {
     let check: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(check["intact"], false);
     assert_eq!(check["first_bad_seq"], 3);
-    assert_eq!(check["records"], 2);
+    assert_eq!(check["problems"][0], "record 3: its contents do not match its hash (edited)");
+}
+
+#[tokio::test]
+async fn exports_verify_offline_and_a_rewrite_by_the_key_holder_is_caught_by_the_sink() {
+    use airlock_core::audit::checkpoint::Checkpoint;
+    use airlock_core::audit::{AuditEvent, ChainHead, chain};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    let root = tempfile::tempdir().unwrap();
+    let config = copy_quickstart(&root.path().join("quickstart"));
+    fs::create_dir_all(root.path().join("elsewhere")).unwrap();
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("\n[audit]\ncheckpoint_file = \"../elsewhere/checkpoints.jsonl\"\n");
+    fs::write(&config, text).unwrap();
+    let sink = root.path().join("elsewhere/checkpoints.jsonl");
+    let app = spawn_app_with(&config);
+    let request = app.request("alice", "write", "10m");
+    app.json("bob", &["approve", str_of(&request, "id")]);
+    app.json("carol", &["approve", str_of(&request, "id")]);
+    let head = app.json("bob", &["audit", "verify"])["records"].as_i64().unwrap();
+
+    let key = app.airlock("bob", &["audit", "key"]);
+    assert_exit(&key, 0);
+    let key_file = root.path().join("broker.pub");
+    fs::write(&key_file, stdout(&key)).unwrap();
+    // The checkpointer signs the head within a second and copies it to the sink.
+    eventually("the head's checkpoint in the sink", || {
+        let kept = fs::read_to_string(&sink).unwrap_or_default();
+        let seqs = kept.lines().map(|line| serde_json::from_str::<Value>(line).unwrap()["checkpoint"]["seq"].as_i64());
+        seqs.flatten().any(|seq| seq >= head).then_some(())
+    });
+
+    let export = root.path().join("export.jsonl");
+    let out = export.to_str().unwrap();
+    assert_exit(&app.airlock("bob", &["audit", "export", "--out", out]), 0);
+    assert_exit(&app.airlock("alice", &["audit", "export", "--out", out]), 1);
+    let verify = |file: &Path, key: &str| {
+        airlock_command()
+            .args(["audit", "verify", "--file"])
+            .arg(file)
+            .args(["--public-key", key, "--checkpoints"])
+            .arg(&sink)
+            .output()
+            .unwrap()
+    };
+    let intact = verify(&export, key_file.to_str().unwrap());
+    assert_exit(&intact, 0);
+    assert!(stdout(&intact).contains("export intact: records 1..="), "{}", stdout(&intact));
+    let other_key = verify(&export, &"ab".repeat(32));
+    assert_exit(&other_key, 1);
+    assert!(stdout(&other_key).contains("signed by key"), "{}", stdout(&other_key));
+
+    // Someone with the database and the signing key rewrites the chain and re-signs everything.
+    let signing = airlock_broker::secrets::load_or_create_key(&app.data_dir).unwrap();
+    let options = SqliteConnectOptions::new().filename(app.data_dir.join("airlock.db"));
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+    let records: Vec<(i64, String, i64, String, String, String)> =
+        sqlx::query_as("SELECT seq, chain_id, at_ms, kind, actor, details FROM audit_events ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for statement in [
+        "DROP TRIGGER audit_events_no_delete",
+        "DROP TRIGGER audit_checkpoints_no_delete",
+        "DELETE FROM audit_events",
+        "DELETE FROM audit_checkpoints",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let mut head_now = ChainHead::genesis();
+    for (_, chain_id, at_ms, kind, actor, details) in records {
+        let event = AuditEvent {
+            kind: serde_json::from_value(json!(kind)).unwrap(),
+            actor,
+            at: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000).unwrap(),
+            details: serde_json::from_str(&details.replace("\"carol\"", "\"mallory\"")).unwrap(),
+        };
+        let record = chain(&head_now, &chain_id, &event);
+        sqlx::query("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&record.chain_id)
+            .bind(record.seq)
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .bind(record.at_ms)
+            .bind(&record.kind)
+            .bind(&record.actor)
+            .bind(&record.details)
+            .execute(&pool)
+            .await
+            .unwrap();
+        head_now = ChainHead { seq: record.seq, hash: record.hash };
+    }
+    let resigned = Checkpoint::sign(&signing.keypair(), "broker", head_now.seq, &head_now.hash, 1).unwrap();
+    sqlx::query("INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(&resigned.chain_id)
+        .bind(resigned.seq)
+        .bind(&resigned.head_hash)
+        .bind(resigned.at_ms)
+        .bind(&resigned.key_id)
+        .bind(&resigned.signature)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    // The broker's own check cannot tell; the sink, kept elsewhere, can.
+    assert_exit(&app.airlock("bob", &["audit", "verify"]), 0);
+    let rewritten = root.path().join("rewritten.jsonl");
+    assert_exit(&app.airlock("bob", &["audit", "export", "--out", rewritten.to_str().unwrap()]), 0);
+    let caught = verify(&rewritten, key_file.to_str().unwrap());
+    assert_exit(&caught, 1);
+    assert!(stdout(&caught).contains("the sink's checkpoint for record"), "{}", stdout(&caught));
+    assert!(stderr(&caught).contains("audit export broken"), "{}", stderr(&caught));
+
+    // Bad usage is exit 2.
+    let no_key = airlock_command().args(["audit", "verify", "--file"]).arg(&export).output().unwrap();
+    assert_exit(&no_key, 2);
+    assert!(stderr(&no_key).contains("--file needs --public-key"), "{}", stderr(&no_key));
+    let bad_time = app.airlock("bob", &["audit", "export", "--since", "yesterday"]);
+    assert_exit(&bad_time, 2);
+    assert!(stderr(&bad_time).contains("neither an RFC 3339 time"), "{}", stderr(&bad_time));
 }
 
 /// Every route of `airlock_http::routes::router`, as (path, method).
@@ -818,6 +939,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/gateway/events", "post"),
     ("/v1/audit", "get"),
     ("/v1/audit/verify", "get"),
+    ("/v1/audit/export", "get"),
 ];
 
 #[tokio::test]
@@ -903,7 +1025,14 @@ async fn the_http_api_answers_json_errors_and_matches_its_openapi_document() {
             "post" => http.post(url(&concrete)).json(&json!({})),
             other => unreachable!("{other}"),
         };
-        let (status, body) = answer(builder.bearer_auth(bob).send().await.unwrap()).await;
+        let response = builder.bearer_auth(bob).send().await.unwrap();
+        if path == "/v1/audit/export" {
+            // JSON Lines rather than one JSON document.
+            assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+            assert!(response.text().await.unwrap().lines().last().unwrap().starts_with("{\"seal\":"));
+            continue;
+        }
+        let (status, body) = answer(response).await;
         assert_ne!(status, 405, "{method} {path}: {body}");
         assert!(status != 404 || body["error"] != "no such route", "{method} {path} is documented but not routed");
         assert!(status < 500, "{method} {path}: {status} {body}");

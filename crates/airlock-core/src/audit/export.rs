@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::checkpoint::{Checkpoint, Seal, SignatureError};
-use super::{ChainHead, ChainRecord, GENESIS_HASH, record_hash};
+use super::{ChainHead, ChainRecord, GENESIS_HASH, hex_str, record_hash};
 
 /// How many problems a report keeps in full; the rest are counted.
 pub const KEPT_PROBLEMS: usize = 1000;
@@ -286,13 +286,20 @@ impl Verifier {
             &record.actor,
             record.details(),
         );
-        if recomputed != record.hash {
+        if hex_str(&recomputed) != record.hash {
             self.fail(Some(seq), Problem::Edited);
         }
         self.report.records += 1;
         self.report.first_seq.get_or_insert(seq);
         // Carry on from this record as stored, so one problem is reported once.
-        self.last = Some(ChainHead { seq, hash: record.hash.to_string() });
+        match &mut self.last {
+            Some(last) => {
+                last.seq = seq;
+                last.hash.clear();
+                last.hash.push_str(&record.hash);
+            }
+            None => self.last = Some(ChainHead { seq, hash: record.hash.to_string() }),
+        }
         self.match_sink(seq, &record.hash);
     }
 
