@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use airlock_core::audit::checkpoint::{Checkpoint, Seal, SealContents};
 use airlock_core::audit::export::{Line, RecordLine, Report, Verifier};
-use airlock_core::audit::{ChainRecord, GENESIS_HASH, unix_ms};
+use airlock_core::audit::{ChainRecord, GENESIS_HASH, redaction, unix_ms};
 use airlock_store::{BROKER_CHAIN, Store};
 use time::OffsetDateTime;
 
@@ -131,6 +131,15 @@ impl Broker {
 
     fn auditors_only(&self, caller: &Caller) -> Result<(), BrokerError> {
         if self.is_auditor(caller) { Ok(()) } else { Err(BrokerError::AuditForbidden) }
+    }
+
+    /// Whether `value` is what the redacted value with `commitment` was; auditors only. A
+    /// commitment without a salt (unknown, or its salt deleted) is "not found".
+    pub async fn audit_prove(&self, caller: &Caller, commitment: &str, value: &str) -> Result<bool, BrokerError> {
+        self.auditors_only(caller)?;
+        let salt = self.store().audit_salt(commitment).await?;
+        let salt = salt.ok_or_else(|| BrokerError::CommitmentNotFound(commitment.to_owned()))?;
+        Ok(redaction::commitment(&salt, value) == commitment)
     }
 
     /// Checks the whole audit chain and its checkpoints; auditors only.

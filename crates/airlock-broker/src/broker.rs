@@ -45,6 +45,8 @@ pub enum BrokerError {
     RequestNotFound(String),
     #[error("grant `{0}` not found")]
     GrantNotFound(String),
+    #[error("no redacted value with commitment `{0}` can be proven (unknown, or its salt was deleted)")]
+    CommitmentNotFound(String),
     #[error("user `{0}` not found")]
     UserNotFound(UserName),
     #[error("user `{0}` already exists")]
@@ -82,9 +84,10 @@ impl BrokerError {
             BrokerError::UnknownResource(_) | BrokerError::UnknownRole { .. } => ErrorKind::BadInput,
             BrokerError::Open(OpenError::TooLong { .. }) => ErrorKind::BadInput,
             BrokerError::Open(OpenError::Refused { .. }) => ErrorKind::Forbidden,
-            BrokerError::RequestNotFound(_) | BrokerError::GrantNotFound(_) | BrokerError::UserNotFound(_) => {
-                ErrorKind::NotFound
-            }
+            BrokerError::RequestNotFound(_)
+            | BrokerError::GrantNotFound(_)
+            | BrokerError::UserNotFound(_)
+            | BrokerError::CommitmentNotFound(_) => ErrorKind::NotFound,
             BrokerError::Review(ReviewError::OwnRequest | ReviewError::NotAllowed { .. })
             | BrokerError::Cancel(CancelError::NotRequester)
             | BrokerError::AuditForbidden

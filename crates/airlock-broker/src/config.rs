@@ -24,11 +24,14 @@
 //! checkpoint_every_records = 10000   # and whenever this many records were appended
 //! checkpoint_file = "/mnt/other-volume/airlock-checkpoints.jsonl"  # copy each checkpoint here
 //! checkpoint_webhook = "https://audit.example.com/airlock"          # and POST it here
+//! redact_fields = ["password", "token"]      # values under these names become commitments
+//! redact_patterns = ['\b\d{13,19}\b']        # and so does every match in a string
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use airlock_core::audit::redaction::{RedactionError, RedactionRules};
 use airlock_core::ids::GroupName;
 use airlock_core::values::GrantDuration;
 use serde::Deserialize;
@@ -42,6 +45,8 @@ pub enum ConfigError {
     Syntax { path: String, source: toml::de::Error },
     #[error("config `{path}`: {message}")]
     Invalid { path: String, message: &'static str },
+    #[error("config `{path}`: [audit] {source}")]
+    Redaction { path: String, source: RedactionError },
 }
 
 /// The whole file.
@@ -67,6 +72,18 @@ pub struct AuditSection {
     pub checkpoint_every_records: u32,
     pub checkpoint_file: Option<PathBuf>,
     pub checkpoint_webhook: Option<String>,
+    /// Field names whose values are redacted from audit details, at any depth.
+    #[serde(default)]
+    pub redact_fields: Vec<String>,
+    /// Regular expressions whose matches are redacted from audit details' strings.
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
+}
+
+impl AuditSection {
+    pub fn redaction(&self) -> Result<RedactionRules, RedactionError> {
+        RedactionRules::new(&self.redact_fields, &self.redact_patterns)
+    }
 }
 
 impl Default for AuditSection {
@@ -76,6 +93,8 @@ impl Default for AuditSection {
             checkpoint_every_records: default_checkpoint_every_records(),
             checkpoint_file: None,
             checkpoint_webhook: None,
+            redact_fields: Vec::new(),
+            redact_patterns: Vec::new(),
         }
     }
 }
@@ -203,6 +222,9 @@ impl Config {
             *file = base.join(&*file);
         }
         let invalid = |message| ConfigError::Invalid { path: path.display().to_string(), message };
+        if let Err(source) = config.audit.redaction() {
+            return Err(ConfigError::Redaction { path: path.display().to_string(), source });
+        }
         if config.audit.checkpoint_every_records == 0 {
             return Err(invalid("[audit] checkpoint_every_records must be at least 1"));
         }
@@ -241,6 +263,8 @@ mod tests {
         assert_eq!(audit.checkpoint_every.as_secs(), 1);
         std::fs::write(&path, "[audit]\ncheckpoint_webhook = \"ftp://x\"\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("http:// or https://"));
+        std::fs::write(&path, "[audit]\nredact_patterns = [\"(\"]\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().to_string().contains("is not a valid regular expression"));
         std::fs::write(&path, "[brokr]\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("unknown field `brokr`"));
     }

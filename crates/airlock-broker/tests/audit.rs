@@ -17,6 +17,7 @@ use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, BrokerError, Caller};
 use airlock_core::audit::checkpoint::Checkpoint;
 use airlock_core::audit::export::{Line, Report, Verifier};
+use airlock_core::audit::redaction::{RedactionRules, markers};
 use airlock_core::audit::{AuditEvent, ChainHead, EventKind, chain};
 use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
@@ -27,6 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 async fn broker(dir: &Path) -> Broker {
+    broker_redacting(dir, RedactionRules::new(&[], &[]).unwrap()).await
+}
+
+async fn broker_redacting(dir: &Path, rules: RedactionRules) -> Broker {
     let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart"));
     let bundle = PolicyBundle::load(&PolicySection {
         catalog: base.join("catalog.toml"),
@@ -34,7 +39,8 @@ async fn broker(dir: &Path) -> Broker {
         tests: base.join("policy-tests"),
     })
     .expect("the quickstart bundle loads");
-    let store = Store::open(dir).await.expect("the store opens");
+    let mut store = Store::open(dir).await.expect("the store opens");
+    store.set_redaction(rules);
     let settings =
         Settings { pending_ttl: GrantDuration::parse("1h").unwrap(), auditors: vec!["sre".parse().unwrap()] };
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
@@ -185,6 +191,32 @@ async fn a_rewrite_of_the_whole_table_is_caught() {
     );
     let lines = export(&broker, None).await;
     assert!(!verify(&broker, &lines, Vec::new()).intact());
+}
+
+#[tokio::test]
+async fn configured_fields_and_patterns_are_redacted_before_chaining_and_can_be_proven() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = RedactionRules::new(&["api_key".into()], &[r"\b\d{16}\b".into()]).unwrap();
+    let broker = broker_redacting(dir.path(), rules).await;
+    let event = AuditEvent {
+        kind: EventKind::SessionStarted,
+        actor: "alice".into(),
+        at: datetime!(2026-11-23 10:00 UTC),
+        details: json!({"api_key": "k-123", "note": "paid with 4111111111111111"}),
+    };
+    broker.record(&[event]).await.unwrap();
+    let record = broker.store().audit_chain(BROKER_CHAIN).await.unwrap().pop().unwrap();
+    assert!(!record.details.contains("k-123") && !record.details.contains("4111111111111111"), "{}", record.details);
+    let commitments: Vec<&str> = markers(&record.details).collect();
+    assert_eq!(commitments.len(), 2, "{}", record.details);
+    assert!(broker.verify_chain().await.unwrap().intact());
+    let auditor = caller("bob", "sre");
+    let proven = [
+        broker.audit_prove(&auditor, commitments[0], "k-123").await.unwrap(),
+        broker.audit_prove(&auditor, commitments[1], "4111111111111111").await.unwrap(),
+        broker.audit_prove(&auditor, commitments[1], "4111111111111112").await.unwrap(),
+    ];
+    assert_eq!(proven, [true, true, false]);
 }
 
 #[tokio::test]

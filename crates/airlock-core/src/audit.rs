@@ -5,10 +5,12 @@
 //! deleting, inserting or reordering a record breaks the chain at that record, and
 //! [`export::Verifier`] names it. The details are hashed as stored text, so the check never depends on how a JSON
 //! library orders keys. [`checkpoint`] signs heads of the chain; [`export`] is the JSON Lines
-//! format an auditor takes away and verifies offline.
+//! format an auditor takes away and verifies offline; [`redaction`] removes sensitive values
+//! before a record is chained, keeping salted commitments to them.
 
 pub mod checkpoint;
 pub mod export;
+pub mod redaction;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

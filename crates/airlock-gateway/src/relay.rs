@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use airlock_core::audit::redaction::ORIGINAL_STATEMENT;
 use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_core::ids::{GrantId, ResourceName, RoleName, UserName};
 use bytes::{Buf, BytesMut};
@@ -140,18 +141,32 @@ impl Session {
         AuditEvent { kind, actor: self.user.as_str().to_owned(), at: OffsetDateTime::now_utc(), details: all }
     }
 
+    /// The statement as recorded. With literals redacted, the original goes along as
+    /// `text_original`, which the broker always replaces by a salted commitment before chaining.
     fn recorded_text(&self, text: &str) -> Value {
-        let text = if self.redact { crate::guard::redact(text) } else { text.to_owned() };
-        if text.len() <= MAX_RECORDED_TEXT {
-            return json!({ "text": text });
+        let (text, original) = match self.redact {
+            true => (crate::guard::redact(text), Some(text)),
+            false => (text.to_owned(), None),
+        };
+        let mut recorded = text_fields(text);
+        if let (Some(original), Value::Object(fields)) = (original, &mut recorded) {
+            fields.insert(ORIGINAL_STATEMENT.to_owned(), original.into());
         }
-        let mut cut = MAX_RECORDED_TEXT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
-        json!({ "text": &text[..cut], "text_bytes": text.len(), "text_sha256": digest })
+        recorded
     }
+}
+
+/// The text, cut to [`MAX_RECORDED_TEXT`] with the whole text's length and SHA-256 when longer.
+fn text_fields(text: String) -> Value {
+    if text.len() <= MAX_RECORDED_TEXT {
+        return json!({ "text": text });
+    }
+    let mut cut = MAX_RECORDED_TEXT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    json!({ "text": &text[..cut], "text_bytes": text.len(), "text_sha256": digest })
 }
 
 /// A statement sent to the target whose outcome is awaited.

@@ -58,6 +58,39 @@ async fn statements_are_relayed_and_recorded() {
 }
 
 #[tokio::test]
+async fn redacted_literals_leave_only_a_commitment_that_proves_the_original() {
+    let h = GatewayHarness::start(Settings { redact_literals: true, ..Settings::default() }).await;
+    let grant = h.read_grant("30m").await;
+    let (client, _) = h.connect("dana", &h.token(&grant).await).await.unwrap();
+    let original = "SELECT count(*) FROM orders WHERE note <> 'card 4111111111111111'";
+    client.batch_execute(original).await.unwrap();
+    drop(client);
+
+    eventually(|| async { !h.audit("session.ended").await.is_empty() }).await;
+    let statements = h.audit("statement.executed").await;
+    let recorded = statements.iter().find(|s| s["text"] == "SELECT count(*) FROM orders WHERE note <> $1");
+    let recorded = recorded.expect("the statement is recorded without its literal");
+    let marker = recorded["text_original"].as_str().unwrap();
+    let commitment = marker.strip_prefix("[redacted sha256:").and_then(|m| m.strip_suffix(']')).unwrap();
+    let all = h.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+    assert!(all.iter().all(|r| !r.details.contains("4111111111111111")), "the literal never enters the chain");
+    assert!(h.broker.verify_chain().await.unwrap().intact());
+
+    let auditor = caller("bob", &["sre"]);
+    assert!(h.broker.audit_prove(&auditor, commitment, original).await.unwrap());
+    assert!(!h.broker.audit_prove(&auditor, commitment, "SELECT count(*) FROM orders").await.unwrap());
+    let holder = caller("dana", &["oncall"]);
+    assert!(matches!(
+        h.broker.audit_prove(&holder, commitment, original).await,
+        Err(airlock_broker::BrokerError::AuditForbidden)
+    ));
+    assert!(matches!(
+        h.broker.audit_prove(&auditor, &"0".repeat(64), original).await,
+        Err(airlock_broker::BrokerError::CommitmentNotFound(_))
+    ));
+}
+
+#[tokio::test]
 async fn guardrails_refuse_privilege_changes_without_sending_them() {
     let h = GatewayHarness::start(Settings::default()).await;
     let grant = h.read_grant("30m").await;

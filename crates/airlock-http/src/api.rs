@@ -52,6 +52,22 @@ pub struct ReasonBody {
     pub reason: String,
 }
 
+/// A value to check against a redacted value's commitment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProveBody {
+    /// The 64 hex digits of a `[redacted sha256:…]` marker.
+    pub commitment: String,
+    pub value: String,
+}
+
+/// Whether the value is the one that was redacted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProveView {
+    pub commitment: String,
+    pub matches: bool,
+}
+
 /// Filters of `GET /v1/requests`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -14,11 +14,11 @@ use crate::routes;
         routes::health, routes::openapi_document, routes::whoami, routes::keys,
         routes::create_request, routes::list_requests, routes::get_request,
         routes::approve, routes::deny, routes::cancel,
-        routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export,
+        routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export, routes::audit_prove,
         routes::gateway_live_grants, routes::gateway_grant, routes::gateway_events, routes::audit_tail, routes::audit_verify,
     ),
     components(schemas(
-        ErrorBody, WhoAmI, CreateRequest, ApproveBody, ReasonBody, DecisionView, ApprovalView, ClosureView,
+        ErrorBody, WhoAmI, CreateRequest, ApproveBody, ReasonBody, ProveBody, ProveView, DecisionView, ApprovalView, ClosureView,
         RequestView, GrantView, AuditRecordView, VerifyView, KeyView, HealthView, CredentialView,
         LiveGrantsView, GatewayEventView, RecordedView,
     )),

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(audit_tail))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/export", get(audit_export))
+        .route("/v1/audit/prove", post(audit_prove))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             (
@@ -320,6 +321,18 @@ pub fn verify_view(report: Report) -> VerifyView {
         error: problems.first().cloned(),
         problems,
     }
+}
+
+#[utoipa::path(post, path = "/v1/audit/prove", security(("token" = [])), request_body = ProveBody,
+    responses((status = 200, body = ProveView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn audit_prove(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Body(body): Body<ProveBody>,
+) -> Result<Json<ProveView>, ApiError> {
+    let matches = state.broker.audit_prove(&caller, &body.commitment, &body.value).await?;
+    Ok(Json(ProveView { commitment: body.commitment, matches }))
 }
 
 #[utoipa::path(get, path = "/v1/audit/export", security(("token" = [])), params(ExportQuery),

@@ -128,6 +128,20 @@ impl Store {
         Ok(rows.iter().map(checkpoint).collect())
     }
 
+    /// The salt that opens a redacted value's commitment, unless there is none (or it was deleted).
+    pub async fn audit_salt(&self, commitment: &str) -> Result<Option<[u8; 16]>, StoreError> {
+        let salt: Option<String> = sqlx::query_scalar("SELECT salt FROM audit_salts WHERE commitment = ?")
+            .bind(commitment)
+            .fetch_optional(&self.pool)
+            .await?;
+        salt.map(|hex_salt| {
+            hex::decode(&hex_salt).ok().and_then(|bytes| <[u8; 16]>::try_from(bytes).ok()).ok_or_else(|| {
+                StoreError::Corrupt { id: commitment.to_owned(), message: "the salt is not 16 hex bytes".into() }
+            })
+        })
+        .transpose()
+    }
+
     /// The broker chain's head sequence number as committed by this process, changing at every
     /// commit that appended records (appends by other processes are seen by reading the store).
     pub fn watch_audit_head(&self) -> watch::Receiver<i64> {

@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_core::audit::redaction::RedactionRules;
 use airlock_core::ids::UserName;
 use airlock_core::lifecycle::{AccessRequest, Grant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -69,6 +70,8 @@ pub struct Store {
     writer: Arc<Mutex<()>>,
     /// The broker chain's head after this process's last commit that appended to it.
     audit_head: Arc<watch::Sender<i64>>,
+    /// What is redacted from audit details before they are chained.
+    redaction: Arc<RedactionRules>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -121,14 +124,25 @@ impl Store {
             pool,
             writer: Arc::new(Mutex::new(())),
             audit_head: Arc::new(watch::Sender::new(head.unwrap_or(0))),
+            redaction: Arc::new(RedactionRules::new(&[], &[]).expect("no rules are valid rules")),
             _checkpointer: checkpointer,
         })
+    }
+
+    /// Redacts what `rules` name from every audit record appended from now on.
+    pub fn set_redaction(&mut self, rules: RedactionRules) {
+        self.redaction = Arc::new(rules);
     }
 
     /// Begins a use case's transaction, taking the write lock at once.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let turn = self.writer.clone().lock_owned().await;
-        Ok(Tx::new(self.pool.begin_with("BEGIN IMMEDIATE").await?, turn, self.audit_head.clone()))
+        Ok(Tx::new(
+            self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            turn,
+            self.audit_head.clone(),
+            self.redaction.clone(),
+        ))
     }
 
     pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError> {

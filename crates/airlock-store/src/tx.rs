@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use airlock_core::audit::redaction::RedactionRules;
 use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, chain};
 use airlock_core::ids::{GroupName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant};
@@ -18,6 +19,7 @@ pub struct Tx {
     head: Option<ChainHead>,
     /// Told the new head when a commit appended records.
     audit_head: Arc<watch::Sender<i64>>,
+    redaction: Arc<RedactionRules>,
     /// This process's write turn, held until the transaction ends.
     _turn: OwnedMutexGuard<()>,
 }
@@ -27,8 +29,9 @@ impl Tx {
         inner: Transaction<'static, Sqlite>,
         turn: OwnedMutexGuard<()>,
         audit_head: Arc<watch::Sender<i64>>,
+        redaction: Arc<RedactionRules>,
     ) -> Self {
-        Self { inner, head: None, audit_head, _turn: turn }
+        Self { inner, head: None, audit_head, redaction, _turn: turn }
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
@@ -177,7 +180,8 @@ impl Tx {
         Ok(())
     }
 
-    /// Appends events to the broker's audit chain, in order, inside this transaction.
+    /// Appends events to the broker's audit chain, in order, inside this transaction, with
+    /// sensitive values redacted first (their salts are stored beside the chain).
     pub async fn append(&mut self, events: &[AuditEvent]) -> Result<(), StoreError> {
         let mut head = match self.head.take() {
             Some(head) => head,
@@ -188,17 +192,34 @@ impl Tx {
             }
         };
         let mut records = Vec::with_capacity(events.len());
+        let mut commitments = Vec::new();
         for event in events {
-            let record = chain(&head, BROKER_CHAIN, event);
+            let mut event = event.clone();
+            commitments.extend(self.redaction.redact(&mut event.details, &mut fresh_salt));
+            let record = chain(&head, BROKER_CHAIN, &event);
             head = ChainHead { seq: record.seq, hash: record.hash.clone() };
             records.push(record);
         }
         for batch in records.chunks(RECORDS_PER_INSERT) {
             insert_records(&mut self.inner, batch).await?;
         }
+        for commitment in commitments {
+            sqlx::query("INSERT INTO audit_salts (commitment, salt) VALUES (?, ?)")
+                .bind(&commitment.digest)
+                .bind(hex::encode(commitment.salt))
+                .execute(&mut *self.inner)
+                .await?;
+        }
         self.head = Some(head);
         Ok(())
     }
+}
+
+/// 16 random bytes. The system's random source failing is not something to carry on through.
+fn fresh_salt() -> [u8; 16] {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the system's random source works");
+    salt
 }
 
 /// Rows per `INSERT`: each statement is a round trip to SQLite's thread, and 8 bound values a

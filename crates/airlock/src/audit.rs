@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use airlock_core::audit::checkpoint::Checkpoint;
 use airlock_core::audit::export::{Line, Report, Verifier};
-use airlock_http::api::{AuditRecordView, KeyView, VerifyView};
+use airlock_http::api::{AuditRecordView, KeyView, ProveBody, ProveView, VerifyView};
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -211,6 +211,18 @@ pub async fn export(
         }
     }
     Ok(())
+}
+
+/// Asks the broker whether `value` opens a redacted value's commitment.
+pub async fn prove(remote: &Remote, commitment: &str, value: String) -> Outcome {
+    let body = ProveBody { commitment: commitment.to_owned(), value };
+    let proof: ProveView = Client::new(remote)?.post("/v1/audit/prove", &body).await?;
+    if remote.json {
+        output::json(&proof);
+    } else if proof.matches {
+        println!("matches: this is the value redacted as {commitment}");
+    }
+    if proof.matches { Ok(()) } else { Err(Failure::Refused(format!("not the value redacted as {commitment}"))) }
 }
 
 /// Prints the broker's public key, for `airlock audit verify --public-key`.

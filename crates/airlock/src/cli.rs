@@ -275,6 +275,16 @@ pub enum AuditCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Check whether VALUE is what a redacted value (`[redacted sha256:COMMITMENT]`) was: exit 0
+    /// if it is, 1 if not.
+    Prove {
+        commitment: String,
+        /// The value to check (the whole string that was redacted).
+        #[arg(long)]
+        value: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print the broker's public key, which verifies exports offline.
     Key {
         #[command(flatten)]
@@ -328,6 +338,7 @@ async fn audit_command(command: AuditCommand) -> Outcome {
             audit::export(&remote, since, until, out.as_deref()).await
         }
         AuditCommand::Key { remote } => audit::key(&remote).await,
+        AuditCommand::Prove { commitment, value, remote } => audit::prove(&remote, &commitment, value).await,
         AuditCommand::Tail { n, remote } => audit::tail(&remote, n).await,
     }
 }

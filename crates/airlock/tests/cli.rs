@@ -910,6 +910,11 @@ async fn exports_verify_offline_and_a_rewrite_by_the_key_holder_is_caught_by_the
     assert!(stdout(&caught).contains("the sink's checkpoint for record"), "{}", stdout(&caught));
     assert!(stderr(&caught).contains("audit export broken"), "{}", stderr(&caught));
 
+    // No redacted value has this commitment: refused, exit 1.
+    let unknown = app.airlock("bob", &["audit", "prove", &"0".repeat(64), "--value", "x"]);
+    assert_exit(&unknown, 1);
+    assert!(stderr(&unknown).contains("can be proven"), "{}", stderr(&unknown));
+
     // Bad usage is exit 2.
     let no_key = airlock_command().args(["audit", "verify", "--file"]).arg(&export).output().unwrap();
     assert_exit(&no_key, 2);
@@ -940,6 +945,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/audit", "get"),
     ("/v1/audit/verify", "get"),
     ("/v1/audit/export", "get"),
+    ("/v1/audit/prove", "post"),
 ];
 
 #[tokio::test]
