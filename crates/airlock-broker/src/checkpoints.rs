@@ -101,8 +101,15 @@ pub async fn run(broker: Broker, settings: CheckpointSettings, mut stop: watch::
                 covered = checkpoint.seq;
                 newest.send_replace(Some(checkpoint));
             }
-            Ok(None) => {}
-            Err(error) => tracing::error!(%error, "cannot checkpoint the audit chain"),
+            // The head is already signed: nothing is owed up to it.
+            Ok(None) => covered = covered.max(*appended.borrow()),
+            Err(error) => {
+                tracing::error!(%error, "cannot checkpoint the audit chain");
+                if !stopping {
+                    // Do not spin on a failing store; the head stays owed until a later pass.
+                    tokio::time::sleep(settings.every).await;
+                }
+            }
         }
         if stopping {
             break;
