@@ -63,17 +63,18 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Call>) {
                 Err(_) => break,
             }
         }
-        let outcome = commit(&store, &calls).await.map_err(|e| e.to_string());
-        for call in calls.drain(..) {
-            let _ = call.done.send(outcome.clone());
+        let (batches, answers): (Vec<_>, Vec<_>) = calls.drain(..).map(|call| (call.events, call.done)).unzip();
+        let outcome = commit(&store, batches).await.map_err(|e| e.to_string());
+        for done in answers {
+            let _ = done.send(outcome.clone());
         }
     }
 }
 
-async fn commit(store: &Store, calls: &[Call]) -> Result<(), airlock_store::StoreError> {
+async fn commit(store: &Store, batches: Vec<Vec<AuditEvent>>) -> Result<(), airlock_store::StoreError> {
     let mut tx = store.begin().await?;
-    for call in calls {
-        tx.append(&call.events).await?;
+    for events in batches {
+        tx.append(events).await?;
     }
     tx.commit().await
 }

@@ -157,7 +157,7 @@ impl Broker {
         while let Some(entries) = reader.next_page().await? {
             for entry in entries {
                 match entry {
-                    Entry::Record(record) => verifier.record(&RecordLine::of(&record)),
+                    Entry::Record(record) => verifier.stored(&record),
                     Entry::Checkpoint(checkpoint) => verifier.checkpoint(&checkpoint),
                 }
             }

@@ -341,7 +341,7 @@ impl Broker {
         if let Some(grant) = &outcome.grant {
             tx.insert_grant(grant).await?;
         }
-        tx.append(&outcome.events).await?;
+        tx.append(outcome.events).await?;
         tx.commit().await?;
         self.deadlines.notify_one();
         if outcome.grant.is_some() {
@@ -371,7 +371,7 @@ impl Broker {
             }),
         };
         let mut tx = self.store.begin().await?;
-        tx.append(&[event]).await?;
+        tx.append(vec![event]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -405,7 +405,7 @@ impl Broker {
             .ok_or_else(|| BrokerError::RequestNotFound(id.to_owned()))?;
         if let Some(event) = request.expire(now) {
             tx.update_request(&request).await?;
-            tx.append(&[event]).await?;
+            tx.append(vec![event]).await?;
             tx.commit().await?;
             return Err(ReviewError::Expired.into());
         }
@@ -434,7 +434,7 @@ impl Broker {
         if let Some(grant) = &outcome.grant {
             tx.insert_grant(grant).await?;
         }
-        tx.append(&outcome.events).await?;
+        tx.append(outcome.events).await?;
         tx.commit().await?;
         self.deadlines.notify_one();
         if outcome.grant.is_some() {
@@ -450,7 +450,7 @@ impl Broker {
         let decision = self.decide(Action::Approve, caller, &request, now);
         let event = request.deny(&caller.principal.name, &decision, &reason, now)?;
         tx.update_request(&request).await?;
-        tx.append(&[event]).await?;
+        tx.append(vec![event]).await?;
         tx.commit().await?;
         Ok(request)
     }
@@ -465,7 +465,7 @@ impl Broker {
         }
         let event = request.cancel(&caller.principal.name, now)?;
         tx.update_request(&request).await?;
-        tx.append(&[event]).await?;
+        tx.append(vec![event]).await?;
         tx.commit().await?;
         Ok(request)
     }
@@ -486,14 +486,14 @@ impl Broker {
         // A grant whose time is up is expired, not revoked, even if the sweep has not run yet.
         if let Some(event) = grant.expire(now) {
             tx.update_grant(&grant).await?;
-            tx.append(&[event]).await?;
+            tx.append(vec![event]).await?;
             tx.commit().await?;
             self.grants_changed();
             return Err(NotActive(grant.state).into());
         }
         let event = grant.revoke(caller.principal.name.as_str(), reason.as_str(), now)?;
         tx.update_grant(&grant).await?;
-        tx.append(&[event]).await?;
+        tx.append(vec![event]).await?;
         tx.commit().await?;
         self.grants_changed();
         Ok(grant)
@@ -603,7 +603,7 @@ impl Broker {
                 swept.grants_expired += 1;
             }
         }
-        tx.append(&events).await?;
+        tx.append(events).await?;
         tx.commit().await?;
         if swept.grants_expired > 0 {
             self.grants_changed();
@@ -627,7 +627,7 @@ impl Broker {
         }
         tx.insert_user(name, groups, service, &secrets::token_hash(&token), now).await?;
         let details = json!({ "user": name, "groups": groups, "service": service });
-        tx.append(&[AuditEvent { kind: EventKind::UserAdded, actor: actor.to_owned(), at: now, details }]).await?;
+        tx.append(vec![AuditEvent { kind: EventKind::UserAdded, actor: actor.to_owned(), at: now, details }]).await?;
         tx.commit().await?;
         Ok(token)
     }
@@ -661,7 +661,7 @@ impl Broker {
             events.push(event);
             done.grants_revoked += usize::from(grant.state == airlock_core::lifecycle::GrantState::Revoked);
         }
-        tx.append(&events).await?;
+        tx.append(events).await?;
         tx.commit().await?;
         self.grants_changed();
         Ok(done)

@@ -144,10 +144,8 @@ impl Session {
     /// The statement as recorded. With literals redacted, the original goes along as
     /// `text_original`, which the broker always replaces by a salted commitment before chaining.
     fn recorded_text(&self, text: &str) -> Value {
-        let (text, original) = match self.redact {
-            true => (crate::guard::redact(text), Some(text)),
-            false => (text.to_owned(), None),
-        };
+        let (text, original) =
+            if self.redact { (crate::guard::redact(text), Some(text)) } else { (text.to_owned(), None) };
         let mut recorded = text_fields(text);
         if let (Some(original), Value::Object(fields)) = (original, &mut recorded) {
             fields.insert(ORIGINAL_STATEMENT.to_owned(), original.into());

@@ -145,6 +145,6 @@ impl Store {
     /// The broker chain's head sequence number as committed by this process, changing at every
     /// commit that appended records (appends by other processes are seen by reading the store).
     pub fn watch_audit_head(&self) -> watch::Receiver<i64> {
-        self.audit_head.subscribe()
+        self.committed_head.subscribe()
     }
 }

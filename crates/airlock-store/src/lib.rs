@@ -69,7 +69,7 @@ pub struct Store {
     /// by sleeping (milliseconds each) and so turns contention into latency.
     writer: Arc<Mutex<()>>,
     /// The broker chain's head after this process's last commit that appended to it.
-    audit_head: Arc<watch::Sender<i64>>,
+    committed_head: Arc<watch::Sender<i64>>,
     /// What is redacted from audit details before they are chained.
     redaction: Arc<RedactionRules>,
     _checkpointer: Arc<Checkpointer>,
@@ -116,17 +116,15 @@ impl Store {
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let checkpointer = Arc::new(Checkpointer(tokio::spawn(checkpoint_forever(pool.clone()))));
-        let head: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_events WHERE chain_id = ?")
-            .bind(BROKER_CHAIN)
-            .fetch_one(&pool)
-            .await?;
-        Ok(Self {
+        let store = Self {
             pool,
             writer: Arc::new(Mutex::new(())),
-            audit_head: Arc::new(watch::Sender::new(head.unwrap_or(0))),
+            committed_head: Arc::new(watch::Sender::new(0)),
             redaction: Arc::new(RedactionRules::new(&[], &[]).expect("no rules are valid rules")),
             _checkpointer: checkpointer,
-        })
+        };
+        store.committed_head.send_replace(store.audit_head(BROKER_CHAIN).await?.seq);
+        Ok(store)
     }
 
     /// Redacts what `rules` name from every audit record appended from now on.
@@ -140,7 +138,7 @@ impl Store {
         Ok(Tx::new(
             self.pool.begin_with("BEGIN IMMEDIATE").await?,
             turn,
-            self.audit_head.clone(),
+            self.committed_head.clone(),
             self.redaction.clone(),
         ))
     }

@@ -18,7 +18,7 @@ pub struct Tx {
     inner: Transaction<'static, Sqlite>,
     head: Option<ChainHead>,
     /// Told the new head when a commit appended records.
-    audit_head: Arc<watch::Sender<i64>>,
+    committed_head: Arc<watch::Sender<i64>>,
     redaction: Arc<RedactionRules>,
     /// This process's write turn, held until the transaction ends.
     _turn: OwnedMutexGuard<()>,
@@ -28,16 +28,16 @@ impl Tx {
     pub(crate) fn new(
         inner: Transaction<'static, Sqlite>,
         turn: OwnedMutexGuard<()>,
-        audit_head: Arc<watch::Sender<i64>>,
+        committed_head: Arc<watch::Sender<i64>>,
         redaction: Arc<RedactionRules>,
     ) -> Self {
-        Self { inner, head: None, audit_head, redaction, _turn: turn }
+        Self { inner, head: None, committed_head, redaction, _turn: turn }
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
         self.inner.commit().await?;
         if let Some(head) = self.head {
-            self.audit_head.send_replace(head.seq);
+            self.committed_head.send_replace(head.seq);
         }
         Ok(())
     }
@@ -182,7 +182,7 @@ impl Tx {
 
     /// Appends events to the broker's audit chain, in order, inside this transaction, with
     /// sensitive values redacted first (their salts are stored beside the chain).
-    pub async fn append(&mut self, events: &[AuditEvent]) -> Result<(), StoreError> {
+    pub async fn append(&mut self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         let mut head = match self.head.take() {
             Some(head) => head,
             None => {
@@ -193,8 +193,7 @@ impl Tx {
         };
         let mut records = Vec::with_capacity(events.len());
         let mut commitments = Vec::new();
-        for event in events {
-            let mut event = event.clone();
+        for mut event in events {
             commitments.extend(self.redaction.redact(&mut event.details, &mut fresh_salt));
             let record = chain(&head, BROKER_CHAIN, &event);
             head = ChainHead { seq: record.seq, hash: record.hash.clone() };
@@ -203,12 +202,12 @@ impl Tx {
         for batch in records.chunks(RECORDS_PER_INSERT) {
             insert_records(&mut self.inner, batch).await?;
         }
-        for commitment in commitments {
-            sqlx::query("INSERT INTO audit_salts (commitment, salt) VALUES (?, ?)")
-                .bind(&commitment.digest)
-                .bind(hex::encode(commitment.salt))
-                .execute(&mut *self.inner)
-                .await?;
+        for batch in commitments.chunks(RECORDS_PER_INSERT) {
+            let mut insert = QueryBuilder::new("INSERT INTO audit_salts (commitment, salt) ");
+            insert.push_values(batch, |mut row, commitment| {
+                row.push_bind(&commitment.digest).push_bind(hex::encode(commitment.salt));
+            });
+            insert.build().execute(&mut *self.inner).await?;
         }
         self.head = Some(head);
         Ok(())
@@ -222,8 +221,8 @@ fn fresh_salt() -> [u8; 16] {
     salt
 }
 
-/// Rows per `INSERT`: each statement is a round trip to SQLite's thread, and 8 bound values a
-/// row stays far below SQLite's limit of 32,766 variables.
+/// Rows per `INSERT` (of records or salts): each statement is a round trip to SQLite's thread,
+/// and 8 bound values a row stays far below SQLite's limit of 32,766 variables.
 const RECORDS_PER_INSERT: usize = 512;
 
 async fn insert_records(tx: &mut Transaction<'static, Sqlite>, records: &[ChainRecord]) -> Result<(), StoreError> {
