@@ -129,7 +129,7 @@ impl Broker {
         Ok(self.store().audit_tail(BROKER_CHAIN, n.clamp(1, 10_000)).await?)
     }
 
-    fn auditors_only(&self, caller: &Caller) -> Result<(), BrokerError> {
+    pub(crate) fn auditors_only(&self, caller: &Caller) -> Result<(), BrokerError> {
         if self.is_auditor(caller) { Ok(()) } else { Err(BrokerError::AuditForbidden) }
     }
 

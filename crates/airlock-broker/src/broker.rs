@@ -59,7 +59,9 @@ pub enum BrokerError {
     Cancel(#[from] CancelError),
     #[error(transparent)]
     NotActive(#[from] NotActive),
-    #[error("only members of the auditor groups may read the audit chain")]
+    #[error("bad report window: {0}")]
+    BadWindow(String),
+    #[error("only members of the auditor groups may read the audit chain and its reports")]
     AuditForbidden,
     #[error("only service accounts in the `gateways` group may act as a gateway")]
     GatewayForbidden,
@@ -92,7 +94,7 @@ impl BrokerError {
             | BrokerError::Cancel(CancelError::NotRequester)
             | BrokerError::AuditForbidden
             | BrokerError::GatewayForbidden => ErrorKind::Forbidden,
-            BrokerError::GatewayEvents(_) => ErrorKind::BadInput,
+            BrokerError::GatewayEvents(_) | BrokerError::BadWindow(_) => ErrorKind::BadInput,
             BrokerError::Review(_)
             | BrokerError::Cancel(_)
             | BrokerError::NotActive(_)

@@ -55,6 +55,9 @@ pub enum EventKind {
     /// The connector could not bring a target in line with the live grants.
     #[serde(rename = "target.failed")]
     TargetFailed,
+    /// The standing privileges the connector found on a target, recorded when they change.
+    #[serde(rename = "target.standing")]
+    TargetStanding,
     /// A gateway credential was issued for a grant (the token itself is never recorded).
     #[serde(rename = "credential.issued")]
     CredentialIssued,
@@ -93,6 +96,7 @@ impl EventKind {
             EventKind::TargetRoleCreated => "target.role_created",
             EventKind::TargetRoleDropped => "target.role_dropped",
             EventKind::TargetFailed => "target.failed",
+            EventKind::TargetStanding => "target.standing",
             EventKind::CredentialIssued => "credential.issued",
             EventKind::SessionStarted => "session.started",
             EventKind::SessionRefused => "session.refused",
@@ -148,6 +152,11 @@ impl ChainHead {
 /// Unix milliseconds of a time (the precision every stored time has).
 pub fn unix_ms(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The time of Unix milliseconds (as records store it); out-of-range values read as the epoch.
+pub fn time_of_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// A record's SHA-256, as lowercase hex digits (what records store).

@@ -20,4 +20,5 @@ pub mod ids;
 pub mod lifecycle;
 pub mod policy;
 pub mod policy_test;
+pub mod report;
 pub mod values;

@@ -234,6 +234,27 @@ pub struct ExportQuery {
     pub until: Option<OffsetDateTime>,
 }
 
+/// How many statements a story lists per grant unless asked.
+pub const DEFAULT_STATEMENTS_PER_GRANT: u32 = 100;
+
+/// The window of a report, and how much of it to list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// From this time (RFC 3339); 30 days before `until` if absent.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    pub since: Option<OffsetDateTime>,
+    /// Up to this time (RFC 3339); now if absent.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    pub until: Option<OffsetDateTime>,
+    /// Stories only: at most this many statements listed per grant (default 100, at most 10000;
+    /// the counts are always whole).
+    pub statements: Option<u32>,
+}
+
 /// What a gateway running apart asks for live grants with.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

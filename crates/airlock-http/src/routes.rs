@@ -2,9 +2,13 @@
 //! caller; the broker then checks what that caller may do.
 
 use airlock_broker::broker::RequestInput;
+use airlock_broker::reports::StoryOf;
 use airlock_core::audit::AuditEvent;
 use airlock_core::audit::export::Report;
-use airlock_core::ids::{GrantId, ResourceName, RoleName};
+use airlock_core::ids::{GrantId, ResourceName, RoleName, UserName};
+use airlock_core::report::Window;
+use airlock_core::report::story::Story;
+use airlock_core::report::summary::Summary;
 use airlock_core::values::{GrantDuration, Reason};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -40,6 +44,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/export", get(audit_export))
         .route("/v1/audit/prove", post(audit_prove))
+        .route("/v1/reports/summary", get(report_summary))
+        .route("/v1/reports/users/{name}", get(report_user))
+        .route("/v1/reports/resources/{name}", get(report_resource))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             (
@@ -351,4 +358,61 @@ async fn audit_export(
     });
     let body = axum::body::Body::from_stream(lines);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// The window a report query asks for: by default the 30 days up to now.
+fn report_window(state: &AppState, query: &ReportQuery) -> Window {
+    let until = query.until.unwrap_or_else(|| state.broker.clock().now());
+    Window { since: query.since.unwrap_or(until - time::Duration::days(30)), until }
+}
+
+#[utoipa::path(get, path = "/v1/reports/summary", security(("token" = [])), params(ReportQuery),
+    responses((status = 200, description = "The summary report (fields in docs/reports.md)", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn report_summary(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(query): Params<ReportQuery>,
+) -> Result<Json<Summary>, ApiError> {
+    let window = report_window(&state, &query);
+    Ok(Json(state.broker.report_summary(&caller, window).await?))
+}
+
+#[utoipa::path(get, path = "/v1/reports/users/{name}", security(("token" = [])),
+    params(("name" = String, Path), ReportQuery),
+    responses((status = 200, description = "The user's story (fields in docs/reports.md)", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn report_user(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    Params(query): Params<ReportQuery>,
+) -> Result<Json<Story>, ApiError> {
+    let user = parse("name", UserName::parse(&name))?;
+    story(&state, &caller, StoryOf::User(user), &query).await
+}
+
+#[utoipa::path(get, path = "/v1/reports/resources/{name}", security(("token" = [])),
+    params(("name" = String, Path), ReportQuery),
+    responses((status = 200, description = "The resource's story (fields in docs/reports.md)", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn report_resource(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    Params(query): Params<ReportQuery>,
+) -> Result<Json<Story>, ApiError> {
+    let resource = parse("name", ResourceName::parse(&name))?;
+    story(&state, &caller, StoryOf::Resource(resource), &query).await
+}
+
+async fn story(
+    state: &AppState,
+    caller: &airlock_broker::Caller,
+    of: StoryOf,
+    query: &ReportQuery,
+) -> Result<Json<Story>, ApiError> {
+    let window = report_window(state, query);
+    let statements = query.statements.unwrap_or(DEFAULT_STATEMENTS_PER_GRANT);
+    Ok(Json(state.broker.report_story(caller, of, window, statements).await?))
 }

@@ -7,7 +7,9 @@
 //! run at start, whenever a grant starts or ends in this process, and every [`Reconciler::every`].
 //! Each role created or dropped is an audit record; so is a target that could not be reached.
 //! Each pass opens its own connection, so a restarted or failed-over database needs nothing
-//! special.
+//! special. At start and every [`STANDING_EVERY`] it also reads each target's standing privileges
+//! ([`crate::standing`]) and records them (`target.standing`) whenever they differ from what it
+//! recorded last, so reports show what was found and since when.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -18,11 +20,12 @@ use airlock_core::catalog::{Catalog, PostgresTarget, SecretSource};
 use airlock_core::ids::{ResourceName, RoleName};
 use airlock_core::lifecycle::Grant;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 use crate::roles::{RoleError, RoleKey, TargetRoles, describe, grant_of_role, role_name};
+use crate::standing::{Finding, standing};
 
 /// Why a target could not be reconciled.
 #[derive(Debug, thiserror::Error)]
@@ -135,12 +138,17 @@ pub struct Pass {
     pub failed: usize,
 }
 
+/// How often the standing privileges of each target are read.
+pub const STANDING_EVERY: Duration = Duration::from_secs(300);
+
 /// Keeps every target's per-grant roles equal to the live grants.
 pub struct Reconciler {
     broker: Broker,
     targets: Vec<Target>,
     key: RoleKey,
     every: Duration,
+    /// The findings last recorded for each target.
+    standing: Mutex<HashMap<ResourceName, Vec<Finding>>>,
 }
 
 impl Reconciler {
@@ -148,16 +156,23 @@ impl Reconciler {
     pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
 
     pub fn new(broker: Broker, targets: Vec<Target>, key: RoleKey, every: Duration) -> Self {
-        Self { broker, targets, key, every }
+        Self { broker, targets, key, every, standing: Mutex::new(HashMap::new()) }
     }
 
     /// Runs passes until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut changes = self.broker.watch_grants();
+        let mut standing_due = tokio::time::Instant::now();
         loop {
             changes.mark_unchanged();
             if let Err(error) = self.pass().await {
                 tracing::warn!(%error, "reconciler pass failed");
+            }
+            if tokio::time::Instant::now() >= standing_due {
+                standing_due += STANDING_EVERY;
+                if let Err(error) = self.record_standing().await {
+                    tracing::warn!(%error, "standing privileges not recorded");
+                }
             }
             tokio::select! {
                 _ = changes.changed() => {}
@@ -187,6 +202,30 @@ impl Reconciler {
             }
         }
         Ok(total)
+    }
+
+    /// Reads every target's standing privileges and records those that changed since last time.
+    /// Roles of ended grants are left out: the pass just before dropped them, or will.
+    pub async fn record_standing(&self) -> Result<(), ReconcileError> {
+        let live = self.broker.live_grants().await?;
+        for target in &self.targets {
+            let mut findings = match standing(target, &live).await {
+                Ok(findings) => findings,
+                Err(error) => {
+                    tracing::warn!(%error, "standing privileges not read");
+                    continue;
+                }
+            };
+            findings.retain(|f| f.kind != "ended_grant_role");
+            let mut recorded = self.standing.lock().await;
+            if recorded.get(&target.resource) == Some(&findings) {
+                continue;
+            }
+            let details = json!({ "resource": target.resource, "count": findings.len(), "findings": findings });
+            self.broker.record_target_event(EventKind::TargetStanding, details).await?;
+            recorded.insert(target.resource.clone(), findings);
+        }
+        Ok(())
     }
 
     async fn reconcile(&self, target: &Target, live: &[Grant]) -> Result<Pass, ReconcileError> {

@@ -11,6 +11,7 @@
 //! database is a local file, and the ping is a round trip to SQLite's thread on every query.
 
 mod audit;
+mod report;
 mod rows;
 mod tx;
 
@@ -26,6 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
+pub use report::{ReportScope, StatementCount};
 pub use rows::User;
 pub use tx::Tx;
 

@@ -1,6 +1,7 @@
 //! Turning rows into domain values and back.
 
 use airlock_core::audit::ChainRecord;
+pub(crate) use airlock_core::audit::time_of_ms;
 use airlock_core::ids::{GroupName, UserName};
 use serde::de::DeserializeOwned;
 use sqlx::Row;
@@ -29,10 +30,6 @@ pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_events WHERE ch
 
 pub(crate) fn ms(at: OffsetDateTime) -> i64 {
     airlock_core::audit::unix_ms(at)
-}
-
-pub(crate) fn time_of_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 pub(crate) fn user(row: &SqliteRow) -> Result<User, StoreError> {

@@ -15,10 +15,9 @@ use airlock_http::api::{AuditRecordView, KeyView, ProveBody, ProveView, VerifyVi
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::cli::Remote;
-use crate::client::Client;
+use crate::client::{Client, time_query};
 use crate::{Failure, Outcome, output};
 
 pub async fn tail(remote: &Remote, n: u32) -> Outcome {
@@ -175,15 +174,7 @@ pub async fn export(
     out: Option<&Path>,
 ) -> Outcome {
     let client = Client::new(remote)?;
-    let mut query = Vec::new();
-    for (name, bound) in [("since", since), ("until", until)] {
-        if let Some(at) = bound {
-            let text = at.to_offset(time::UtcOffset::UTC).format(&Rfc3339).context("cannot format a time")?;
-            query.push(format!("{name}={text}"));
-        }
-    }
-    let path =
-        if query.is_empty() { "/v1/audit/export".to_owned() } else { format!("/v1/audit/export?{}", query.join("&")) };
+    let path = format!("/v1/audit/export{}", time_query(since, until, &[])?);
     match out {
         None => {
             let mut stdout = std::io::stdout().lock();

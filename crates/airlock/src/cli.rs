@@ -82,12 +82,17 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Reports on the catalog's databases.
+    /// Reports for auditors: with no subcommand, the summary of a window (by default the last
+    /// 30 days): access by resource, user and duration, time to approve and to revoke, how
+    /// requests were decided, deviations and standing privileges.
+    #[command(args_conflicts_with_subcommands = true)]
     Report {
-        #[command(flatten)]
-        files: Files,
         #[command(subcommand)]
-        command: ReportCommand,
+        command: Option<ReportCommand>,
+        #[command(flatten)]
+        window: ReportWindow,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Check and test policies and the catalog, without a broker.
     Policy {
@@ -225,11 +230,50 @@ pub enum UserCommand {
     Disable { name: String },
 }
 
+/// The time window of a report, and its format.
+#[derive(Debug, Clone, Args)]
+pub struct ReportWindow {
+    /// From this time (RFC 3339, or a date: 2026-11-01); default 30 days before `--until`.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<OffsetDateTime>,
+    /// Up to this time (RFC 3339, or a date); default now.
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<OffsetDateTime>,
+    /// Print CSV: the summary as `section,subject,measure,value` rows, a story as a timeline.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
+    /// Everything a user asked for, was given and did: each request with its reasons and
+    /// approvals, each grant with its sessions and statements, and the reviews they gave.
+    User {
+        name: String,
+        #[command(flatten)]
+        window: ReportWindow,
+        /// List at most this many statements per grant (the counts are always whole).
+        #[arg(long, default_value_t = 100)]
+        statements: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Everything done on a resource: each request, grant, session and statement.
+    Resource {
+        name: String,
+        #[command(flatten)]
+        window: ReportWindow,
+        /// List at most this many statements per grant (the counts are always whole).
+        #[arg(long, default_value_t = 100)]
+        statements: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Database privileges no live grant explains: superusers, permanent members of the mapped
     /// roles, per-grant roles whose grant ended (exit 1 when there are any).
     Standing {
+        #[command(flatten)]
+        files: Files,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -303,9 +347,8 @@ pub async fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Serve { files, listen, gateway_listen } => serve::run(&files, listen, gateway_listen).await,
         Command::Gateway { files, listen, remote } => gateway::run(&files, listen, &remote).await,
-        Command::Report { files, command: ReportCommand::Standing { json } } => {
-            report::standing_privileges(&files, json).await
-        }
+        Command::Report { command: None, window, remote } => report::summary(&remote, &window).await,
+        Command::Report { command: Some(command), .. } => report_command(command).await,
         Command::Admin { files, command } => local::admin(&files, command).await,
         Command::Policy { config, command } => local::policy(&config, command),
         Command::Whoami { remote } => remote::whoami(&remote).await,
@@ -323,6 +366,18 @@ pub async fn run(cli: Cli) -> Outcome {
             connect::connect(&remote, &resource, role.as_deref(), &psql, &psql_args).await
         }
         Command::Audit { command } => audit_command(command).await,
+    }
+}
+
+async fn report_command(command: ReportCommand) -> Outcome {
+    match command {
+        ReportCommand::User { name, window, statements, remote } => {
+            report::story(&remote, &window, "user", &name, statements).await
+        }
+        ReportCommand::Resource { name, window, statements, remote } => {
+            report::story(&remote, &window, "resource", &name, statements).await
+        }
+        ReportCommand::Standing { files, json } => report::standing_privileges(&files, json).await,
     }
 }
 

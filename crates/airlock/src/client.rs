@@ -5,12 +5,32 @@ use airlock_http::api::ErrorBody;
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::Failure;
 use crate::cli::Remote;
 
 /// How long a download (an audit export) may take.
 const LONGEST_DOWNLOAD: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// A query string (`?since=…&until=…&name=value`, or nothing) from optional time bounds and
+/// further parameters (plain ASCII values).
+pub fn time_query(
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+    more: &[(&str, String)],
+) -> Result<String, Failure> {
+    let mut query = Vec::new();
+    for (name, bound) in [("since", since), ("until", until)] {
+        if let Some(at) = bound {
+            let text = at.to_offset(time::UtcOffset::UTC).format(&Rfc3339).context("cannot format a time")?;
+            query.push(format!("{name}={text}"));
+        }
+    }
+    query.extend(more.iter().map(|(name, value)| format!("{name}={value}")));
+    Ok(if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) })
+}
 
 pub struct Client {
     http: reqwest::Client,

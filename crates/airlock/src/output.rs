@@ -16,7 +16,7 @@ pub fn table(header: &[&str]) -> Table {
     table
 }
 
-fn when(at: OffsetDateTime) -> String {
+pub fn when(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 

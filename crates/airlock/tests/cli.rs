@@ -946,6 +946,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/audit/verify", "get"),
     ("/v1/audit/export", "get"),
     ("/v1/audit/prove", "post"),
+    ("/v1/reports/summary", "get"),
+    ("/v1/reports/users/{name}", "get"),
+    ("/v1/reports/resources/{name}", "get"),
 ];
 
 #[tokio::test]
@@ -1025,7 +1028,7 @@ async fn the_http_api_answers_json_errors_and_matches_its_openapi_document() {
     assert_eq!(documented, routes, "the OpenAPI document and the router disagree");
 
     for (path, method) in &documented {
-        let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+        let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string()).replace("{name}", "demo-db");
         let builder = match method.as_str() {
             "get" => http.get(url(&concrete)),
             "post" => http.post(url(&concrete)).json(&json!({})),
@@ -1201,6 +1204,41 @@ fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_rev
     }
     assert!(tail.contains("status = 'stuck'"), "the statement text is recorded");
     assert!(!tail.contains("v4.public."), "a credential is never recorded");
+
+    // Reports, as an auditor reads them.
+    let summary = app.json("bob", &["report"]);
+    assert_eq!(summary["requests"]["auto_approved"], 1, "{summary:#}");
+    let refusals = summary["deviations"]["guardrail_refusals"].as_array().unwrap();
+    assert!(refusals.iter().any(|r| r["text"] == "SET ROLE postgres" && r["user"] == "dana"), "{summary:#}");
+    let dana = summary["by_user"].as_array().unwrap().iter().find(|l| l["name"] == "dana").unwrap();
+    assert_eq!((dana["grants"].as_u64(), dana["sessions"].as_u64()), (Some(1), Some(4)), "{dana:#}");
+    let csv = app.airlock("bob", &["report", "--csv"]);
+    assert_exit(&csv, 0);
+    let csv = stdout(&csv);
+    assert!(csv.starts_with("section,subject,measure,value\n"), "{csv}");
+    assert!(csv.contains("requests,,auto_approved,1\n") && csv.contains("by_user,dana,grants,1\n"), "{csv}");
+    let timeline = app.airlock("bob", &["report", "user", "dana", "--csv"]);
+    assert_exit(&timeline, 0);
+    let timeline = stdout(&timeline);
+    assert!(timeline.starts_with("at,event,request,grant,session,actor,detail\n"), "{timeline}");
+    for event in ["request", "grant_started", "session_started", "statement", "statement_refused", "grant_ended"] {
+        assert!(timeline.contains(&format!(",{event},")), "{event} in {timeline}");
+    }
+    assert!(timeline.contains("SET ROLE postgres"), "{timeline}");
+    let story = app.airlock("bob", &["report", "resource", "demo-db", "--since", "2026-01-01"]);
+    assert_exit(&story, 0);
+    assert!(stdout(&story).contains("status = 'stuck'") && stdout(&story).contains("REFUSED"), "{}", stdout(&story));
+    let text = app.airlock("bob", &["report"]);
+    assert_exit(&text, 0);
+    assert!(stdout(&text).contains("statements refused by guardrails: 1"), "{}", stdout(&text));
+    let not_auditor = app.airlock("dana", &["report"]);
+    assert_exit(&not_auditor, 1);
+    assert!(stderr(&not_auditor).contains("auditor"), "{}", stderr(&not_auditor));
+    let backwards = app.airlock("bob", &["report", "--since", "2026-12-01", "--until", "2026-11-01"]);
+    assert_exit(&backwards, 1);
+    assert!(stderr(&backwards).contains("`since` must come before `until`"), "{}", stderr(&backwards));
+    let both = app.airlock("bob", &["report", "--csv", "--json"]);
+    assert_exit(&both, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
