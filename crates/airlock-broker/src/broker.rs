@@ -59,6 +59,8 @@ pub enum BrokerError {
     Cancel(#[from] CancelError),
     #[error(transparent)]
     NotActive(#[from] NotActive),
+    #[error("only members of the auditor groups or of `monitoring` may read the metrics")]
+    MetricsForbidden,
     #[error("bad report window: {0}")]
     BadWindow(String),
     #[error("only members of the auditor groups may read the audit chain and its reports")]
@@ -93,6 +95,7 @@ impl BrokerError {
             BrokerError::Review(ReviewError::OwnRequest | ReviewError::NotAllowed { .. })
             | BrokerError::Cancel(CancelError::NotRequester)
             | BrokerError::AuditForbidden
+            | BrokerError::MetricsForbidden
             | BrokerError::GatewayForbidden => ErrorKind::Forbidden,
             BrokerError::GatewayEvents(_) | BrokerError::BadWindow(_) => ErrorKind::BadInput,
             BrokerError::Review(_)
@@ -169,12 +172,13 @@ fn new_id() -> Uuid {
 impl Broker {
     /// A broker over `store`. Call inside a Tokio runtime: it starts the audit writer task.
     pub fn new(
-        store: Store,
+        mut store: Store,
         policies: PolicyBundle,
         clock: Arc<dyn Clock>,
         settings: Settings,
         key: BrokerKey,
     ) -> Self {
+        store.observe_commits(Arc::new(crate::metrics::CommitMetrics));
         Self {
             key: Arc::new(key),
             appender: Appender::start(store.clone()),
@@ -278,6 +282,12 @@ impl Broker {
             source_ip: caller.source_ip,
         };
         self.policies.engine.decide(action, &caller.principal, resource, &facts)
+    }
+
+    /// Auditors and members of the `monitoring` group (a metrics scraper's service account).
+    pub fn may_read_metrics(&self, caller: &Caller) -> Result<(), BrokerError> {
+        let monitoring = caller.principal.groups.iter().any(|g| g.as_str() == crate::metrics::MONITORING_GROUP);
+        if monitoring || self.is_auditor(caller) { Ok(()) } else { Err(BrokerError::MetricsForbidden) }
     }
 
     pub(crate) fn is_auditor(&self, caller: &Caller) -> bool {

@@ -13,6 +13,7 @@
 //!   checkpoint to sinks kept elsewhere;
 //! - [`credentials`]: gateway credentials for a holder's live grant;
 //! - [`gateways`]: what a gateway running apart may ask and record;
+//! - [`metrics`]: what is measured for Prometheus, and where;
 //! - [`reports`]: the summary of a window and the story of a user or resource, for auditors;
 //! - [`outbound`]: HTTP clients for webhooks and the CLI;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod gateways;
+pub mod metrics;
 pub mod outbound;
 pub mod reports;
 pub mod scheduler;

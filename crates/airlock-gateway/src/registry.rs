@@ -46,6 +46,7 @@ pub struct Registry {
 pub struct Registration<'a> {
     registry: &'a Registry,
     pub key: CancelKey,
+    _counted: airlock_broker::metrics::SessionGauge,
 }
 
 impl Drop for Registration<'_> {
@@ -71,7 +72,7 @@ impl Registry {
             }
         };
         sessions.insert(key, Entry { grant, backend: None, cut });
-        (Registration { registry: self, key }, cuts)
+        (Registration { registry: self, key, _counted: airlock_broker::metrics::session_opened() }, cuts)
     }
 
     /// Records where the session's statements run, once it is logged in.

@@ -130,7 +130,11 @@ async fn main() {
     let bob = broker.add_user(&"bob".parse().unwrap(), &["sre".parse().unwrap()], false, "bench").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(airlock_http::serve(listener, AppState { broker, gateway: None }, std::future::pending()));
+    tokio::spawn(airlock_http::serve(
+        listener,
+        AppState { broker, gateway: None, metrics: None },
+        std::future::pending(),
+    ));
 
     let (alice, bob, base) = (Arc::new(alice), Arc::new(bob), Arc::new(base));
     let cycle = {

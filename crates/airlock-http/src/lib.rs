@@ -5,6 +5,7 @@
 //! - [`error`]: every failure becomes a 4xx/5xx JSON error, never a panic or an HTML page;
 //! - [`extract`]: the authenticated caller, and JSON/query extractors with JSON errors;
 //! - [`routes`]: one handler per route, each checking who is asking;
+//! - [`metrics`]: `/metrics` in the Prometheus format;
 //! - [`openapi`]: the document served at `/v1/openapi.json`.
 //!
 //! Architecture Invariant: this is the only crate that knows HTTP; use cases live in the broker.
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 
@@ -26,6 +28,8 @@ pub struct AppState {
     pub broker: Broker,
     /// Where this broker's gateway listens, for connection details in credentials.
     pub gateway: Option<SocketAddr>,
+    /// Renders `/metrics`, when this process records metrics ([`metrics::install`]).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

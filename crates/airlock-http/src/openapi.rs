@@ -16,7 +16,7 @@ use crate::routes;
         routes::approve, routes::deny, routes::cancel,
         routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export, routes::audit_prove,
         routes::gateway_live_grants, routes::gateway_grant, routes::gateway_events, routes::audit_tail, routes::audit_verify,
-        routes::report_summary, routes::report_user, routes::report_resource,
+        routes::report_summary, routes::report_user, routes::report_resource, crate::metrics::metrics,
     ),
     components(schemas(
         ErrorBody, WhoAmI, CreateRequest, ApproveBody, ReasonBody, ProveBody, ProveView, DecisionView, ApprovalView, ClosureView,

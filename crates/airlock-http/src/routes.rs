@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports/summary", get(report_summary))
         .route("/v1/reports/users/{name}", get(report_user))
         .route("/v1/reports/resources/{name}", get(report_resource))
+        .route("/metrics", get(crate::metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             (

@@ -250,6 +250,7 @@ impl Reconciler {
                 "sessions_ended": dropped.sessions_ended,
             });
             self.broker.record_target_event(EventKind::TargetRoleDropped, details).await?;
+            self.measure_revocation(name).await;
         }
         for (name, grant) in &wanted {
             if existing.contains(name) {
@@ -267,6 +268,15 @@ impl Reconciler {
         drop(client);
         let _ = connection.await;
         Ok(pass)
+    }
+
+    /// Records how long after its grant's end the role `name` was dropped.
+    async fn measure_revocation(&self, name: &str) {
+        let Some(grant) = grant_of_role(name) else { return };
+        let Ok(Some(grant)) = self.broker.store().grant(&grant.to_string()).await else { return };
+        if let Some(ended) = airlock_core::report::ended_at(&grant) {
+            airlock_broker::metrics::revoked_after((self.broker.clock().now() - ended).as_seconds_f64());
+        }
     }
 
     /// Whether the role `name` is another resource's grant role on the same database cluster.

@@ -20,6 +20,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_core::audit::AuditEvent;
 use airlock_core::audit::redaction::RedactionRules;
 use airlock_core::ids::UserName;
 use airlock_core::lifecycle::{AccessRequest, Grant};
@@ -63,6 +64,14 @@ pub struct GrantFilter {
     pub limit: u32,
 }
 
+/// Told of each commit that appended audit records: those records' events (as chained, so
+/// redacted) and how long the commit took.
+pub trait ObserveCommits: Send + Sync + std::fmt::Debug {
+    fn committed(&self, events: &[AuditEvent], took: Duration);
+}
+
+pub type CommitObserver = Arc<dyn ObserveCommits>;
+
 /// The database of one broker.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -74,6 +83,7 @@ pub struct Store {
     committed_head: Arc<watch::Sender<i64>>,
     /// What is redacted from audit details before they are chained.
     redaction: Arc<RedactionRules>,
+    observer: Option<CommitObserver>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -123,6 +133,7 @@ impl Store {
             writer: Arc::new(Mutex::new(())),
             committed_head: Arc::new(watch::Sender::new(0)),
             redaction: Arc::new(RedactionRules::new(&[], &[]).expect("no rules are valid rules")),
+            observer: None,
             _checkpointer: checkpointer,
         };
         store.committed_head.send_replace(store.audit_head(BROKER_CHAIN).await?.seq);
@@ -134,6 +145,12 @@ impl Store {
         self.redaction = Arc::new(rules);
     }
 
+    /// Has `observer` told of every commit that appends audit records, from this handle and the
+    /// handles cloned from it from now on.
+    pub fn observe_commits(&mut self, observer: CommitObserver) {
+        self.observer = Some(observer);
+    }
+
     /// Begins a use case's transaction, taking the write lock at once.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let turn = self.writer.clone().lock_owned().await;
@@ -142,6 +159,7 @@ impl Store {
             turn,
             self.committed_head.clone(),
             self.redaction.clone(),
+            self.observer.clone(),
         ))
     }
 

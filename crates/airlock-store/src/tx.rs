@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tokio::sync::{OwnedMutexGuard, watch};
 
 use crate::rows::{self, User, ms, to_body};
-use crate::{BROKER_CHAIN, StoreError};
+use crate::{BROKER_CHAIN, CommitObserver, StoreError};
 
 /// A write transaction. Dropping it without [`Tx::commit`] rolls everything back.
 pub struct Tx {
@@ -20,6 +20,9 @@ pub struct Tx {
     /// Told the new head when a commit appended records.
     committed_head: Arc<watch::Sender<i64>>,
     redaction: Arc<RedactionRules>,
+    /// The events appended so far, as chained (redacted), for the commit observer.
+    appended: Vec<AuditEvent>,
+    observer: Option<CommitObserver>,
     /// This process's write turn, held until the transaction ends.
     _turn: OwnedMutexGuard<()>,
 }
@@ -30,14 +33,21 @@ impl Tx {
         turn: OwnedMutexGuard<()>,
         committed_head: Arc<watch::Sender<i64>>,
         redaction: Arc<RedactionRules>,
+        observer: Option<CommitObserver>,
     ) -> Self {
-        Self { inner, head: None, committed_head, redaction, _turn: turn }
+        Self { inner, head: None, committed_head, redaction, appended: Vec::new(), observer, _turn: turn }
     }
 
+    /// Commits; then, when records were appended, tells the observer what and how long the
+    /// commit (its disk sync included) took.
     pub async fn commit(self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         self.inner.commit().await?;
         if let Some(head) = self.head {
             self.committed_head.send_replace(head.seq);
+        }
+        if let Some(observer) = self.observer.filter(|_| !self.appended.is_empty()) {
+            observer.committed(&self.appended, started.elapsed());
         }
         Ok(())
     }
@@ -198,6 +208,7 @@ impl Tx {
             let record = chain(&head, BROKER_CHAIN, &event);
             head = ChainHead { seq: record.seq, hash: record.hash.clone() };
             records.push(record);
+            self.appended.push(event);
         }
         for batch in records.chunks(RECORDS_PER_INSERT) {
             insert_records(&mut self.inner, batch).await?;

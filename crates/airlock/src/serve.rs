@@ -1,6 +1,7 @@
 //! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the audit
 //! checkpointer, the API, the PostgreSQL connector when the catalog names PostgreSQL targets, and
-//! the gateway when the configuration has a `[gateway]` section.
+//! the gateway when the configuration has a `[gateway]` section; and the Prometheus recorder that
+//! `/metrics` renders.
 
 use std::net::SocketAddr;
 
@@ -22,6 +23,8 @@ use crate::{gateway, throwaway};
 const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
 pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Option<SocketAddr>) -> Outcome {
+    // First: what happens before the recorder is installed is not counted.
+    let metrics = airlock_http::metrics::install().context("cannot set up the metrics")?;
     let (broker, config) = open_broker(files).await?;
     let listen =
         listen.or(config.broker.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
@@ -72,7 +75,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
         "broker started"
     );
     println!("airlock broker listening on http://{address}");
-    let state = AppState { broker, gateway: gateway.as_ref().map(|(address, _)| *address) };
+    let state = AppState { broker, gateway: gateway.as_ref().map(|(address, _)| *address), metrics: Some(metrics) };
     airlock_http::serve(listener, state, shutdown_signal()).await.context("the HTTP server failed")?;
     let _ = stop.send(true);
     let _ = scheduler.await;

@@ -275,6 +275,19 @@ impl TestApp {
 
     /// Runs a user command as `user` with `--json`, expecting exit code 0.
     #[track_caller]
+    /// `GET /metrics` as `user` (or without a token): the status and the body.
+    fn scrape(&self, user: Option<&str>) -> (u16, String) {
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("the broker accepts connections");
+        let auth = user.map(|u| format!("authorization: Bearer {}\r\n", self.token(u))).unwrap_or_default();
+        write!(stream, "GET /metrics HTTP/1.1\r\nhost: {address}\r\n{auth}connection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("an HTTP answer");
+        let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status line");
+        let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
     fn json(&self, user: &str, args: &[&str]) -> Value {
         let mut args = args.to_vec();
         args.push("--json");
@@ -949,6 +962,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/reports/summary", "get"),
     ("/v1/reports/users/{name}", "get"),
     ("/v1/reports/resources/{name}", "get"),
+    ("/metrics", "get"),
 ];
 
 #[tokio::test]
@@ -1035,6 +1049,11 @@ async fn the_http_api_answers_json_errors_and_matches_its_openapi_document() {
             other => unreachable!("{other}"),
         };
         let response = builder.bearer_auth(bob).send().await.unwrap();
+        if path == "/metrics" {
+            assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+            assert!(response.text().await.unwrap().contains("# TYPE airlock_active_grants gauge"));
+            continue;
+        }
         if path == "/v1/audit/export" {
             // JSON Lines rather than one JSON document.
             assert_eq!(response.headers()["content-type"], "application/x-ndjson");
@@ -1187,6 +1206,15 @@ fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_rev
     input.write_all(b"SELECT 'before';\n").unwrap();
     input.flush().unwrap();
     thread::sleep(Duration::from_millis(500));
+    let (status, metrics) = app.scrape(Some("bob"));
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        "airlock_gateway_sessions 1\n",
+        "airlock_active_grants 1\n",
+        "airlock_requests_total{outcome=\"auto_approved\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     assert_exit(&app.airlock("dana", &["revoke", &grant_id, "--reason", "done"]), 0);
     thread::sleep(Duration::from_millis(500));
     let _ = input.write_all(b"SELECT 'after';\n");
@@ -1239,6 +1267,24 @@ fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_rev
     assert!(stderr(&backwards).contains("`since` must come before `until`"), "{}", stderr(&backwards));
     let both = app.airlock("bob", &["report", "--csv", "--json"]);
     assert_exit(&both, 2);
+
+    // Metrics: the revocation measured once the connector dropped the role; auditors only.
+    let metrics = eventually("the revocation in the metrics", || {
+        let (_, metrics) = app.scrape(Some("bob"));
+        metrics.contains("airlock_time_to_revoke_seconds_count 1\n").then_some(metrics)
+    });
+    for line in [
+        "airlock_gateway_sessions 0\n",
+        "airlock_active_grants 0\n",
+        "airlock_grants_ended_total{how=\"revoked\"} 1\n",
+        "# TYPE airlock_audit_append_seconds histogram\n",
+        "airlock_audit_records_total{kind=\"statement.refused\"} 1\n",
+        "# TYPE airlock_audit_checkpoint_age_seconds gauge\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert_eq!(app.scrape(Some("dana")).0, 403);
+    assert_eq!(app.scrape(None).0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,42 @@
+//! `GET /metrics`: the Prometheus text format, for auditors and the `monitoring` group (a
+//! scraper authenticates with a service account's token, as `authorization: Bearer …`).
+//!
+//! The recorder is process-wide (the `metrics` facade allows one): [`install`] sets it up once,
+//! in `airlock serve`, with the histogram buckets and help texts of `airlock_broker::metrics`.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::Authenticated;
+
+/// Installs the process's Prometheus recorder; its handle renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in airlock_broker::metrics::BUCKETS {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
+    }
+    let handle = builder.install_recorder()?;
+    airlock_broker::metrics::describe();
+    Ok(handle)
+}
+
+#[utoipa::path(get, path = "/metrics", security(("token" = [])),
+    responses((status = 200, description = "Prometheus text format (docs/metrics.md)", content_type = "text/plain", body = String),
+        (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody),
+        (status = 404, body = crate::api::ErrorBody)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<axum::response::Response, ApiError> {
+    state.broker.may_read_metrics(&caller)?;
+    let Some(handle) = &state.metrics else {
+        return Err(ApiError::not_found("metrics are not recorded in this process"));
+    };
+    state.broker.refresh_gauges().await?;
+    handle.run_upkeep();
+    let content_type = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+    Ok((content_type, handle.render()).into_response())
+}
