@@ -10,7 +10,7 @@
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
 //! - [`connect`]: gateway credentials and `psql` through the gateway;
-//! - [`report`]: the standing-privilege report;
+//! - [`report`]: `airlock report` (summary, user and resource stories) and the standing-privilege report;
 //! - [`remote_authority`]: the broker over its API, for `airlock gateway`;
 //! - [`output`]: tables and JSON for people and scripts.
 //!
