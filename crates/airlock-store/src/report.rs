@@ -50,17 +50,9 @@ impl Store {
         until_ms: i64,
         scope: ReportScope<'_>,
     ) -> Result<Vec<AccessRequest>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, body FROM requests WHERE created_ms >= ?1 AND created_ms < ?2
-               AND (?3 IS NULL OR requester = ?3) AND (?4 IS NULL OR resource = ?4)",
-        )
-        .bind(since_ms)
-        .bind(until_ms)
-        .bind(scope.user)
-        .bind(scope.resource)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::body).collect()
+        let sql = "SELECT id, body FROM requests WHERE created_ms >= ?1 AND created_ms < ?2
+               AND (?3 IS NULL OR requester = ?3) AND (?4 IS NULL OR resource = ?4)";
+        self.bodies_in_window(sql, since_ms, until_ms, scope).await
     }
 
     /// Grants given before `until_ms` that were to last past `since_ms`, in `scope`.
@@ -70,16 +62,26 @@ impl Store {
         until_ms: i64,
         scope: ReportScope<'_>,
     ) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, body FROM grants WHERE starts_ms < ?2 AND ends_ms > ?1
-               AND (?3 IS NULL OR holder = ?3) AND (?4 IS NULL OR resource = ?4)",
-        )
-        .bind(since_ms)
-        .bind(until_ms)
-        .bind(scope.user)
-        .bind(scope.resource)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = "SELECT id, body FROM grants WHERE starts_ms < ?2 AND ends_ms > ?1
+               AND (?3 IS NULL OR holder = ?3) AND (?4 IS NULL OR resource = ?4)";
+        self.bodies_in_window(sql, since_ms, until_ms, scope).await
+    }
+
+    /// The bodies `sql` selects, given the window (`?1`, `?2`) and the scope (`?3`, `?4`).
+    async fn bodies_in_window<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &'static str,
+        since_ms: i64,
+        until_ms: i64,
+        scope: ReportScope<'_>,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = sqlx::query(sql)
+            .bind(since_ms)
+            .bind(until_ms)
+            .bind(scope.user)
+            .bind(scope.resource)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(rows::body).collect()
     }
 

@@ -244,31 +244,26 @@ pub struct ReportWindow {
     pub csv: bool,
 }
 
+/// Whose story, over which window.
+#[derive(Debug, Clone, Args)]
+pub struct StoryArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub window: ReportWindow,
+    /// List at most this many statements per grant (the counts are always whole).
+    #[arg(long, default_value_t = 100)]
+    pub statements: u32,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
     /// Everything a user asked for, was given and did: each request with its reasons and
     /// approvals, each grant with its sessions and statements, and the reviews they gave.
-    User {
-        name: String,
-        #[command(flatten)]
-        window: ReportWindow,
-        /// List at most this many statements per grant (the counts are always whole).
-        #[arg(long, default_value_t = 100)]
-        statements: u32,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    User(StoryArgs),
     /// Everything done on a resource: each request, grant, session and statement.
-    Resource {
-        name: String,
-        #[command(flatten)]
-        window: ReportWindow,
-        /// List at most this many statements per grant (the counts are always whole).
-        #[arg(long, default_value_t = 100)]
-        statements: u32,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    Resource(StoryArgs),
     /// Database privileges no live grant explains: superusers, permanent members of the mapped
     /// roles, per-grant roles whose grant ended (exit 1 when there are any).
     Standing {
@@ -371,12 +366,8 @@ pub async fn run(cli: Cli) -> Outcome {
 
 async fn report_command(command: ReportCommand) -> Outcome {
     match command {
-        ReportCommand::User { name, window, statements, remote } => {
-            report::story(&remote, &window, "user", &name, statements).await
-        }
-        ReportCommand::Resource { name, window, statements, remote } => {
-            report::story(&remote, &window, "resource", &name, statements).await
-        }
+        ReportCommand::User(story) => report::story(&story, "user").await,
+        ReportCommand::Resource(story) => report::story(&story, "resource").await,
         ReportCommand::Standing { files, json } => report::standing_privileges(&files, json).await,
     }
 }

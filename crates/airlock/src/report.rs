@@ -13,7 +13,7 @@ use airlock_postgres::standing::{Finding, standing};
 use anyhow::{Context, anyhow};
 use time::OffsetDateTime;
 
-use crate::cli::{Files, Remote, ReportWindow};
+use crate::cli::{Files, Remote, ReportWindow, StoryArgs};
 use crate::client::{Client, time_query};
 use crate::local::open_broker;
 use crate::output::{self, remaining, when};
@@ -34,7 +34,8 @@ pub async fn summary(remote: &Remote, window: &ReportWindow) -> Outcome {
 }
 
 /// `airlock report user NAME` and `airlock report resource NAME`.
-pub async fn story(remote: &Remote, window: &ReportWindow, kind: &str, name: &str, statements: u32) -> Outcome {
+pub async fn story(args: &StoryArgs, kind: &str) -> Outcome {
+    let StoryArgs { name, window, statements, remote } = args;
     let query = time_query(window.since, window.until, &[("statements", statements.to_string())])?;
     let path = format!("/v1/reports/{kind}s/{name}{query}");
     let story: Story = Client::new(remote)?.get(&path).await?;
