@@ -154,7 +154,7 @@ pub struct Broker {
     store: Store,
     policies: Arc<PolicyBundle>,
     clock: Arc<dyn Clock>,
-    settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
     /// Woken whenever a new deadline appears, so the scheduler can sleep until the next one.
     deadlines: Arc<Notify>,
     /// Bumped whenever a grant starts or ends in this process, so connectors act at once.

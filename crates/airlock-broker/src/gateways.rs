@@ -59,8 +59,21 @@ impl Broker {
         if let Some(event) = events.iter().find(|event| !observed_by_gateways(event.kind)) {
             return Err(BrokerError::GatewayEvents(format!("a gateway does not record `{}`", event.kind.as_str())));
         }
+        if let Some(event) = events.iter().find(|event| !ids_well_formed(&event.details)) {
+            let kind = event.kind.as_str();
+            return Err(BrokerError::GatewayEvents(format!("`{kind}`: `grant` and `session` must be UUID strings")));
+        }
         self.record(events).await
     }
+}
+
+/// Whether the ids reports find records by are, when present, UUID strings: a record is kept
+/// forever, so one that misleads reports must not get in.
+fn ids_well_formed(details: &serde_json::Value) -> bool {
+    ["grant", "session"].iter().all(|field| match details.get(field) {
+        None => true,
+        Some(value) => value.as_str().is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()),
+    })
 }
 
 fn observed_by_gateways(kind: EventKind) -> bool {
@@ -72,4 +85,21 @@ fn observed_by_gateways(kind: EventKind) -> bool {
             | EventKind::StatementExecuted
             | EventKind::StatementRefused
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::ids_well_formed;
+
+    #[test]
+    fn records_that_would_mislead_reports_are_refused() {
+        let id = "0197a8f3-6a3e-7c3d-9a51-2f0d5b8c4e11";
+        assert!(ids_well_formed(&json!({ "grant": id, "session": id })));
+        assert!(ids_well_formed(&json!({ "reason": "no ids at all" })));
+        assert!(!ids_well_formed(&json!({ "grant": id, "session": 7 })));
+        assert!(!ids_well_formed(&json!({ "grant": { "id": id } })));
+        assert!(!ids_well_formed(&json!({ "grant": "not-a-uuid" })));
+    }
 }

@@ -104,7 +104,11 @@ impl Broker {
             })
             .collect();
         let reviewed = match &of {
-            StoryOf::User(_) => self.store().requests_made(since, until, ReportScope::default()).await?,
+            StoryOf::User(_) => {
+                // A request can be reviewed until it expires unreviewed.
+                let reviewable_since = unix_ms(window.since - self.settings.pending_ttl.as_time());
+                self.store().requests_made(reviewable_since, until, ReportScope::default()).await?
+            }
             StoryOf::Resource(_) => Vec::new(),
         };
         let facts = StoryFacts { requests, grants, activity: activity.grants, refused, reviewed };

@@ -12,7 +12,11 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Authenticated;
 
-/// Installs the process's Prometheus recorder; its handle renders `/metrics`.
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the process's Prometheus recorder (on the current Tokio runtime, which also runs its
+/// upkeep); its handle renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     let mut builder = PrometheusBuilder::new();
     for (name, buckets) in airlock_broker::metrics::BUCKETS {
@@ -20,6 +24,15 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     }
     let handle = builder.install_recorder()?;
     airlock_broker::metrics::describe();
+    // Without upkeep, histogram samples pile up between scrapes (or forever, when none come).
+    let upkept = handle.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            ticks.tick().await;
+            upkept.run_upkeep();
+        }
+    });
     Ok(handle)
 }
 

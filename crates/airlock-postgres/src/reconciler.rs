@@ -140,6 +140,8 @@ pub struct Pass {
 
 /// How often the standing privileges of each target are read.
 pub const STANDING_EVERY: Duration = Duration::from_secs(300);
+/// How long reading one target's standing privileges may take before it is left for next time.
+const STANDING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Keeps every target's per-grant roles equal to the live grants.
 pub struct Reconciler {
@@ -209,10 +211,14 @@ impl Reconciler {
     pub async fn record_standing(&self) -> Result<(), ReconcileError> {
         let live = self.broker.live_grants().await?;
         for target in &self.targets {
-            let mut findings = match standing(target, &live).await {
-                Ok(findings) => findings,
-                Err(error) => {
+            let mut findings = match tokio::time::timeout(STANDING_TIMEOUT, standing(target, &live)).await {
+                Ok(Ok(findings)) => findings,
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "standing privileges not read");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(resource = %target.resource, "standing privileges not read in time");
                     continue;
                 }
             };
@@ -222,8 +228,12 @@ impl Reconciler {
                 continue;
             }
             let details = json!({ "resource": target.resource, "count": findings.len(), "findings": findings });
-            self.broker.record_target_event(EventKind::TargetStanding, details).await?;
-            recorded.insert(target.resource.clone(), findings);
+            match self.broker.record_target_event(EventKind::TargetStanding, details).await {
+                Ok(()) => {
+                    recorded.insert(target.resource.clone(), findings);
+                }
+                Err(error) => tracing::warn!(%error, "standing privileges not recorded"),
+            }
         }
         Ok(())
     }
@@ -274,8 +284,11 @@ impl Reconciler {
     async fn measure_revocation(&self, name: &str) {
         let Some(grant) = grant_of_role(name) else { return };
         let Ok(Some(grant)) = self.broker.store().grant(&grant.to_string()).await else { return };
-        if let Some(ended) = airlock_core::report::ended_at(&grant) {
-            airlock_broker::metrics::revoked_after((self.broker.clock().now() - ended).as_seconds_f64());
+        let now = self.broker.clock().now();
+        // A grant past its end may still be `active` until the scheduler's sweep commits.
+        let ended = airlock_core::report::ended_at(&grant).or_else(|| (!grant.is_live(now)).then_some(grant.ends_at));
+        if let Some(ended) = ended {
+            airlock_broker::metrics::revoked_after((now - ended).as_seconds_f64());
         }
     }
 

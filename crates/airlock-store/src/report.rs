@@ -33,7 +33,8 @@ const GRANT_RECORDS: &str = "SELECT seq, chain_id, prev_hash, hash, at_ms, kind,
 
 /// Executed statements about some grants (`?1`, a JSON array of ids), counted by session.
 const STATEMENT_COUNTS: &str = "SELECT json_extract(details, '$.grant') AS grant_id,
-        json_extract(details, '$.session') AS session, count(*) AS n, max(at_ms) AS last_at_ms
+        CASE WHEN json_type(details, '$.session') = 'text' THEN json_extract(details, '$.session') END AS session,
+        count(*) AS n, max(at_ms) AS last_at_ms
      FROM audit_events
      WHERE json_extract(details, '$.grant') IN (SELECT value FROM json_each(?1)) AND kind = 'statement.executed'
      GROUP BY 1, 2";
@@ -124,7 +125,7 @@ impl Store {
             .iter()
             .map(|row| StatementCount {
                 grant: row.get("grant_id"),
-                session: row.get::<Option<String>, _>("session").unwrap_or_default(),
+                session: row.try_get::<Option<String>, _>("session").ok().flatten().unwrap_or_default(),
                 count: row.get("n"),
                 last_at_ms: row.get("last_at_ms"),
             })

@@ -36,6 +36,12 @@ pub async fn summary(remote: &Remote, window: &ReportWindow) -> Outcome {
 /// `airlock report user NAME` and `airlock report resource NAME`.
 pub async fn story(args: &StoryArgs, kind: &str) -> Outcome {
     let StoryArgs { name, window, statements, remote } = args;
+    // Checked here so that the name can only ever be one path segment.
+    let checked = match kind {
+        "user" => airlock_core::ids::UserName::parse(name).map(|_| ()),
+        _ => airlock_core::ids::ResourceName::parse(name).map(|_| ()),
+    };
+    checked.map_err(|e| anyhow!("{e}"))?;
     let query = time_query(window.since, window.until, &[("statements", statements.to_string())])?;
     let path = format!("/v1/reports/{kind}s/{name}{query}");
     let story: Story = Client::new(remote)?.get(&path).await?;
@@ -180,12 +186,18 @@ fn print_summary(s: &Summary) {
     }
 }
 
+/// A cell a spreadsheet will not run as a formula: recorded text (statements, reasons, comments)
+/// is whatever users typed, so a leading `=`, `+`, `-`, `@`, tab or carriage return gets a `'`.
+fn inert(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{cell}") } else { cell.to_owned() }
+}
+
 /// Writes CSV rows to standard output.
 fn write_csv(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Outcome {
     let mut out = csv::Writer::from_writer(std::io::stdout().lock());
     out.write_record(header).context("cannot write to standard output")?;
     for row in rows {
-        out.write_record(&row).context("cannot write to standard output")?;
+        out.write_record(row.iter().map(|cell| inert(cell))).context("cannot write to standard output")?;
     }
     out.flush().context("cannot write to standard output")?;
     Ok(())
@@ -302,7 +314,7 @@ fn print_grant(g: &GrantStory) {
         for line in &s.lines {
             println!("      {}  {}  [{}]", when(line.at), line.text, statement_summary(line));
         }
-        let unlisted = s.statements + s.refused_statements - s.lines.len() as u64;
+        let unlisted = (s.statements + s.refused_statements).saturating_sub(s.lines.len() as u64);
         if unlisted > 0 {
             println!("      … {unlisted} more (raise --statements, or use `airlock audit export`)");
         }
@@ -329,7 +341,7 @@ fn print_story(story: &Story) {
         println!(
             "  {how} {} (policies {})",
             q.decision.policies.join(", "),
-            &q.decision.policy_version[..12.min(q.decision.policy_version.len())]
+            q.decision.policy_version.chars().take(12).collect::<String>()
         );
         for a in &q.approvals {
             println!(
@@ -471,5 +483,20 @@ pub async fn standing_privileges(files: &Files, json: bool) -> Outcome {
     match findings.len() {
         0 => Ok(()),
         n => Err(Failure::Refused(format!("{n} standing privilege(s) no live grant explains"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inert;
+
+    #[test]
+    fn recorded_text_never_becomes_a_spreadsheet_formula() {
+        assert_eq!(inert("=HYPERLINK(\"http://x\")"), "'=HYPERLINK(\"http://x\")");
+        for cell in ["+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(inert(cell).starts_with('\''), "{cell}");
+        }
+        assert_eq!(inert("SELECT 1"), "SELECT 1");
+        assert_eq!(inert("2026-11-23T10:00:00Z"), "2026-11-23T10:00:00Z");
     }
 }

@@ -85,7 +85,8 @@ pub struct StoryFacts {
     pub grants: Vec<Grant>,
     pub activity: HashMap<GrantId, GrantActivity>,
     pub refused: Vec<RefusedRequest>,
-    /// Requests made in the window that anyone reviewed (for a user's reviews).
+    /// Requests that may have been reviewed in the window: made in it, or so shortly before that
+    /// they were still pending (for a user's reviews).
     pub reviewed: Vec<AccessRequest>,
 }
 
@@ -114,8 +115,8 @@ fn grant_story(grant: Grant, activity: Option<GrantActivity>) -> GrantStory {
     }
 }
 
-/// The reviews `reviewer` gave among `requests`.
-fn reviews_by(reviewer: &str, requests: &[AccessRequest]) -> Vec<ReviewGiven> {
+/// The reviews `reviewer` gave among `requests`, during `window`.
+fn reviews_by(reviewer: &str, requests: &[AccessRequest], window: &Window) -> Vec<ReviewGiven> {
     let mut reviews = Vec::new();
     for r in requests {
         let given = |verdict: &str, comment: Option<String>, at| ReviewGiven {
@@ -136,6 +137,7 @@ fn reviews_by(reviewer: &str, requests: &[AccessRequest]) -> Vec<ReviewGiven> {
             reviews.push(given("denied", closure.reason.clone(), closure.at));
         }
     }
+    reviews.retain(|r| window.contains(r.at));
     reviews.sort_by_key(|r| r.at);
     reviews
 }
@@ -155,6 +157,6 @@ pub fn story(subject: Subject, window: Window, facts: StoryFacts, now: OffsetDat
             RequestStory { request, grant }
         })
         .collect();
-    let reviews_given = if subject.kind == "user" { reviews_by(&subject.name, &reviewed) } else { Vec::new() };
+    let reviews_given = if subject.kind == "user" { reviews_by(&subject.name, &reviewed, &window) } else { Vec::new() };
     Story { subject, window, generated_at: now, requests, refused_requests: refused, reviews_given }
 }
