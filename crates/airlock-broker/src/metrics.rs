@@ -9,6 +9,7 @@
 //! registry. Gauges that the database knows better (active grants, the chain's head, the
 //! newest checkpoint) are read at each scrape ([`Broker::refresh_gauges`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use airlock_core::audit::{AuditEvent, EventKind, unix_ms};
@@ -87,25 +88,37 @@ pub(crate) struct CommitMetrics;
 impl ObserveCommits for CommitMetrics {
     fn committed(&self, events: &[AuditEvent], took: Duration) {
         metrics::histogram!(AUDIT_APPEND).record(took.as_secs_f64());
+        // A gateway's batch is mostly one kind: one counter update per kind, not per record.
+        let mut by_kind: HashMap<EventKind, u64> = HashMap::new();
         for event in events {
-            metrics::counter!(AUDIT_RECORDS, "kind" => event.kind.as_str()).increment(1);
-            let outcome = match event.kind {
-                EventKind::RequestCreated => "created",
-                EventKind::RequestRefused => "refused",
-                EventKind::RequestApproved => approved(event),
-                EventKind::RequestDenied => "denied",
-                EventKind::RequestCancelled => "cancelled",
-                EventKind::RequestExpired => "expired",
-                EventKind::GrantExpired | EventKind::GrantRevoked => {
-                    let how = if event.kind == EventKind::GrantExpired { "expired" } else { "revoked" };
-                    metrics::counter!(GRANTS_ENDED, "how" => how).increment(1);
-                    continue;
+            *by_kind.entry(event.kind).or_default() += 1;
+            match event.kind {
+                EventKind::GrantExpired => metrics::counter!(GRANTS_ENDED, "how" => "expired").increment(1),
+                EventKind::GrantRevoked => metrics::counter!(GRANTS_ENDED, "how" => "revoked").increment(1),
+                _ => {
+                    if let Some(outcome) = request_outcome(event) {
+                        metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
+                    }
                 }
-                _ => continue,
-            };
-            metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
+            }
+        }
+        for (kind, count) in by_kind {
+            metrics::counter!(AUDIT_RECORDS, "kind" => kind.as_str()).increment(count);
         }
     }
+}
+
+/// What became of a request, if `event` says.
+fn request_outcome(event: &AuditEvent) -> Option<&'static str> {
+    Some(match event.kind {
+        EventKind::RequestCreated => "created",
+        EventKind::RequestRefused => "refused",
+        EventKind::RequestApproved => approved(event),
+        EventKind::RequestDenied => "denied",
+        EventKind::RequestCancelled => "cancelled",
+        EventKind::RequestExpired => "expired",
+        _ => return None,
+    })
 }
 
 /// `approved` or `auto_approved`; a people's approval also records its time to approve.
@@ -145,7 +158,7 @@ impl Broker {
     /// Sets the gauges the database knows: active grants, the chain's head, the newest checkpoint.
     pub async fn refresh_gauges(&self) -> Result<(), BrokerError> {
         let store = self.store();
-        metrics::gauge!(ACTIVE_GRANTS).set(store.active_grants().await?.len() as f64);
+        metrics::gauge!(ACTIVE_GRANTS).set(store.active_grant_count().await? as f64);
         let head = store.audit_head(BROKER_CHAIN).await?;
         metrics::gauge!(AUDIT_HEAD).set(head.seq as f64);
         if let Some(checkpoint) = store.latest_checkpoint(BROKER_CHAIN).await? {

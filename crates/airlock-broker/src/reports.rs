@@ -118,7 +118,8 @@ impl Broker {
     /// Grants in `scope` that gave access during `window`.
     async fn grants_in(&self, window: &Window, scope: ReportScope<'_>) -> Result<Vec<Grant>, BrokerError> {
         let mut grants = self.store().grants_overlapping(unix_ms(window.since), unix_ms(window.until), scope).await?;
-        grants.retain(|g| window.overlaps(g.starts_at, ended_at(g).unwrap_or(g.ends_at)));
+        let now = self.clock().now();
+        grants.retain(|g| window.overlaps(g.starts_at, ended_at(g, now).unwrap_or(g.ends_at)));
         Ok(grants)
     }
 

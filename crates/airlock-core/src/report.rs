@@ -37,16 +37,17 @@ impl Window {
 
     /// How long, inside the window, `grant` gave access (until `now` while it is active).
     pub fn held(&self, grant: &Grant, now: OffsetDateTime) -> time::Duration {
-        let ended = ended_at(grant).unwrap_or(now.min(grant.ends_at));
+        let ended = ended_at(grant, now).unwrap_or(now);
         let (from, to) = (grant.starts_at.max(self.since), ended.min(self.until));
         (to - from).max(time::Duration::ZERO)
     }
 }
 
-/// When a grant's access ended: its revocation, or the end it was given. `None` while active.
-pub fn ended_at(grant: &Grant) -> Option<OffsetDateTime> {
+/// When a grant's access ended, as of `now`: its revocation, or the end it was given — also for
+/// a grant past its end that the scheduler has not swept yet. `None` while it is live.
+pub fn ended_at(grant: &Grant, now: OffsetDateTime) -> Option<OffsetDateTime> {
     match grant.state {
-        GrantState::Active => None,
+        GrantState::Active => (now >= grant.ends_at).then_some(grant.ends_at),
         GrantState::Expired => Some(grant.ends_at),
         GrantState::Revoked => Some(grant.closure.as_ref().map_or(grant.ends_at, |c| c.at.min(grant.ends_at))),
     }
@@ -92,14 +93,14 @@ pub struct GrantLine {
 }
 
 impl GrantLine {
-    pub fn new(grant: &Grant) -> Self {
+    pub fn new(grant: &Grant, now: OffsetDateTime) -> Self {
         Self {
             grant: grant.id,
             holder: grant.holder.clone(),
             resource: grant.resource.clone(),
             role: grant.role.clone(),
             starts_at: grant.starts_at,
-            ended_at: ended_at(grant),
+            ended_at: ended_at(grant, now),
         }
     }
 }

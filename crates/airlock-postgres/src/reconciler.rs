@@ -285,9 +285,7 @@ impl Reconciler {
         let Some(grant) = grant_of_role(name) else { return };
         let Ok(Some(grant)) = self.broker.store().grant(&grant.to_string()).await else { return };
         let now = self.broker.clock().now();
-        // A grant past its end may still be `active` until the scheduler's sweep commits.
-        let ended = airlock_core::report::ended_at(&grant).or_else(|| (!grant.is_live(now)).then_some(grant.ends_at));
-        if let Some(ended) = ended {
+        if let Some(ended) = airlock_core::report::ended_at(&grant, now) {
             airlock_broker::metrics::revoked_after((now - ended).as_seconds_f64());
         }
     }

@@ -233,6 +233,11 @@ impl Store {
         rows.iter().map(rows::body).collect()
     }
 
+    /// How many grants are in state `active` (some may be past their end until the next sweep).
+    pub async fn active_grant_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM grants WHERE state = 'active'").fetch_one(&self.pool).await?)
+    }
+
     /// The earliest time something is due: a pending request's expiry or an active grant's end.
     pub async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let ms: Option<i64> = sqlx::query_scalar(

@@ -129,60 +129,40 @@ fn print_summary(s: &Summary) {
     println!("{t}");
     let d = &s.deviations;
     println!("\nDEVIATIONS");
-    println!("statements refused by guardrails: {}", d.guardrail_refusals.len());
-    if !d.guardrail_refusals.is_empty() {
-        let mut t = output::table(&["at", "user", "resource", "grant", "statement", "refusal"]);
-        for f in &d.guardrail_refusals {
-            let row = [
-                when(f.at),
-                f.user.clone(),
-                f.resource.clone(),
-                f.grant.to_string(),
-                f.text.clone(),
-                f.refusal.clone(),
-            ];
-            t.add_row(row.to_vec());
-        }
-        println!("{t}");
-    }
+    let refusals = d.guardrail_refusals.iter().map(|f| {
+        vec![when(f.at), f.user.clone(), f.resource.clone(), f.grant.to_string(), f.text.clone(), f.refusal.clone()]
+    });
+    listing("statements refused by guardrails", &["at", "user", "resource", "grant", "statement", "refusal"], refusals);
     let grant_header = ["grant", "holder", "resource", "role", "ended"];
-    println!("grants never used: {}", d.unused_grants.len());
-    if !d.unused_grants.is_empty() {
-        let mut t = output::table(&grant_header);
-        for g in &d.unused_grants {
-            t.add_row(grant_row(g));
+    listing("grants never used", &grant_header, d.unused_grants.iter().map(grant_row));
+    let late = d.used_after_end.iter().map(|late| {
+        let mut row = grant_row(&late.grant);
+        row.extend([when(late.last_use_at), took(late.after_end_ms)]);
+        row
+    });
+    listing("grants used after their end", &[&grant_header[..], &["last use", "after end"]].concat(), late);
+    let unconfirmed = d.unconfirmed_revocations.iter().map(|u| {
+        let mut row = grant_row(&u.grant);
+        row.push(u.missing.join("; "));
+        row
+    });
+    listing("revocations not confirmed", &[&grant_header[..], &["missing"]].concat(), unconfirmed);
+    let standing = s.standing.iter().map(|f| {
+        vec![f.resource.clone(), f.database_role.clone(), f.kind.clone(), f.detail.clone(), when(f.observed_at)]
+    });
+    let header = ["resource", "database role", "finding", "detail", "observed"];
+    listing("\nSTANDING PRIVILEGES (the connector's latest findings)", &header, standing);
+}
+
+/// `TITLE: N`, then the N rows as a table when there are any.
+fn listing(title: &str, header: &[&str], rows: impl ExactSizeIterator<Item = Vec<String>>) {
+    println!("{title}: {}", rows.len());
+    if rows.len() > 0 {
+        let mut table = output::table(header);
+        for row in rows {
+            table.add_row(row);
         }
-        println!("{t}");
-    }
-    println!("grants used after their end: {}", d.used_after_end.len());
-    if !d.used_after_end.is_empty() {
-        let mut t = output::table(&[&grant_header[..], &["last use", "after end"]].concat());
-        for late in &d.used_after_end {
-            let mut row = grant_row(&late.grant);
-            row.extend([when(late.last_use_at), took(late.after_end_ms)]);
-            t.add_row(row);
-        }
-        println!("{t}");
-    }
-    println!("revocations not confirmed: {}", d.unconfirmed_revocations.len());
-    if !d.unconfirmed_revocations.is_empty() {
-        let mut t = output::table(&[&grant_header[..], &["missing"]].concat());
-        for u in &d.unconfirmed_revocations {
-            let mut row = grant_row(&u.grant);
-            row.push(u.missing.join("; "));
-            t.add_row(row);
-        }
-        println!("{t}");
-    }
-    println!("\nSTANDING PRIVILEGES (the connector's latest findings): {}", s.standing.len());
-    if !s.standing.is_empty() {
-        let mut t = output::table(&["resource", "database role", "finding", "detail", "observed"]);
-        for f in &s.standing {
-            let row =
-                [f.resource.clone(), f.database_role.clone(), f.kind.clone(), f.detail.clone(), when(f.observed_at)];
-            t.add_row(row.to_vec());
-        }
-        println!("{t}");
+        println!("{table}");
     }
 }
 
@@ -203,49 +183,29 @@ fn write_csv(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Ou
     Ok(())
 }
 
+fn json_of<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("report documents serialise")
+}
+
 fn summary_csv(s: &Summary) -> Outcome {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut add = |section: &str, subject: &str, measure: &str, value: String| {
         rows.push(vec![section.into(), subject.into(), measure.into(), value]);
     };
-    let share = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.4}"));
-    let r = &s.requests;
     add("window", "", "since", when(s.window.since));
     add("window", "", "until", when(s.window.until));
-    for (measure, value) in [
-        ("made", r.made),
-        ("refused_by_policy", r.refused_by_policy),
-        ("auto_approved", r.auto_approved),
-        ("approved_by_people", r.approved_by_people),
-        ("denied", r.denied),
-        ("expired_unreviewed", r.expired_unreviewed),
-        ("cancelled", r.cancelled),
-        ("pending", r.pending),
-    ] {
-        add("requests", "", measure, value.to_string());
-    }
-    add("requests", "", "auto_approved_share", share(r.auto_approved_share));
-    add("requests", "", "refused_rate", share(r.refused_rate));
-    add("requests", "", "challenged_rate", share(r.challenged_rate));
-    for (section, spread) in [("time_to_approve", &s.time_to_approve), ("time_to_revoke", &s.time_to_revoke)] {
-        add(section, "", "count", spread.count.to_string());
-        for (measure, value) in [("p50_ms", spread.p50_ms), ("p90_ms", spread.p90_ms), ("max_ms", spread.max_ms)] {
-            add(section, "", measure, value.map_or_else(String::new, |v| v.to_string()));
+    // Each figure under its JSON name, so the CSV and `--json` never disagree.
+    let mut figures = |section: &str, subject: &str, value: serde_json::Value| {
+        for (measure, value) in value.as_object().into_iter().flatten().filter(|(name, _)| *name != "name") {
+            add(section, subject, measure, if value.is_null() { String::new() } else { value.to_string() });
         }
-    }
+    };
+    figures("requests", "", json_of(&s.requests));
+    figures("time_to_approve", "", json_of(&s.time_to_approve));
+    figures("time_to_revoke", "", json_of(&s.time_to_revoke));
     for (section, lines) in [("by_resource", &s.by_resource), ("by_user", &s.by_user)] {
-        for l in lines {
-            for (measure, value) in [
-                ("grants", l.grants),
-                ("users", l.users),
-                ("resources", l.resources),
-                ("held_seconds", l.held_seconds),
-                ("sessions", l.sessions),
-                ("statements", l.statements),
-                ("refused_statements", l.refused_statements),
-            ] {
-                add(section, &l.name, measure, value.to_string());
-            }
+        for line in lines {
+            figures(section, &line.name, json_of(line));
         }
     }
     for b in &s.by_duration {

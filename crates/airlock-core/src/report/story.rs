@@ -90,9 +90,9 @@ pub struct StoryFacts {
     pub reviewed: Vec<AccessRequest>,
 }
 
-fn grant_story(grant: Grant, activity: Option<GrantActivity>) -> GrantStory {
+fn grant_story(grant: Grant, activity: Option<GrantActivity>, now: OffsetDateTime) -> GrantStory {
     let activity = activity.unwrap_or_default();
-    let ended = ended_at(&grant);
+    let ended = ended_at(&grant, now);
     let revoked_in_ms = match ended.map(|end| activity.revocation(end)) {
         Some(Revocation::Took(ms)) => Some(ms),
         _ => None,
@@ -152,7 +152,7 @@ pub fn story(subject: Subject, window: Window, facts: StoryFacts, now: OffsetDat
         .map(|request| {
             let grant = grants.remove(&request.id).map(|g| {
                 let a = activity.remove(&g.id);
-                grant_story(g, a)
+                grant_story(g, a, now)
             });
             RequestStory { request, grant }
         })

@@ -288,25 +288,25 @@ pub fn summary(window: Window, facts: Facts, now: OffsetDateTime) -> Summary {
     };
     let mut revoke_times = Vec::new();
     for grant in &grants {
-        let Some(ended) = ended_at(grant) else { continue };
+        let Some(ended) = ended_at(grant, now) else { continue };
         let grant_activity = activity.get(&grant.id);
         if window.contains(ended) {
             match grant_activity.map_or(Revocation::NothingToTakeAway, |a| a.revocation(ended)) {
                 Revocation::Took(ms) => revoke_times.push(ms),
                 Revocation::Missing(missing) => {
-                    deviations.unconfirmed_revocations.push(Unconfirmed { grant: GrantLine::new(grant), missing });
+                    deviations.unconfirmed_revocations.push(Unconfirmed { grant: GrantLine::new(grant, now), missing });
                 }
                 Revocation::NothingToTakeAway => {}
             }
         }
         let used = grant_activity.is_some_and(|a| a.sessions.values().any(|s| s.started_at.is_some()));
         if !used && gateway_resources.contains(&grant.resource) {
-            deviations.unused_grants.push(GrantLine::new(grant));
+            deviations.unused_grants.push(GrantLine::new(grant, now));
         }
         if let Some(last) = grant_activity.and_then(GrantActivity::last_use)
             && last > ended + LATE_USE_GRACE
         {
-            let grant = GrantLine::new(grant);
+            let grant = GrantLine::new(grant, now);
             deviations.used_after_end.push(LateUse {
                 grant,
                 last_use_at: last,
