@@ -158,7 +158,7 @@ async fn turn_away<A: Authority>(
     shared.recorder.record(AuditEvent { kind: EventKind::SessionRefused, actor: actor.to_owned(), at, details }).await;
     let mut out = BytesMut::new();
     wire::error_response(&mut out, Severity::Fatal, refused.sqlstate, &refused.message);
-    let _ = client.write_all(&out).await;
+    let _ = wire::send(&mut client, &out).await;
     let _ = client.shutdown().await;
 }
 
@@ -201,7 +201,7 @@ where
     }
     let mut out = BytesMut::new();
     wire::authentication(&mut out, 3);
-    client.write_all(&out).await.map_err(|_| None)?;
+    wire::send(client, &out).await.map_err(|_| None)?;
     let frame = match wire::read_frame(client, PASSWORD_LIMIT).await {
         Ok(frame) if tag(&frame) == b'p' => frame,
         Ok(_) => return Err(Some(refuse("08P01", "expected a password message"))),
@@ -407,12 +407,12 @@ async fn greet<S: AsyncWrite + Unpin>(
                 }
                 b'Z' => {
                     out.unsplit(frame);
-                    client.write_all(&out).await?;
+                    wire::send(client, &out).await?;
                     return Ok(Some((backend.0, backend.1, input)));
                 }
                 b'E' => {
                     out.unsplit(frame);
-                    client.write_all(&out).await?;
+                    wire::send(client, &out).await?;
                     return Ok(None);
                 }
                 _ => out.unsplit(frame),

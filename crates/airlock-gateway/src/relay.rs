@@ -360,7 +360,7 @@ async fn client_to_target(
             session.recorder.record(session.event(EventKind::StatementRefused, details)).await;
         }
         if !out.is_empty()
-            && let Err(error) = target.write_all(&out).await
+            && let Err(error) = wire::send(target, &out).await
         {
             return Ending::Broken(format!("writing to the database: {error}"));
         }
@@ -466,7 +466,7 @@ async fn target_to_client(
         for event in events {
             session.recorder.record(event).await;
         }
-        if let Err(error) = client.write_all(&out).await {
+        if let Err(error) = wire::send(client, &out).await {
             return Ending::Broken(format!("writing to the client: {error}"));
         }
     };
@@ -475,7 +475,7 @@ async fn target_to_client(
     {
         let mut out = BytesMut::new();
         wire::error_response(&mut out, Severity::Fatal, sqlstate, &message);
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&out)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), wire::send(client, &out)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
     ending
@@ -594,7 +594,70 @@ fn rows_of(tag: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
     use super::*;
+    use crate::authority::{Authority, AuthorityError, LiveGrant};
+
+    /// A broker that cannot be reached: the relay below records nothing.
+    #[derive(Clone)]
+    struct Unreachable;
+
+    impl Authority for Unreachable {
+        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
+            Err(AuthorityError("unreachable".into()))
+        }
+        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
+            Err(AuthorityError("unreachable".into()))
+        }
+        fn grant_changes(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn record(&self, _: &[AuditEvent]) -> Result<(), AuthorityError> {
+            Err(AuthorityError("unreachable".into()))
+        }
+    }
+
+    fn session() -> Session {
+        Session {
+            id: Uuid::from_u128(1),
+            grant: GrantId::from_uuid(Uuid::from_u128(2)),
+            user: "dana".parse().unwrap(),
+            resource: "demo-db".parse().unwrap(),
+            role: "read".parse().unwrap(),
+            allowed: Allowed::default(),
+            guard: Arc::new(Guard::new()),
+            recorder: Recorder::start(Unreachable).0,
+            redact: false,
+            idle_timeout: Duration::from_secs(900),
+            ends_at: Instant::now() + Duration::from_secs(900),
+            marker: "airlock-marker".into(),
+        }
+    }
+
+    /// A TLS stream keeps the tail of a write when the socket is full, until it is flushed: here
+    /// the client's end holds everything until flushed. The database's answer must still arrive
+    /// while the database waits for the client and sends nothing more.
+    #[tokio::test]
+    async fn answers_reach_a_client_whose_stream_holds_writes_until_flushed() {
+        let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+        let (mut target, gateway_target) = tokio::io::duplex(1 << 16);
+        let (client_read, client_write) = tokio::io::split(gateway_client);
+        let (target_read, target_write) = tokio::io::split(gateway_target);
+        let ends = Ends { client_read, client_write: BufWriter::new(client_write), target_read, target_write };
+        let (_cut, mut cut) = watch::channel(None);
+        let relaying = tokio::spawn(async move { relay(&session(), ends, &mut cut).await });
+
+        let ready_for_query = b"Z\0\0\0\x05I";
+        target.write_all(ready_for_query).await.unwrap();
+        let mut received = [0; 6];
+        let arrived = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut received)).await;
+        arrived.expect("the answer reaches the client").unwrap();
+        assert_eq!(&received, ready_for_query);
+        relaying.abort();
+    }
 
     #[test]
     fn row_counts_come_from_command_tags() {

@@ -9,7 +9,7 @@
 //! is larger than is worth holding).
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Frames up to this size are handed over whole; larger pass-through frames are streamed.
 pub const STREAM_ABOVE: usize = 64 * 1024;
@@ -45,6 +45,14 @@ pub enum Startup {
     GssEncryption,
     Cancel { process_id: i32, secret_key: i32 },
     Params(Vec<(String, String)>),
+}
+
+/// Writes all of `bytes` and flushes them. A TLS stream may still hold the tail of a completed
+/// write until it is flushed; a relay that then waits for its peer would never send that tail, and
+/// a client waiting for it would hang.
+pub async fn send(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Reads a startup packet (length, code, body); no message type byte comes first.
