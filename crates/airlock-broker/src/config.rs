@@ -19,6 +19,10 @@
 //! idle_timeout = "15m"        # close sessions idle this long
 //! redact_literals = false     # record statements with literals replaced by $n
 //!
+//! [breakglass]
+//! review_within = "24h"       # a break-glass review still open this long is escalated
+//! reject_bars_holder = true   # a rejected review stops the holder's future break-glass
+//!
 //! [audit]
 //! checkpoint_every = "1s"     # sign the chain's head this often when it moved
 //! checkpoint_every_records = 10000   # and whenever this many records were appended
@@ -60,6 +64,30 @@ pub struct Config {
     pub gateway: Option<GatewaySection>,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub breakglass: BreakGlassSection,
+}
+
+/// What follows an emergency grant: its mandatory review.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassSection {
+    /// A review still open this long after the grant started is escalated and reported.
+    #[serde(default = "default_review_within")]
+    pub review_within: GrantDuration,
+    /// A rejected review bars the holder from break-glass until an administrator lifts the bar.
+    #[serde(default = "yes")]
+    pub reject_bars_holder: bool,
+}
+
+impl Default for BreakGlassSection {
+    fn default() -> Self {
+        Self { review_within: default_review_within(), reject_bars_holder: true }
+    }
+}
+
+fn default_review_within() -> GrantDuration {
+    GrantDuration::from_secs(24 * 3600).expect("24 hours is a valid duration")
 }
 
 /// Signed checkpoints of the audit chain, and where copies of them go.

@@ -76,6 +76,27 @@ pub enum EventKind {
     /// The gateway's guardrails refused a statement; it never reached the target.
     #[serde(rename = "statement.refused")]
     StatementRefused,
+    /// A break-glass grant started at once, without review; its review is now owed.
+    #[serde(rename = "breakglass.used")]
+    BreakGlassUsed,
+    /// Somebody other than the holder accepted or rejected a break-glass grant.
+    #[serde(rename = "breakglass.reviewed")]
+    BreakGlassReviewed,
+    /// A break-glass review stayed open past its time and was escalated.
+    #[serde(rename = "breakglass.review_overdue")]
+    BreakGlassReviewOverdue,
+    /// An incident was opened: playbooks may now pre-approve its responders.
+    #[serde(rename = "incident.opened")]
+    IncidentOpened,
+    /// An incident was closed; every grant tied to it ended with it.
+    #[serde(rename = "incident.closed")]
+    IncidentClosed,
+    /// A notification reached its channel.
+    #[serde(rename = "notification.delivered")]
+    NotificationDelivered,
+    /// A notification could not be delivered, after every retry.
+    #[serde(rename = "notification.failed")]
+    NotificationFailed,
 }
 
 impl EventKind {
@@ -103,6 +124,13 @@ impl EventKind {
             EventKind::SessionEnded => "session.ended",
             EventKind::StatementExecuted => "statement.executed",
             EventKind::StatementRefused => "statement.refused",
+            EventKind::BreakGlassUsed => "breakglass.used",
+            EventKind::BreakGlassReviewed => "breakglass.reviewed",
+            EventKind::BreakGlassReviewOverdue => "breakglass.review_overdue",
+            EventKind::IncidentOpened => "incident.opened",
+            EventKind::IncidentClosed => "incident.closed",
+            EventKind::NotificationDelivered => "notification.delivered",
+            EventKind::NotificationFailed => "notification.failed",
         }
     }
 }

@@ -83,7 +83,7 @@ pub struct Store {
     committed_head: Arc<watch::Sender<i64>>,
     /// What is redacted from audit details before they are chained.
     redaction: Arc<RedactionRules>,
-    observer: Option<CommitObserver>,
+    observers: Arc<[CommitObserver]>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -133,7 +133,7 @@ impl Store {
             writer: Arc::new(Mutex::new(())),
             committed_head: Arc::new(watch::Sender::new(0)),
             redaction: Arc::new(RedactionRules::new(&[], &[]).expect("no rules are valid rules")),
-            observer: None,
+            observers: Arc::new([]),
             _checkpointer: checkpointer,
         };
         store.committed_head.send_replace(store.audit_head(BROKER_CHAIN).await?.seq);
@@ -145,10 +145,10 @@ impl Store {
         self.redaction = Arc::new(rules);
     }
 
-    /// Has `observer` told of every commit that appends audit records, from this handle and the
-    /// handles cloned from it from now on.
+    /// Has `observer` told (after those already observing) of every commit that appends audit
+    /// records, from this handle and the handles cloned from it from now on.
     pub fn observe_commits(&mut self, observer: CommitObserver) {
-        self.observer = Some(observer);
+        self.observers = self.observers.iter().cloned().chain([observer]).collect();
     }
 
     /// Begins a use case's transaction, taking the write lock at once.
@@ -159,7 +159,7 @@ impl Store {
             turn,
             self.committed_head.clone(),
             self.redaction.clone(),
-            self.observer.clone(),
+            self.observers.clone(),
         ))
     }
 

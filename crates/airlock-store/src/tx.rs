@@ -22,7 +22,7 @@ pub struct Tx {
     redaction: Arc<RedactionRules>,
     /// The events appended so far, as chained (redacted), for the commit observer.
     appended: Vec<AuditEvent>,
-    observer: Option<CommitObserver>,
+    observers: Arc<[CommitObserver]>,
     /// This process's write turn, held until the transaction ends.
     _turn: OwnedMutexGuard<()>,
 }
@@ -33,12 +33,12 @@ impl Tx {
         turn: OwnedMutexGuard<()>,
         committed_head: Arc<watch::Sender<i64>>,
         redaction: Arc<RedactionRules>,
-        observer: Option<CommitObserver>,
+        observers: Arc<[CommitObserver]>,
     ) -> Self {
-        Self { inner, head: None, committed_head, redaction, appended: Vec::new(), observer, _turn: turn }
+        Self { inner, head: None, committed_head, redaction, appended: Vec::new(), observers, _turn: turn }
     }
 
-    /// Commits; then, when records were appended, tells the observer what and how long the
+    /// Commits; then, when records were appended, tells the observers what and how long the
     /// commit (its disk sync included) took.
     pub async fn commit(self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
@@ -46,8 +46,11 @@ impl Tx {
         if let Some(head) = self.head {
             self.committed_head.send_replace(head.seq);
         }
-        if let Some(observer) = self.observer.filter(|_| !self.appended.is_empty()) {
-            observer.committed(&self.appended, started.elapsed());
+        if !self.appended.is_empty() {
+            let took = started.elapsed();
+            for observer in self.observers.iter() {
+                observer.committed(&self.appended, took);
+            }
         }
         Ok(())
     }
