@@ -62,7 +62,11 @@ async fn broker(dir: &std::path::Path) -> Broker {
     })
     .expect("the quickstart bundle loads");
     let store = Store::open(dir).await.expect("the store opens");
-    let settings = Settings { pending_ttl: GrantDuration::parse("1h").unwrap(), auditors: Vec::new() };
+    let settings = Settings {
+        pending_ttl: GrantDuration::parse("1h").unwrap(),
+        auditors: Vec::new(),
+        breakglass: Default::default(),
+    };
     Broker::new(store, bundle, Arc::new(SystemClock), settings, load_or_create_key(dir).unwrap())
 }
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use airlock_core::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
+use airlock_core::breakglass::AnswerError;
 use airlock_core::catalog::{Resource, Role};
 use airlock_core::ids::{GrantId, GroupName, RequestId, ResourceName, RoleName, UserName};
 use airlock_core::lifecycle::{AccessRequest, CancelError, Grant, NewRequest, NotActive, OpenError, ReviewError};
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use crate::appender::{AppendError, Appender};
 use crate::bundle::PolicyBundle;
 use crate::clock::Clock;
+use crate::config::{BreakGlassSection, Config};
 use crate::secrets::{self, BrokerKey, SecretError};
 
 /// How an error should be reported: the HTTP edge and the CLI map these to codes.
@@ -47,6 +49,14 @@ pub enum BrokerError {
     GrantNotFound(String),
     #[error("no redacted value with commitment `{0}` can be proven (unknown, or its salt was deleted)")]
     CommitmentNotFound(String),
+    #[error("no break-glass review for grant `{0}`")]
+    ReviewNotFound(String),
+    #[error(
+        "you may not break the glass: a review rejected your break-glass grant `{grant}`; an administrator can lift this (`airlock admin user allow-breakglass`)"
+    )]
+    BreakGlassBarred { grant: String },
+    #[error(transparent)]
+    Answer(#[from] airlock_core::breakglass::AnswerError),
     #[error("user `{0}` not found")]
     UserNotFound(UserName),
     #[error("user `{0}` already exists")]
@@ -91,7 +101,10 @@ impl BrokerError {
             BrokerError::RequestNotFound(_)
             | BrokerError::GrantNotFound(_)
             | BrokerError::UserNotFound(_)
+            | BrokerError::ReviewNotFound(_)
             | BrokerError::CommitmentNotFound(_) => ErrorKind::NotFound,
+            BrokerError::Answer(AnswerError::NotOpen(_)) => ErrorKind::Conflict,
+            BrokerError::Answer(_) | BrokerError::BreakGlassBarred { .. } => ErrorKind::Forbidden,
             BrokerError::Review(ReviewError::OwnRequest | ReviewError::NotAllowed { .. })
             | BrokerError::Cancel(CancelError::NotRequester)
             | BrokerError::AuditForbidden
@@ -132,6 +145,17 @@ pub struct RequestInput {
 pub struct Settings {
     pub pending_ttl: GrantDuration,
     pub auditors: Vec<GroupName>,
+    pub breakglass: BreakGlassSection,
+}
+
+impl From<&Config> for Settings {
+    fn from(config: &Config) -> Self {
+        Self {
+            pending_ttl: config.broker.pending_ttl,
+            auditors: config.broker.auditors.clone(),
+            breakglass: config.breakglass.clone(),
+        }
+    }
 }
 
 /// What ending a user's access did.
@@ -146,6 +170,7 @@ pub struct Disabled {
 pub struct Swept {
     pub requests_expired: usize,
     pub grants_expired: usize,
+    pub reviews_escalated: usize,
 }
 
 /// The broker: policies, store and clock, shared by every HTTP handler and the scheduler.
@@ -197,7 +222,7 @@ impl Broker {
         self.grant_changes.subscribe()
     }
 
-    fn grants_changed(&self) {
+    pub(crate) fn grants_changed(&self) {
         self.grant_changes.send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
@@ -258,7 +283,11 @@ impl Broker {
         }
     }
 
-    fn resource_and_role(&self, resource: &ResourceName, role: &RoleName) -> Result<(&Resource, &Role), BrokerError> {
+    pub(crate) fn resource_and_role(
+        &self,
+        resource: &ResourceName,
+        role: &RoleName,
+    ) -> Result<(&Resource, &Role), BrokerError> {
         let found =
             self.policies.catalog.resource(resource).ok_or_else(|| BrokerError::UnknownResource(resource.clone()))?;
         let role = found
@@ -269,7 +298,13 @@ impl Broker {
     }
 
     /// Asks the policies about `request` on behalf of `caller`.
-    fn decide(&self, action: Action, caller: &Caller, request: &AccessRequest, now: OffsetDateTime) -> Decision {
+    pub(crate) fn decide(
+        &self,
+        action: Action,
+        caller: &Caller,
+        request: &AccessRequest,
+        now: OffsetDateTime,
+    ) -> Decision {
         let Some(resource) = self.policies.catalog.resource(&request.resource) else {
             return Decision { allowed: false, policies: Vec::new(), errors: vec!["resource left the catalog".into()] };
         };
@@ -295,7 +330,7 @@ impl Broker {
     }
 
     /// Whether `caller` may see `request`: their own, one they may review, or any for auditors.
-    fn may_see(&self, caller: &Caller, request: &AccessRequest, now: OffsetDateTime) -> bool {
+    pub(crate) fn may_see(&self, caller: &Caller, request: &AccessRequest, now: OffsetDateTime) -> bool {
         request.requester == caller.principal.name
             || self.is_auditor(caller)
             || self.decide(Action::Approve, caller, request, now).allowed
@@ -363,7 +398,7 @@ impl Broker {
     }
 
     /// A refused request changes no state, but the refusal is part of the record.
-    async fn record_refusal(
+    pub(crate) async fn record_refusal(
         &self,
         new: &NewRequest,
         caller: &Caller,
@@ -391,7 +426,7 @@ impl Broker {
     /// Refuses a caller whose account was disabled after they authenticated: checked inside the
     /// use case's transaction, so a call in flight cannot outlive [`Broker::disable_user`].
     /// Callers without a stored account (the broker's own tests, administrators) are not refused.
-    async fn ensure_enabled(tx: &mut Tx, caller: &Caller) -> Result<(), BrokerError> {
+    pub(crate) async fn ensure_enabled(tx: &mut Tx, caller: &Caller) -> Result<(), BrokerError> {
         match tx.user(&caller.principal.name).await? {
             Some(user) if user.disabled => Err(BrokerError::Unauthenticated),
             _ => Ok(()),
@@ -595,7 +630,8 @@ impl Broker {
         Ok(visible)
     }
 
-    /// Ends every pending request and grant whose time is up at the clock's `now`.
+    /// Ends every pending request and grant whose time is up at the clock's `now`, and escalates
+    /// break-glass reviews that came due.
     pub async fn sweep(&self) -> Result<Swept, BrokerError> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
@@ -615,6 +651,9 @@ impl Broker {
                 swept.grants_expired += 1;
             }
         }
+        let escalated = self.escalate_overdue_reviews(&mut tx, now).await?;
+        swept.reviews_escalated = escalated.len();
+        events.extend(escalated);
         tx.append(events).await?;
         tx.commit().await?;
         if swept.grants_expired > 0 {
@@ -684,7 +723,7 @@ impl Broker {
 const MAX_LIST_LIMIT: u32 = 1000;
 
 /// How many rows a listing reads at most while looking for rows its caller may see.
-const LIST_SCAN_LIMIT: usize = 10_000;
+pub(crate) const LIST_SCAN_LIMIT: usize = 10_000;
 
 /// Pages through rows (newest first, `limit` at a time) until `limit` of them pass `visible`, the
 /// rows run out, or [`LIST_SCAN_LIMIT`] rows were read, so a caller who may see only some rows

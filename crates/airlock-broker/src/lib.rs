@@ -7,6 +7,7 @@
 //! - [`clock`]: where time comes from (the system, or a hand-moved clock in tests);
 //! - [`secrets`]: API tokens (shown once, stored hashed) and the broker's signing key;
 //! - [`broker`]: the use cases, each one transaction with its audit events;
+//! - [`breakglass`]: emergency grants at once, the review each owes, and its escalation;
 //! - `appender`: group commit for audit records that come without a state change;
 //! - [`audit`]: the audit chain for auditors: tail, verification, signed exports;
 //! - [`checkpoints`]: signs the chain's head every second (or every N records) and copies each
@@ -20,6 +21,7 @@
 
 mod appender;
 pub mod audit;
+pub mod breakglass;
 pub mod broker;
 pub mod bundle;
 pub mod checkpoints;

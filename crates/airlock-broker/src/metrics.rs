@@ -6,8 +6,8 @@
 //! Counters and histograms are recorded where things happen: request outcomes and time to
 //! approve from each committed audit record ([`CommitMetrics`], told by the store), time to revoke
 //! by the PostgreSQL connector as it drops a grant's role, live sessions by the gateway's
-//! registry. Gauges that the database knows better (active grants, the chain's head, the
-//! newest checkpoint) are read at each scrape ([`Broker::refresh_gauges`]).
+//! registry. Gauges that the database knows better (active grants, open break-glass reviews,
+//! the chain's head, the newest checkpoint) are read at each scrape ([`Broker::refresh_gauges`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::{Broker, BrokerError};
 pub const MONITORING_GROUP: &str = "monitoring";
 
 /// Access requests by what became of them: `created`, `refused`, `auto_approved`, `approved`,
-/// `denied`, `cancelled`, `expired`.
+/// `break_glass`, `denied`, `cancelled`, `expired`.
 pub const REQUESTS: &str = "airlock_requests_total";
 /// Grants that ended, by how: `expired` or `revoked`.
 pub const GRANTS_ENDED: &str = "airlock_grants_ended_total";
@@ -45,6 +45,10 @@ pub const AUDIT_HEAD: &str = "airlock_audit_head_seq";
 pub const CHECKPOINT_AGE: &str = "airlock_audit_checkpoint_age_seconds";
 /// Records appended after the newest signed checkpoint.
 pub const UNSIGNED_RECORDS: &str = "airlock_audit_unsigned_records";
+/// Break-glass reviews still open.
+pub const REVIEWS_OPEN: &str = "airlock_breakglass_reviews_open";
+/// Break-glass reviews still open past their due time (escalated).
+pub const REVIEWS_OVERDUE: &str = "airlock_breakglass_reviews_overdue";
 
 /// Each histogram's bucket bounds, in seconds.
 pub const BUCKETS: [(&str, &[f64]); 3] = [
@@ -79,6 +83,8 @@ pub fn describe() {
     describe_gauge!(AUDIT_HEAD, "The audit chain's last sequence number.");
     describe_gauge!(CHECKPOINT_AGE, metrics::Unit::Seconds, "Time since the newest signed checkpoint was made.");
     describe_gauge!(UNSIGNED_RECORDS, "Audit records appended after the newest signed checkpoint.");
+    describe_gauge!(REVIEWS_OPEN, "Break-glass reviews still open.");
+    describe_gauge!(REVIEWS_OVERDUE, "Break-glass reviews still open past their due time.");
 }
 
 /// Records what each committed audit record says (the store tells it of every commit).
@@ -121,11 +127,15 @@ fn request_outcome(event: &AuditEvent) -> Option<&'static str> {
     })
 }
 
-/// `approved` or `auto_approved`; a people's approval also records its time to approve.
+/// `approved`, `auto_approved` or `break_glass`; a people's approval also records its time to
+/// approve.
 fn approved(event: &AuditEvent) -> &'static str {
     let Ok(request) = AccessRequest::deserialize(&event.details["request"]) else { return "approved" };
     if request.auto_approved {
         return "auto_approved";
+    }
+    if request.break_glass {
+        return "break_glass";
     }
     if let Some(last) = request.approvals.last() {
         metrics::histogram!(TIME_TO_APPROVE).record((last.at - request.created_at).as_seconds_f64().max(0.0));
@@ -159,6 +169,9 @@ impl Broker {
     pub async fn refresh_gauges(&self) -> Result<(), BrokerError> {
         let store = self.store();
         metrics::gauge!(ACTIVE_GRANTS).set(store.active_grant_count().await? as f64);
+        let reviews = store.open_reviews(self.clock().now()).await?;
+        metrics::gauge!(REVIEWS_OPEN).set(reviews.open as f64);
+        metrics::gauge!(REVIEWS_OVERDUE).set(reviews.overdue as f64);
         let head = store.audit_head(BROKER_CHAIN).await?;
         metrics::gauge!(AUDIT_HEAD).set(head.seq as f64);
         if let Some(checkpoint) = store.latest_checkpoint(BROKER_CHAIN).await? {

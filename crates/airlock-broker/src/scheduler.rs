@@ -1,5 +1,5 @@
-//! The expiry scheduler: sleeps until the next deadline (a pending request's expiry or a grant's
-//! end) and ends whatever is due. Its first pass, at start, ends everything that fell due while
+//! The expiry scheduler: sleeps until the next deadline (a pending request's expiry, a grant's
+//! end, or a break-glass review coming due) and ends or escalates whatever is due. Its first pass, at start, ends everything that fell due while
 //! the broker was down.
 
 use tokio::sync::watch;
@@ -14,8 +14,13 @@ const IDLE_RECHECK: time::Duration = time::Duration::seconds(5);
 pub async fn run(broker: Broker, mut shutdown: watch::Receiver<bool>) {
     loop {
         match broker.sweep().await {
-            Ok(swept) if swept.requests_expired + swept.grants_expired > 0 => {
-                tracing::info!(swept.requests_expired, swept.grants_expired, "expired what was due");
+            Ok(swept) if swept.requests_expired + swept.grants_expired + swept.reviews_escalated > 0 => {
+                tracing::info!(
+                    swept.requests_expired,
+                    swept.grants_expired,
+                    swept.reviews_escalated,
+                    "ended and escalated what was due"
+                );
             }
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "expiry sweep failed; retrying"),

@@ -41,8 +41,11 @@ async fn broker_redacting(dir: &Path, rules: RedactionRules) -> Broker {
     .expect("the quickstart bundle loads");
     let mut store = Store::open(dir).await.expect("the store opens");
     store.set_redaction(rules);
-    let settings =
-        Settings { pending_ttl: GrantDuration::parse("1h").unwrap(), auditors: vec!["sre".parse().unwrap()] };
+    let settings = Settings {
+        pending_ttl: GrantDuration::parse("1h").unwrap(),
+        auditors: vec!["sre".parse().unwrap()],
+        breakglass: Default::default(),
+    };
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
     Broker::new(store, bundle, clock as Arc<dyn Clock>, settings, load_or_create_key(dir).unwrap())
 }

@@ -60,8 +60,11 @@ fn quickstart() -> PolicyBundle {
 
 async fn broker_on(dir: &std::path::Path, clock: Arc<ManualClock>) -> Broker {
     let store = Store::open(dir).await.expect("the store opens");
-    let settings =
-        Settings { pending_ttl: GrantDuration::parse("1h").unwrap(), auditors: vec!["sre".parse().unwrap()] };
+    let settings = Settings {
+        pending_ttl: GrantDuration::parse("1h").unwrap(),
+        auditors: vec!["sre".parse().unwrap()],
+        breakglass: Default::default(),
+    };
     let key = airlock_broker::secrets::load_or_create_key(dir).expect("the key");
     Broker::new(store, quickstart(), clock as Arc<dyn Clock>, settings, key)
 }

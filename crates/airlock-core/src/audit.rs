@@ -26,6 +26,9 @@ pub enum EventKind {
     UserAdded,
     #[serde(rename = "user.disabled")]
     UserDisabled,
+    /// An administrator lifted the bar a rejected break-glass review put on a user.
+    #[serde(rename = "user.breakglass_restored")]
+    UserBreakGlassRestored,
     #[serde(rename = "request.created")]
     RequestCreated,
     #[serde(rename = "request.refused")]
@@ -104,6 +107,7 @@ impl EventKind {
         match self {
             EventKind::UserAdded => "user.added",
             EventKind::UserDisabled => "user.disabled",
+            EventKind::UserBreakGlassRestored => "user.breakglass_restored",
             EventKind::RequestCreated => "request.created",
             EventKind::RequestRefused => "request.refused",
             EventKind::ApprovalAdded => "request.approval_added",

@@ -25,8 +25,8 @@ pub enum CatalogError {
     NoRoles { resource: String },
     #[error("resource `{resource}`, role `{role}`: {source}")]
     RoleName { resource: String, role: String, source: NameError },
-    #[error("resource `{resource}`, role `{role}`: max_duration: {source}")]
-    MaxDuration { resource: String, role: String, source: DurationError },
+    #[error("resource `{resource}`, role `{role}`: {field}: {source}")]
+    Duration { resource: String, role: String, field: &'static str, source: DurationError },
     #[error("resource `{resource}`, role `{role}`: approvals must be between 1 and 10, not {approvals}")]
     Approvals { resource: String, role: String, approvals: u32 },
     #[error("resource `{resource}`: a [resource.postgres] section needs kind = \"postgres\", not `{kind}`")]
@@ -57,6 +57,8 @@ pub struct PostgresTarget {
 
 /// The default ceiling of a role that names none.
 pub const DEFAULT_MAX_DURATION_SECONDS: u64 = 8 * 3600;
+/// The default ceiling of a break-glass grant of a role that names none.
+pub const DEFAULT_BREAK_GLASS_MAX_SECONDS: u64 = 3600;
 
 /// One role on one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct Role {
     pub name: RoleName,
     pub max_duration: GrantDuration,
     pub approvals: u32,
+    /// The longest a break-glass grant of this role lasts (a longer ask is cut to this).
+    pub break_glass_max: GrantDuration,
     /// For `postgres` resources: the database roles a grant's login role is made a member of.
     pub database_roles: Vec<String>,
     /// For `postgres` resources: classes of statements the gateway lets this role send that it
@@ -129,6 +133,7 @@ struct PostgresEntry {
 #[serde(deny_unknown_fields)]
 struct RoleEntry {
     max_duration: Option<String>,
+    break_glass_max: Option<String>,
     #[serde(default = "one")]
     approvals: u32,
     #[serde(default)]
@@ -243,15 +248,17 @@ impl ResourceEntry {
                 role: role.clone(),
                 source,
             })?;
-            let max_duration = match entry.max_duration {
-                Some(text) => GrantDuration::parse(&text).map_err(|source| CatalogError::MaxDuration {
+            let duration = |field, text: Option<String>, default| match text {
+                Some(text) => GrantDuration::parse(&text).map_err(|source| CatalogError::Duration {
                     resource: resource.clone(),
                     role: role.clone(),
+                    field,
                     source,
-                })?,
-                None => GrantDuration::from_secs(DEFAULT_MAX_DURATION_SECONDS)
-                    .expect("the default ceiling is a valid duration"),
+                }),
+                None => Ok(GrantDuration::from_secs(default).expect("a default ceiling is a valid duration")),
             };
+            let max_duration = duration("max_duration", entry.max_duration, DEFAULT_MAX_DURATION_SECONDS)?;
+            let break_glass_max = duration("break_glass_max", entry.break_glass_max, DEFAULT_BREAK_GLASS_MAX_SECONDS)?;
             if !(1..=10).contains(&entry.approvals) {
                 return Err(CatalogError::Approvals { resource: resource.clone(), role, approvals: entry.approvals });
             }
@@ -265,7 +272,9 @@ impl ResourceEntry {
             }
             let (database_roles, allow_statements) = (entry.database_roles, entry.allow_statements);
             let approvals = entry.approvals;
-            roles.insert(name.clone(), Role { name, max_duration, approvals, database_roles, allow_statements });
+            let role =
+                Role { name: name.clone(), max_duration, approvals, break_glass_max, database_roles, allow_statements };
+            roles.insert(name, role);
         }
         let postgres = match self.postgres {
             Some(_) if self.kind != "postgres" => return Err(CatalogError::PostgresKind { resource, kind: self.kind }),
@@ -314,6 +323,7 @@ mod tests {
         assert_eq!((read.max_duration.as_secs(), read.approvals), (3600, 1));
         let admin = &db.roles[&"admin".parse().unwrap()];
         assert_eq!((admin.max_duration.as_secs(), admin.approvals), (8 * 3600, 2));
+        assert_eq!((read.break_glass_max.as_secs(), admin.break_glass_max.as_secs()), (3600, 3600));
     }
 
     #[test]

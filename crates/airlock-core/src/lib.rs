@@ -7,6 +7,7 @@
 //! - [`policy`]: Cedar policies, indexed by resource and action, returning decisions with reasons;
 //! - [`lifecycle`]: the request → approval → grant state machine; every transition takes `now`
 //!   and returns the audit events it caused;
+//! - [`breakglass`]: the review every emergency grant owes, and its escalation;
 //! - [`audit`]: audit events and the hash chain that makes edits, deletions and reorders visible;
 //! - [`credential`]: the signed, grant-bound token a user gives the gateway as their password;
 //! - [`policy_test`]: policy test cases that run like unit tests.
@@ -14,6 +15,7 @@
 //! Invariant: no I/O, no clock, no randomness. Time and fresh ids are arguments.
 
 pub mod audit;
+pub mod breakglass;
 pub mod catalog;
 pub mod credential;
 pub mod ids;

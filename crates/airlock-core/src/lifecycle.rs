@@ -125,6 +125,9 @@ pub struct AccessRequest {
     /// The `request` decision, and whether review was skipped by `auto_approve`.
     pub decision: RecordedDecision,
     pub auto_approved: bool,
+    /// Emergency access: granted at once by the `break_glass` decision, reviewed afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
     /// Set once the request is denied, cancelled or expired.
     pub closure: Option<Closure>,
 }
@@ -241,6 +244,7 @@ impl AccessRequest {
             approvals: Vec::new(),
             decision,
             auto_approved: false,
+            break_glass: false,
             closure: None,
         };
         let mut events = vec![this.event(EventKind::RequestCreated, this.requester.as_str(), now)];
@@ -252,6 +256,49 @@ impl AccessRequest {
             None
         };
         Ok((this, Outcome { grant, events }))
+    }
+
+    /// Emergency access: when the `break_glass` decision allows it, the request is approved and
+    /// its grant starts at once, for the asked duration cut to the role's break-glass ceiling.
+    /// The grant still owes a review ([`crate::breakglass::Review`]).
+    pub fn break_glass(
+        mut new: NewRequest,
+        role: &Role,
+        decision: &Decision,
+        policy_version: &str,
+        now: OffsetDateTime,
+        grant_id: GrantId,
+    ) -> Result<(Self, Grant, Vec<AuditEvent>), OpenError> {
+        let recorded = RecordedDecision::new(decision, policy_version);
+        if !decision.allowed {
+            return Err(OpenError::Refused {
+                requester: new.requester,
+                resource: new.resource,
+                role: new.role,
+                decision: recorded,
+            });
+        }
+        new.duration = new.duration.min(role.break_glass_max);
+        let mut this = Self {
+            id: new.id,
+            requester: new.requester,
+            resource: new.resource,
+            role: new.role,
+            duration: new.duration,
+            reason: new.reason,
+            state: RequestState::Pending,
+            created_at: now,
+            expires_at: now,
+            required_approvals: 0,
+            approvals: Vec::new(),
+            decision: recorded,
+            auto_approved: false,
+            break_glass: true,
+            closure: None,
+        };
+        let mut events = vec![this.event(EventKind::RequestCreated, this.requester.as_str(), now)];
+        let grant = this.grant_by(this.requester.to_string(), grant_id, now, &mut events);
+        Ok((this, grant, events))
     }
 
     /// Whether the request has outlived its pending time.
@@ -367,6 +414,12 @@ impl AccessRequest {
     }
 
     fn grant(&mut self, id: GrantId, now: OffsetDateTime, events: &mut Vec<AuditEvent>) -> Grant {
+        let actor = self.approvals.last().map_or(SYSTEM_ACTOR, |a| a.approver.as_str()).to_owned();
+        self.grant_by(actor, id, now, events)
+    }
+
+    /// Approves the request on `actor`'s word and starts its grant.
+    fn grant_by(&mut self, actor: String, id: GrantId, now: OffsetDateTime, events: &mut Vec<AuditEvent>) -> Grant {
         self.state = RequestState::Approved;
         let grant = Grant {
             id,
@@ -379,7 +432,6 @@ impl AccessRequest {
             state: GrantState::Active,
             closure: None,
         };
-        let actor = self.approvals.last().map_or(SYSTEM_ACTOR, |a| a.approver.as_str()).to_owned();
         events.push(self.event(EventKind::RequestApproved, &actor, now));
         events.push(grant.event(EventKind::GrantStarted, &actor, now));
         grant
@@ -449,6 +501,7 @@ mod tests {
             name: "write".parse().unwrap(),
             max_duration: GrantDuration::parse("30m").unwrap(),
             approvals,
+            break_glass_max: GrantDuration::parse("1h").unwrap(),
             database_roles: Vec::new(),
             allow_statements: Vec::new(),
         }

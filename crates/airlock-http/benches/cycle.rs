@@ -123,7 +123,7 @@ async fn main() {
     let config = Config::load(config_path.as_ref()).expect("the quickstart config");
     let store = Store::open(dir.path()).await.expect("a store");
     let bundle = PolicyBundle::load(&config.policy).expect("the quickstart policies");
-    let settings = Settings { pending_ttl: config.broker.pending_ttl, auditors: config.broker.auditors.clone() };
+    let settings = Settings::from(&config);
     let key = load_or_create_key(dir.path()).expect("a key");
     let broker = Broker::new(store, bundle, Arc::new(SystemClock), settings, key);
     let alice = broker.add_user(&"alice".parse().unwrap(), &["eng".parse().unwrap()], false, "bench").await.unwrap();

@@ -11,6 +11,7 @@
 //! database is a local file, and the ping is a round trip to SQLite's thread on every query.
 
 mod audit;
+mod breakglass;
 mod report;
 mod rows;
 mod tx;
@@ -28,6 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
+pub use breakglass::{Bar, OpenReviews};
 pub use report::{ReportScope, StatementCount};
 pub use rows::User;
 pub use tx::Tx;
@@ -238,12 +240,14 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT count(*) FROM grants WHERE state = 'active'").fetch_one(&self.pool).await?)
     }
 
-    /// The earliest time something is due: a pending request's expiry or an active grant's end.
+    /// The earliest time something is due: a pending request's expiry, an active grant's end, or
+    /// an open break-glass review's escalation.
     pub async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let ms: Option<i64> = sqlx::query_scalar(
             "SELECT min(ms) FROM (
                 SELECT min(expires_ms) AS ms FROM requests WHERE state = 'pending'
-                UNION ALL SELECT min(ends_ms) FROM grants WHERE state = 'active')",
+                UNION ALL SELECT min(ends_ms) FROM grants WHERE state = 'active'
+                UNION ALL SELECT min(due_ms) FROM breakglass_reviews WHERE state = 'open' AND escalated = 0)",
         )
         .fetch_one(&self.pool)
         .await?;

@@ -15,7 +15,7 @@ use crate::{BROKER_CHAIN, CommitObserver, StoreError};
 
 /// A write transaction. Dropping it without [`Tx::commit`] rolls everything back.
 pub struct Tx {
-    inner: Transaction<'static, Sqlite>,
+    pub(crate) inner: Transaction<'static, Sqlite>,
     head: Option<ChainHead>,
     /// Told the new head when a commit appended records.
     committed_head: Arc<watch::Sender<i64>>,

@@ -32,7 +32,7 @@ pub async fn open_broker(files: &Files) -> Result<(Broker, Config), Failure> {
         .await
         .with_context(|| format!("cannot open the store in `{}`", files.data_dir.display()))?;
     store.set_redaction(config.audit.redaction().context("[audit] redaction")?);
-    let settings = Settings { pending_ttl: config.broker.pending_ttl, auditors: config.broker.auditors.clone() };
+    let settings = Settings::from(&config);
     let key = load_or_create_key(&files.data_dir).context("cannot load the signing key")?;
     Ok((Broker::new(store, bundle, Arc::new(SystemClock), settings, key), config))
 }

@@ -367,6 +367,7 @@ mod tests {
             approvals,
             decision: decision(),
             auto_approved: auto,
+            break_glass: false,
             closure: None,
         }
     }
