@@ -1,6 +1,7 @@
 //! The JSON documents of the API. Field names are stable: scripts read them through `--json`.
 
 use airlock_core::audit::ChainRecord;
+use airlock_core::breakglass::{Review, Verdict};
 use airlock_core::lifecycle::{AccessRequest, Approval, Closure, Grant};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -36,6 +37,82 @@ pub struct CreateRequest {
     pub duration: String,
     /// Why: required, shown to reviewers and kept in the audit chain.
     pub reason: String,
+}
+
+/// Emergency access, granted at once when a `break_glass` policy allows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassBody {
+    pub resource: String,
+    pub role: String,
+    /// Why: required, shown to the reviewer and kept in the audit chain.
+    pub reason: String,
+    /// How long, e.g. `30m`; default and most: the role's `break_glass_max`.
+    pub duration: Option<String>,
+}
+
+/// A broken glass: the request, approved at once with its grant, and the review it owes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BreakGlassView {
+    pub request: RequestView,
+    pub review: ReviewView,
+    /// The asked duration was longer than the role's `break_glass_max` and was cut to it.
+    pub cut_to_ceiling: bool,
+}
+
+/// A verdict on a break-glass grant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    /// `accept` or `reject`.
+    pub verdict: String,
+    /// Required: what the reviewer checked.
+    pub comment: String,
+}
+
+/// A reviewer's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AnswerView {
+    pub reviewer: String,
+    /// `accept` or `reject`.
+    pub verdict: String,
+    pub comment: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The review a break-glass grant owes, known by the grant's id.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReviewView {
+    pub grant: Uuid,
+    pub request: Uuid,
+    /// `open`, `accepted` or `rejected`.
+    pub state: String,
+    pub holder: String,
+    pub resource: String,
+    pub role: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    /// Still open at this time, the review is overdue and escalated.
+    #[serde(with = "time::serde::rfc3339")]
+    pub due_at: OffsetDateTime,
+    pub overdue: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub escalated_at: Option<OffsetDateTime>,
+    pub answer: Option<AnswerView>,
+}
+
+/// Filters of `GET /v1/reviews`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewsQuery {
+    /// Only reviews still open.
+    #[serde(default)]
+    pub open: bool,
+    /// At most this many (1-1000, default 100).
+    pub limit: Option<u32>,
 }
 
 /// An approval.
@@ -115,6 +192,8 @@ pub struct DecisionView {
     /// SHA-256 of the catalog and policies that decided.
     pub policy_version: String,
     pub auto_approved: bool,
+    /// Emergency access: granted at once by a `break_glass` policy, reviewed afterwards.
+    pub break_glass: bool,
 }
 
 /// One reviewer's approval.
@@ -362,9 +441,38 @@ impl RequestView {
                 policies: request.decision.policies.clone(),
                 policy_version: request.decision.policy_version.clone(),
                 auto_approved: request.auto_approved,
+                break_glass: request.break_glass,
             },
             closed: request.closure.as_ref().map(closure),
             grant: grant.map(|g| GrantView::new(g, now)),
+        }
+    }
+}
+
+impl ReviewView {
+    pub fn new(review: &Review, now: OffsetDateTime) -> Self {
+        Self {
+            grant: review.grant.as_uuid(),
+            request: review.request.as_uuid(),
+            state: review.state.as_str().to_owned(),
+            holder: review.holder.to_string(),
+            resource: review.resource.to_string(),
+            role: review.role.to_string(),
+            reason: review.reason.to_string(),
+            opened_at: review.opened_at,
+            due_at: review.due_at,
+            overdue: review.is_overdue(now),
+            escalated_at: review.escalated_at,
+            answer: review.answer.as_ref().map(|answer| AnswerView {
+                reviewer: answer.reviewer.to_string(),
+                verdict: match answer.verdict {
+                    Verdict::Accept => "accept",
+                    Verdict::Reject => "reject",
+                }
+                .to_owned(),
+                comment: answer.comment.to_string(),
+                at: answer.at,
+            }),
         }
     }
 }

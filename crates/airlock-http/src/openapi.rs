@@ -13,7 +13,7 @@ use crate::routes;
     paths(
         routes::health, routes::openapi_document, routes::whoami, routes::keys,
         routes::create_request, routes::list_requests, routes::get_request,
-        routes::approve, routes::deny, routes::cancel,
+        routes::approve, routes::deny, routes::cancel, routes::break_glass, routes::list_reviews, routes::review,
         routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export, routes::audit_prove,
         routes::gateway_live_grants, routes::gateway_grant, routes::gateway_events, routes::audit_tail, routes::audit_verify,
         routes::report_summary, routes::report_user, routes::report_resource, crate::metrics::metrics,
@@ -21,7 +21,7 @@ use crate::routes;
     components(schemas(
         ErrorBody, WhoAmI, CreateRequest, ApproveBody, ReasonBody, ProveBody, ProveView, DecisionView, ApprovalView, ClosureView,
         RequestView, GrantView, AuditRecordView, VerifyView, KeyView, HealthView, CredentialView,
-        LiveGrantsView, GatewayEventView, RecordedView,
+        LiveGrantsView, GatewayEventView, RecordedView, BreakGlassBody, BreakGlassView, ReviewBody, ReviewView, AnswerView,
     )),
     modifiers(&BearerToken),
 )]

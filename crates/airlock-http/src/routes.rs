@@ -1,10 +1,12 @@
 //! One handler per route. Every route but `/v1/health` and `/v1/openapi.json` authenticates its
 //! caller; the broker then checks what that caller may do.
 
+use airlock_broker::breakglass::BreakGlassInput;
 use airlock_broker::broker::RequestInput;
 use airlock_broker::reports::StoryOf;
 use airlock_core::audit::AuditEvent;
 use airlock_core::audit::export::Report;
+use airlock_core::breakglass::Verdict;
 use airlock_core::ids::{GrantId, ResourceName, RoleName, UserName};
 use airlock_core::report::Window;
 use airlock_core::report::story::Story;
@@ -34,6 +36,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}/approve", post(approve))
         .route("/v1/requests/{id}/deny", post(deny))
         .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/breakglass", post(break_glass))
+        .route("/v1/reviews", get(list_reviews))
+        .route("/v1/reviews/{grant}", post(review))
         .route("/v1/grants", get(list_grants))
         .route("/v1/grants/{id}/revoke", post(revoke))
         .route("/v1/grants/{id}/credentials", post(issue_credential))
@@ -192,6 +197,70 @@ async fn cancel(
 ) -> Result<Json<RequestView>, ApiError> {
     let request = state.broker.cancel(&caller, &id).await?;
     Ok(Json(RequestView::new(&request, None, state.broker.clock().now())))
+}
+
+#[utoipa::path(post, path = "/v1/breakglass", security(("token" = [])), request_body = BreakGlassBody,
+    responses(
+        (status = 201, body = BreakGlassView, description = "the grant started at once; its review is owed"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "no `break_glass` policy allows it, or a rejected review barred the caller")))]
+async fn break_glass(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Body(body): Body<BreakGlassBody>,
+) -> Result<(StatusCode, Json<BreakGlassView>), ApiError> {
+    let input = BreakGlassInput {
+        resource: parse("resource", ResourceName::parse(&body.resource))?,
+        role: parse("role", RoleName::parse(&body.role))?,
+        duration: body.duration.as_deref().map(|d| parse("duration", GrantDuration::parse(d))).transpose()?,
+        reason: parse("reason", Reason::parse(&body.reason))?,
+    };
+    let broken = state.broker.break_glass(&caller, input).await?;
+    let now = state.broker.clock().now();
+    Ok((
+        StatusCode::CREATED,
+        Json(BreakGlassView {
+            request: RequestView::new(&broken.request, Some(&broken.grant), now),
+            review: ReviewView::new(&broken.review, now),
+            cut_to_ceiling: broken.cut_to_ceiling,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/reviews", security(("token" = [])), params(ReviewsQuery),
+    responses((status = 200, body = Vec<ReviewView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_reviews(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(query): Params<ReviewsQuery>,
+) -> Result<Json<Vec<ReviewView>>, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let reviews = state.broker.reviews(&caller, query.open, limit).await?;
+    let now = state.broker.clock().now();
+    Ok(Json(reviews.iter().map(|r| ReviewView::new(r, now)).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/reviews/{grant}", security(("token" = [])), params(("grant" = String, Path)),
+    request_body = ReviewBody,
+    responses(
+        (status = 200, body = ReviewView, description = "the answered review; a rejection ends the grant"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "the holder, or somebody no policy lets approve the role"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already answered")))]
+async fn review(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(grant): Path<String>,
+    Body(body): Body<ReviewBody>,
+) -> Result<Json<ReviewView>, ApiError> {
+    let verdict = match body.verdict.as_str() {
+        "accept" => Verdict::Accept,
+        "reject" => Verdict::Reject,
+        other => return Err(ApiError::bad_input(format!("verdict: `{other}` is neither `accept` nor `reject`"))),
+    };
+    let comment = parse("comment", Reason::parse(&body.comment))?;
+    let review = state.broker.review_break_glass(&caller, &grant, verdict, comment).await?;
+    Ok(Json(ReviewView::new(&review, state.broker.clock().now())))
 }
 
 #[utoipa::path(get, path = "/v1/grants", security(("token" = [])), params(GrantsQuery),

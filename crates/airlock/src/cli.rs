@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::{Outcome, audit, connect, gateway, local, remote, report, serve};
+use crate::{Outcome, audit, breakglass, connect, gateway, local, remote, report, serve};
 
 /// A time on the command line: RFC 3339 (`2026-11-01T09:00:00Z`), or a date (midnight UTC).
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -176,6 +176,45 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Emergency access: granted at once where a `break_glass` policy allows it, cut to the
+    /// role's break-glass ceiling, and reviewed afterwards by somebody else.
+    Breakglass {
+        /// The resource, e.g. `demo-db`.
+        resource: String,
+        #[arg(long)]
+        role: String,
+        /// Why: the incident, what is broken. Shown to the reviewer and kept in the audit chain.
+        #[arg(long)]
+        reason: String,
+        /// How long, e.g. `30m` (default and most: the role's break_glass_max).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Answer the review a break-glass grant owes (ID: the grant's id).
+    Review {
+        grant_id: String,
+        /// The access was justified.
+        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        accept: bool,
+        /// The access was not justified: ends the grant if it is still live.
+        #[arg(long)]
+        reject: bool,
+        /// What you checked.
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List break-glass reviews you can see.
+    Reviews {
+        /// Only reviews still open.
+        #[arg(long)]
+        open: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print a gateway connection string (with its credential) for one of your live grants.
     Credentials {
         grant_id: String,
@@ -228,6 +267,8 @@ pub enum UserCommand {
     },
     /// Disable a user, ending all their pending requests and live grants at once.
     Disable { name: String },
+    /// Lift the bar a rejected break-glass review put on a user.
+    AllowBreakglass { name: String },
 }
 
 /// The time window of a report, and its format.
@@ -356,6 +397,13 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Requests { pending, mine, remote } => remote::requests(&remote, pending, mine).await,
         Command::Grants { active, mine, remote } => remote::grants(&remote, active, mine).await,
         Command::Revoke { grant_id, reason, remote } => remote::revoke(&remote, &grant_id, reason).await,
+        Command::Breakglass { resource, role, reason, duration, remote } => {
+            breakglass::break_glass(&remote, resource, role, reason, duration).await
+        }
+        Command::Review { grant_id, accept, comment, remote, .. } => {
+            breakglass::review(&remote, &grant_id, accept, comment).await
+        }
+        Command::Reviews { open, remote } => breakglass::reviews(&remote, open).await,
         Command::Credentials { grant_id, remote } => connect::credentials(&remote, &grant_id).await,
         Command::Connect { resource, role, psql, psql_args, remote } => {
             connect::connect(&remote, &resource, role.as_deref(), &psql, &psql_args).await

@@ -69,6 +69,16 @@ pub async fn admin(files: &Files, command: AdminCommand) -> Outcome {
             );
             Ok(())
         }
+        UserCommand::AllowBreakglass { name } => {
+            let name = UserName::parse(&name).map_err(|e| anyhow!("{e}"))?;
+            let (broker, _) = open_broker(files).await?;
+            if broker.lift_breakglass_bar(&name, &admin_actor()).await.map_err(refused_or_usage)? {
+                println!("`{name}` may break the glass again");
+                Ok(())
+            } else {
+                Err(Failure::Refused(format!("`{name}` is not barred from break-glass")))
+            }
+        }
     }
 }
 

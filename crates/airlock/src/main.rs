@@ -9,6 +9,7 @@
 //! - [`gateway`]: the PostgreSQL gateway's parts from the configuration;
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
+//! - [`breakglass`]: emergency access and the reviews it owes;
 //! - [`connect`]: gateway credentials and `psql` through the gateway;
 //! - [`report`]: `airlock report` (summary, user and resource stories) and the standing-privilege report;
 //! - [`remote_authority`]: the broker over its API, for `airlock gateway`;
@@ -18,6 +19,7 @@
 //! 2 bad usage, bad configuration or an unreachable broker.
 
 mod audit;
+mod breakglass;
 mod cli;
 mod client;
 mod connect;

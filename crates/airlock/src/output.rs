@@ -1,6 +1,6 @@
 //! What the user commands print: readable tables, or with `--json` one JSON document.
 
-use airlock_http::api::{AuditRecordView, GrantView, RequestView};
+use airlock_http::api::{AuditRecordView, GrantView, RequestView, ReviewView};
 use comfy_table::{Table, presets};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -74,7 +74,11 @@ pub fn request(r: &RequestView) {
         println!("          approved by {} at {}{comment}", a.approver, when(a.at));
     }
     let decided_by = if r.decision.policies.is_empty() { "-".to_owned() } else { r.decision.policies.join(", ") };
-    let auto = if r.decision.auto_approved { " (approved automatically)" } else { "" };
+    let auto = match (r.decision.auto_approved, r.decision.break_glass) {
+        (true, _) => " (approved automatically)",
+        (_, true) => " (break-glass: granted at once, review owed)",
+        _ => "",
+    };
     println!("policies  {decided_by}{auto}");
     if let Some(closed) = &r.closed {
         let reason = closed.reason.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
@@ -103,6 +107,30 @@ pub fn grants(grants: &[GrantView]) {
             when(g.starts_at),
             when(g.expires_at),
             if g.state == "active" { remaining(g.remaining_seconds) } else { "-".into() },
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn reviews(reviews: &[ReviewView]) {
+    let mut t = table(&["grant", "state", "resource", "role", "holder", "opened", "due", "answer", "reason"]);
+    for r in reviews {
+        let state = if r.overdue { format!("{} (overdue)", r.state) } else { r.state.clone() };
+        let answer = r
+            .answer
+            .as_ref()
+            .map(|a| format!("{} by {} at {}: {}", a.verdict, a.reviewer, when(a.at), a.comment))
+            .unwrap_or_else(|| "-".into());
+        t.add_row(vec![
+            r.grant.to_string(),
+            state,
+            r.resource.clone(),
+            r.role.clone(),
+            r.holder.clone(),
+            when(r.opened_at),
+            when(r.due_at),
+            answer,
+            r.reason.clone(),
         ]);
     }
     println!("{t}");
