@@ -67,6 +67,7 @@ impl Broker {
             refusals: activity.refusals,
             gateway_resources: catalog.resources().filter(|r| r.postgres.is_some()).map(|r| r.name.clone()).collect(),
             standing: latest_standing(&self.store().standing_records(until).await?),
+            open_reviews: self.store().open_reviews_opened_before(window.until).await?,
         };
         Ok(summary(window, facts, self.clock().now()))
     }

@@ -4,7 +4,8 @@
 //! scheduler) is awaited by polling with an overall timeout, never by asserting on speed.
 //!
 //! The quickstart: group `eng` may request `demo-db` read (≤ 1h, 1 approval) or write (≤ 30m,
-//! 2 approvals); `sre` reviews; `oncall` skips review for read. `sre` are the auditors.
+//! 2 approvals); `sre` reviews; `oncall` skips review for read and may break the glass. `sre`
+//! are the auditors.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use airlock_broker::breakglass::BreakGlassInput;
 use airlock_broker::broker::{RequestInput, Settings};
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::clock::{Clock, ManualClock};
@@ -19,6 +21,7 @@ use airlock_broker::config::PolicySection;
 use airlock_broker::{Broker, BrokerError, Caller, ErrorKind};
 use airlock_core::audit::export::Report;
 use airlock_core::audit::{ChainHead, ChainRecord};
+use airlock_core::breakglass::{ReviewState, Verdict};
 use airlock_core::lifecycle::{AccessRequest, Grant, GrantState, NotActive, OpenError, RequestState, ReviewError};
 use airlock_core::policy::Principal;
 use airlock_core::values::{GrantDuration, Reason};
@@ -738,4 +741,132 @@ async fn an_active_listing_leaves_out_a_grant_past_its_end_before_the_sweep() {
     app.clock.advance(minutes(10));
     assert!(app.broker.grants(&dana(), true, true, 10).await.unwrap().is_empty());
     assert_eq!(app.broker.grants(&dana(), false, true, 10).await.unwrap().len(), 1);
+}
+
+fn emergency(role: &str, duration: Option<&str>) -> BreakGlassInput {
+    BreakGlassInput {
+        resource: "demo-db".parse().unwrap(),
+        role: role.parse().unwrap(),
+        duration: duration.map(|d| GrantDuration::parse(d).unwrap()),
+        reason: reason("INC-77: orders table locked"),
+    }
+}
+
+#[tokio::test]
+async fn break_glass_grants_at_once_cut_to_the_ceiling_and_owes_a_review() {
+    let t = spawn_broker().await;
+    // write normally needs two approvals and lasts at most 30m; break-glass skips both and is
+    // cut to the role's break_glass_max (1h).
+    let broken = t.broker.break_glass(&dana(), emergency("write", Some("4h"))).await.unwrap();
+    assert!(broken.cut_to_ceiling);
+    assert!(broken.request.break_glass && !broken.request.auto_approved);
+    assert_eq!(broken.grant.state, GrantState::Active);
+    assert_eq!((broken.grant.starts_at, broken.grant.ends_at), (T0, T0 + minutes(60)));
+    assert_eq!((broken.review.state, broken.review.due_at), (ReviewState::Open, T0 + Duration::hours(24)));
+    assert_eq!(t.broker.store().review(&broken.grant.id.to_string()).await.unwrap(), Some(broken.review.clone()));
+    let kinds = t.audit_kinds().await;
+    assert_eq!(kinds, ["request.created", "request.approved", "grant.started", "breakglass.used"]);
+    let own = t.broker.break_glass(&dana(), emergency("read", None)).await.unwrap();
+    assert_eq!((own.cut_to_ceiling, own.grant.ends_at), (false, T0 + minutes(60)), "default: the ceiling");
+
+    // Engineers off call have no break_glass policy: refused, and the refusal is recorded.
+    let refused = t.broker.break_glass(&alice(), emergency("write", None)).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Forbidden, "{refused}");
+    assert_eq!(t.audit_kinds().await.last().map(String::as_str), Some("request.refused"));
+    assert_eq!(t.all_grants().await.len(), 2);
+}
+
+#[tokio::test]
+async fn only_somebody_else_allowed_reviews_a_break_glass_grant() {
+    let t = spawn_broker().await;
+    let broken = t.broker.break_glass(&dana(), emergency("write", None)).await.unwrap();
+    let grant = broken.grant.id.to_string();
+    let looked = reason("read the statements: one UPDATE to unlock orders");
+
+    let own = t.broker.review_break_glass(&dana(), &grant, Verdict::Accept, looked.clone()).await.unwrap_err();
+    assert_eq!(
+        (own.kind(), own.to_string()),
+        (ErrorKind::Forbidden, "you cannot review your own break-glass grant".into())
+    );
+    let stranger = t.broker.review_break_glass(&erin(), &grant, Verdict::Accept, looked.clone()).await.unwrap_err();
+    assert_eq!(stranger.kind(), ErrorKind::NotFound, "who may not see the grant learns nothing of it");
+    let unknown = t.broker.review_break_glass(&bob(), "nope", Verdict::Accept, looked.clone()).await.unwrap_err();
+    assert_eq!(unknown.kind(), ErrorKind::NotFound);
+
+    let review = t.broker.review_break_glass(&bob(), &grant, Verdict::Accept, looked.clone()).await.unwrap();
+    assert_eq!(review.state, ReviewState::Accepted);
+    assert_eq!(review.answer.as_ref().map(|a| a.reviewer.as_str()), Some("bob"));
+    assert_eq!(t.stored_grant(&grant).await.state, GrantState::Active, "an accepted review leaves the grant");
+    let again = t.broker.review_break_glass(&carol(), &grant, Verdict::Reject, looked).await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Conflict);
+
+    assert_eq!(t.broker.reviews(&dana(), false, 10).await.unwrap().len(), 1, "the holder sees their review");
+    assert!(t.broker.reviews(&erin(), false, 10).await.unwrap().is_empty());
+    assert!(t.broker.reviews(&bob(), true, 10).await.unwrap().is_empty(), "none open any more");
+    assert_eq!(t.audit_kinds().await.last().map(String::as_str), Some("breakglass.reviewed"));
+}
+
+#[tokio::test]
+async fn a_rejected_review_ends_the_grant_and_bars_the_holder_until_lifted() {
+    let t = spawn_broker().await;
+    let broken = t.broker.break_glass(&dana(), emergency("write", None)).await.unwrap();
+    let grant = broken.grant.id.to_string();
+    let mut changes = t.broker.watch_grants();
+    changes.borrow_and_update();
+    t.clock.advance(minutes(5));
+    let review = t
+        .broker
+        .review_break_glass(&carol(), &grant, Verdict::Reject, reason("no incident INC-77 exists"))
+        .await
+        .unwrap();
+    assert_eq!(review.state, ReviewState::Rejected);
+    let ended = t.stored_grant(&grant).await;
+    assert_eq!(ended.state, GrantState::Revoked);
+    let closure = ended.closure.unwrap();
+    assert_eq!((closure.by.as_str(), closure.reason.as_deref()), ("carol", Some("break-glass review rejected")));
+    assert!(changes.has_changed().unwrap(), "connectors and gateways hear of the ended grant at once");
+    let audit = t.audit().await;
+    let reviewed = audit.iter().find(|r| r.kind == "breakglass.reviewed").unwrap();
+    assert!(reviewed.details.contains(r#""bars_holder":true"#), "{}", reviewed.details);
+    assert_eq!(audit.last().map(|r| r.kind.as_str()), Some("grant.revoked"));
+
+    let barred = t.broker.break_glass(&dana(), emergency("read", None)).await.unwrap_err();
+    assert_eq!(barred.kind(), ErrorKind::Forbidden);
+    assert!(barred.to_string().contains(&grant), "{barred}");
+    // Ordinary requests still go through review as before.
+    granted(t.ask(&dana(), "read", "10m").await);
+
+    let dana_name = "dana".parse().unwrap();
+    assert!(t.broker.lift_breakglass_bar(&dana_name, "admin:root").await.unwrap());
+    assert!(!t.broker.lift_breakglass_bar(&dana_name, "admin:root").await.unwrap(), "lifted once");
+    assert_eq!(t.audit_kinds().await.last().map(String::as_str), Some("user.breakglass_restored"));
+    t.broker.break_glass(&dana(), emergency("read", None)).await.expect("allowed again");
+}
+
+#[tokio::test]
+async fn an_open_review_is_escalated_once_when_due() {
+    let t = spawn_broker().await;
+    let broken = t.broker.break_glass(&dana(), emergency("read", None)).await.unwrap();
+    let due = broken.review.due_at;
+    assert_eq!(t.broker.store().next_deadline().await.unwrap(), Some(T0 + minutes(60)), "the grant's end first");
+    t.clock.advance(minutes(61));
+    t.broker.sweep().await.unwrap();
+    assert_eq!(t.broker.store().next_deadline().await.unwrap(), Some(due), "then the review's due time");
+
+    t.clock.advance(due - Duration::SECOND - t.now());
+    assert_eq!(t.broker.sweep().await.unwrap().reviews_escalated, 0);
+    t.clock.advance(Duration::SECOND);
+    assert_eq!(t.broker.sweep().await.unwrap().reviews_escalated, 1);
+    assert_eq!(t.broker.sweep().await.unwrap().reviews_escalated, 0, "escalated once");
+    assert_eq!(t.broker.store().next_deadline().await.unwrap(), None);
+    let counts = t.broker.store().open_reviews(t.now()).await.unwrap();
+    assert_eq!((counts.open, counts.overdue), (1, 1));
+    let overdue = t.audit().await.into_iter().filter(|r| r.kind == "breakglass.review_overdue").count();
+    assert_eq!(overdue, 1);
+
+    // Answered late is still answered: no longer open or overdue.
+    let grant = broken.grant.id.to_string();
+    t.broker.review_break_glass(&bob(), &grant, Verdict::Accept, reason("late, but checked")).await.unwrap();
+    let counts = t.broker.store().open_reviews(t.now()).await.unwrap();
+    assert_eq!((counts.open, counts.overdue), (0, 0));
 }

@@ -125,16 +125,12 @@ impl Store {
         rows.iter().map(rows::body).collect()
     }
 
-    /// Reviews of grants that started in `[since, until)`, oldest first.
-    pub async fn reviews_opened(
-        &self,
-        since: OffsetDateTime,
-        until: OffsetDateTime,
-    ) -> Result<Vec<Review>, StoreError> {
+    /// Reviews still open of grants that started before `until`, oldest first.
+    pub async fn open_reviews_opened_before(&self, until: OffsetDateTime) -> Result<Vec<Review>, StoreError> {
         let rows = sqlx::query(
-            "SELECT grant_id AS id, body FROM breakglass_reviews WHERE opened_ms >= ? AND opened_ms < ? ORDER BY opened_ms",
+            "SELECT grant_id AS id, body FROM breakglass_reviews WHERE state = 'open' AND opened_ms < ?
+             ORDER BY opened_ms",
         )
-        .bind(ms(since))
         .bind(ms(until))
         .fetch_all(&self.pool)
         .await?;

@@ -101,10 +101,11 @@ fn print_summary(s: &Summary) {
     println!("access report {} → {}", when(s.window.since), when(s.window.until));
     println!("\nREQUESTS");
     println!(
-        "{} made: {} auto-approved, {} approved by people, {} denied, {} expired unreviewed, {} cancelled, {} pending, {} refused by policy",
+        "{} made: {} auto-approved, {} approved by people, {} break-glass, {} denied, {} expired unreviewed, {} cancelled, {} pending, {} refused by policy",
         r.made,
         r.auto_approved,
         r.approved_by_people,
+        r.break_glass,
         r.denied,
         r.expired_unreviewed,
         r.cancelled,
@@ -147,6 +148,20 @@ fn print_summary(s: &Summary) {
         row
     });
     listing("revocations not confirmed", &[&grant_header[..], &["missing"]].concat(), unconfirmed);
+    let unreviewed = d.breakglass_unreviewed.iter().map(|b| {
+        let due = if b.overdue { format!("{} (overdue)", when(b.due_at)) } else { when(b.due_at) };
+        vec![
+            b.grant.clone(),
+            b.holder.clone(),
+            b.resource.clone(),
+            b.role.clone(),
+            when(b.started_at),
+            due,
+            b.reason.clone(),
+        ]
+    });
+    let header = ["grant", "holder", "resource", "role", "started", "review due", "reason"];
+    listing("break-glass grants lacking review", &header, unreviewed);
     let standing = s.standing.iter().map(|f| {
         vec![f.resource.clone(), f.database_role.clone(), f.kind.clone(), f.detail.clone(), when(f.observed_at)]
     });
@@ -224,6 +239,14 @@ fn summary_csv(s: &Summary) -> Outcome {
     for u in &d.unconfirmed_revocations {
         add("unconfirmed_revocation", &u.grant.grant.to_string(), "missing", u.missing.join("; "));
     }
+    for b in &d.breakglass_unreviewed {
+        add(
+            "breakglass_unreviewed",
+            &b.grant,
+            "review_due",
+            format!("{}{}", when(b.due_at), if b.overdue { " (overdue)" } else { "" }),
+        );
+    }
     for f in &s.standing {
         add("standing", &f.resource, &f.database_role, format!("{}: {}", f.kind, f.detail));
     }
@@ -297,7 +320,11 @@ fn print_story(story: &Story) {
             q.state.as_str()
         );
         println!("  asked {}: {}", when(q.created_at), q.reason);
-        let how = if q.auto_approved { "auto-approved by" } else { "allowed by" };
+        let how = match (q.auto_approved, q.break_glass) {
+            (true, _) => "auto-approved by",
+            (_, true) => "break-glass, granted at once by",
+            _ => "allowed by",
+        };
         println!(
             "  {how} {} (policies {})",
             q.decision.policies.join(", "),

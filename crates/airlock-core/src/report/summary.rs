@@ -9,7 +9,8 @@
 //!   given) to the last thing that took the access away: its last session closed, its database
 //!   role dropped;
 //! - *challenged*: requests the policies did not let through on their own, so a person had to
-//!   review them; *refused*: requests the policies refused outright.
+//!   review them; *refused*: requests the policies refused outright; *break-glass*: granted at
+//!   once by a `break_glass` policy, reviewed afterwards (an open review is a deviation).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,6 +20,7 @@ use time::OffsetDateTime;
 use super::activity::{GrantActivity, Refusal, Revocation};
 use super::{GrantLine, Spread, Window, ended_at, millis_between};
 use crate::audit::{ChainRecord, time_of_ms};
+use crate::breakglass::Review;
 use crate::ids::{GrantId, ResourceName};
 use crate::lifecycle::{AccessRequest, Grant, RequestState};
 
@@ -110,6 +112,8 @@ pub struct Facts {
     pub gateway_resources: BTreeSet<ResourceName>,
     /// The latest standing-privilege findings of each target.
     pub standing: Vec<StandingFinding>,
+    /// Break-glass reviews still open, of grants that started before the window's end.
+    pub open_reviews: Vec<Review>,
 }
 
 /// How the requests of the window were decided.
@@ -119,6 +123,8 @@ pub struct RequestFigures {
     pub made: u64,
     pub refused_by_policy: u64,
     pub auto_approved: u64,
+    /// Granted at once by a `break_glass` policy, reviewed afterwards.
+    pub break_glass: u64,
     pub approved_by_people: u64,
     pub denied: u64,
     pub expired_unreviewed: u64,
@@ -128,8 +134,39 @@ pub struct RequestFigures {
     pub auto_approved_share: Option<f64>,
     /// Refused by the policies among requests made.
     pub refused_rate: Option<f64>,
-    /// Sent to people for review among requests made.
+    /// Sent to people for review among requests made (neither auto-approved nor break-glass).
     pub challenged_rate: Option<f64>,
+}
+
+/// A break-glass grant whose review is still open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreviewedBreakGlass {
+    pub grant: String,
+    pub holder: String,
+    pub resource: String,
+    pub role: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub due_at: OffsetDateTime,
+    /// Past its due time (and so escalated).
+    pub overdue: bool,
+}
+
+impl UnreviewedBreakGlass {
+    fn new(review: &Review, now: OffsetDateTime) -> Self {
+        Self {
+            grant: review.grant.to_string(),
+            holder: review.holder.to_string(),
+            resource: review.resource.to_string(),
+            role: review.role.to_string(),
+            reason: review.reason.to_string(),
+            started_at: review.opened_at,
+            due_at: review.due_at,
+            overdue: review.is_overdue(now),
+        }
+    }
 }
 
 /// Access to one resource, or by one user.
@@ -184,6 +221,8 @@ pub struct Deviations {
     pub used_after_end: Vec<LateUse>,
     /// Ended grants with a session whose end was never recorded, or a database role never dropped.
     pub unconfirmed_revocations: Vec<Unconfirmed>,
+    /// Break-glass grants still lacking their review (as of the report), oldest first.
+    pub breakglass_unreviewed: Vec<UnreviewedBreakGlass>,
 }
 
 /// The summary report.
@@ -210,9 +249,10 @@ fn request_figures(requests: &[AccessRequest], refused: u64) -> RequestFigures {
     let mut f = RequestFigures { refused_by_policy: refused, ..Default::default() };
     let mut challenged = 0;
     for r in requests {
-        challenged += u64::from(!r.auto_approved);
+        challenged += u64::from(!r.auto_approved && !r.break_glass);
         match r.state {
             RequestState::Approved if r.auto_approved => f.auto_approved += 1,
+            RequestState::Approved if r.break_glass => f.break_glass += 1,
             RequestState::Approved => f.approved_by_people += 1,
             RequestState::Denied => f.denied += 1,
             RequestState::Expired => f.expired_unreviewed += 1,
@@ -281,9 +321,11 @@ fn duration_buckets(grants: &[Grant]) -> Vec<DurationBucket> {
 
 /// Computes the summary of `window` from `facts`, as of `now`.
 pub fn summary(window: Window, facts: Facts, now: OffsetDateTime) -> Summary {
-    let Facts { requests, refused, grants, activity, refusals, gateway_resources, standing } = facts;
+    let Facts { requests, refused, grants, activity, refusals, gateway_resources, standing, mut open_reviews } = facts;
+    open_reviews.sort_by_key(|review| review.opened_at);
     let mut deviations = Deviations {
         guardrail_refusals: refusals.into_iter().filter(|r| window.contains(r.at)).collect(),
+        breakglass_unreviewed: open_reviews.iter().map(|review| UnreviewedBreakGlass::new(review, now)).collect(),
         ..Default::default()
     };
     let mut revoke_times = Vec::new();
@@ -415,6 +457,7 @@ mod tests {
             request(3, RequestState::Approved, false, Some(min(10))),
             request(4, RequestState::Denied, false, None),
             request(5, RequestState::Expired, false, None),
+            AccessRequest { break_glass: true, ..request(7, RequestState::Approved, false, None) },
         ];
         // 1: revoked after 10 minutes, its session cut 80 ms later and its role dropped at 120 ms.
         // 2: expired, never used. 3: expired, used 5 s past its end, its role never dropped.
@@ -436,6 +479,7 @@ mod tests {
         ] {
             activity.add(&r);
         }
+        let review = Review::open(&requests[5], &grants[1], time::Duration::hours(24)).0;
         let facts = Facts {
             requests,
             refused: vec![RefusedRequest {
@@ -450,15 +494,16 @@ mod tests {
             refusals: activity.refusals,
             gateway_resources: ["db".parse().unwrap()].into(),
             standing: Vec::new(),
+            open_reviews: vec![review],
         };
         let window = Window { since: T0, until: T0 + time::Duration::days(1) };
         let s = summary(window, facts, T0 + time::Duration::days(2));
 
         let r = &s.requests;
-        assert_eq!((r.made, r.refused_by_policy, r.auto_approved, r.approved_by_people), (6, 1, 1, 2));
-        assert_eq!((r.denied, r.expired_unreviewed), (1, 1));
-        assert_eq!(r.auto_approved_share, Some(1.0 / 3.0));
-        assert_eq!(r.challenged_rate, Some(4.0 / 6.0));
+        assert_eq!((r.made, r.refused_by_policy, r.auto_approved, r.approved_by_people), (7, 1, 1, 2));
+        assert_eq!((r.denied, r.expired_unreviewed, r.break_glass), (1, 1, 1));
+        assert_eq!(r.auto_approved_share, Some(1.0 / 3.0), "break-glass is neither");
+        assert_eq!(r.challenged_rate, Some(4.0 / 7.0), "break-glass skipped review");
         assert_eq!((s.time_to_approve.p50_ms, s.time_to_approve.max_ms), (Some(120_000), Some(600_000)));
         assert_eq!((s.time_to_revoke.count, s.time_to_revoke.max_ms), (1, Some(120)), "grant 3 is unconfirmed");
 
@@ -469,6 +514,8 @@ mod tests {
         assert_eq!(d.used_after_end[0].after_end_ms, 5_000);
         assert_eq!(d.unconfirmed_revocations.len(), 1);
         assert_eq!(d.unconfirmed_revocations[0].missing, ["its database role was never dropped"]);
+        assert_eq!(d.breakglass_unreviewed.len(), 1);
+        assert!(d.breakglass_unreviewed[0].overdue, "opened at T0, due a day later, reported two days later");
 
         assert_eq!(s.by_resource.len(), 1);
         let db = &s.by_resource[0];
