@@ -646,6 +646,62 @@ fn deny_and_cancel() {
 }
 
 #[test]
+fn break_glass_is_granted_at_once_and_answered_for_afterwards() {
+    let app = spawn_app();
+    let emergency = ["breakglass", "demo-db", "--reason", "INC-77: orders table locked"];
+
+    let broken = app.json("dana", &[&emergency[..], &["--role", "write", "--for", "4h"]].concat());
+    assert_eq!(broken["request"]["state"], "approved");
+    assert_eq!(broken["request"]["decision"]["break_glass"], true);
+    assert_eq!(broken["request"]["duration"], "1h", "cut to the role's break_glass_max");
+    assert_eq!(broken["cut_to_ceiling"], true);
+    assert_eq!(broken["request"]["grant"]["state"], "active");
+    assert_eq!(broken["review"]["state"], "open");
+    let write_grant = str_of(&broken["request"]["grant"], "id").to_owned();
+
+    let text = app.airlock("dana", &[&emergency[..], &["--role", "read"]].concat());
+    assert_exit(&text, 0);
+    assert!(stdout(&text).contains("break-glass: granted at once, review owed"), "{}", stdout(&text));
+    assert!(stdout(&text).contains("review    owed by somebody else: `airlock review"), "{}", stdout(&text));
+
+    let refused = app.airlock("alice", &[&emergency[..], &["--role", "read"]].concat());
+    assert_exit(&refused, 1);
+    assert!(stderr(&refused).contains("no policy allows `alice`"), "{}", stderr(&refused));
+    assert_exit(&app.airlock("dana", &[&emergency[..], &["--role", "read", "--for", "soon"]].concat()), 2);
+    assert_exit(&app.airlock("bob", &["review", &write_grant, "--comment", "neither verdict"]), 2);
+    assert_exit(&app.airlock("bob", &["review", &write_grant, "--accept", "--reject", "--comment", "both"]), 2);
+
+    let own = app.airlock("dana", &["review", &write_grant, "--accept", "--comment", "all fine, trust me"]);
+    assert_exit(&own, 1);
+    assert!(stderr(&own).contains("your own break-glass grant"), "{}", stderr(&own));
+    assert_eq!(app.json("bob", &["reviews", "--open"]).as_array().unwrap().len(), 2);
+    assert_eq!(app.json("alice", &["reviews"]).as_array().unwrap().len(), 0, "not hers to see");
+
+    let rejected = app.json("bob", &["review", &write_grant, "--reject", "--comment", "no incident INC-77 on record"]);
+    assert_eq!(rejected["state"], "rejected");
+    assert_eq!(rejected["answer"]["reviewer"], "bob");
+    assert_eq!(app.grant_as("dana", &write_grant)["state"], "revoked");
+    let again = app.airlock("carol", &["review", &write_grant, "--accept", "--comment", "second opinion"]);
+    assert_exit(&again, 1);
+
+    let barred = app.airlock("dana", &[&emergency[..], &["--role", "read"]].concat());
+    assert_exit(&barred, 1);
+    assert!(stderr(&barred).contains("a review rejected your break-glass grant"), "{}", stderr(&barred));
+    assert_exit(&app.admin(&["user", "allow-breakglass", "dana"]), 0);
+    assert_exit(&app.admin(&["user", "allow-breakglass", "dana"]), 1);
+    let allowed = app.json("dana", &[&emergency[..], &["--role", "read", "--for", "5m"]].concat());
+    assert_eq!(allowed["request"]["duration"], "5m");
+
+    let report = app.json("bob", &["report"]);
+    assert_eq!(report["requests"]["break_glass"], 3);
+    let unreviewed = report["deviations"]["breakglass_unreviewed"].as_array().unwrap();
+    assert_eq!(unreviewed.len(), 2, "the two read grants still lack a review: {unreviewed:?}");
+    assert!(unreviewed.iter().all(|u| u["holder"] == "dana" && u["overdue"] == false));
+    let text = app.airlock("bob", &["report"]);
+    assert!(stdout(&text).contains("break-glass grants lacking review: 2"), "{}", stdout(&text));
+}
+
+#[test]
 fn request_wait_returns_once_approved() {
     let app = spawn_app();
 
