@@ -218,6 +218,7 @@ mod tests {
         let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["request.created", "request.approved", "grant.started"]);
         assert_eq!(events[2].actor, "dana", "the holder broke the glass");
+        assert_eq!(events[0].details["request"]["break_glass"], true, "recorded as break-glass from the start");
         let (review, used) = Review::open(&request, &grant, time::Duration::hours(24));
         assert_eq!((review.state, review.due_at), (ReviewState::Open, T0 + time::Duration::hours(24)));
         assert_eq!(used.kind, EventKind::BreakGlassUsed);

@@ -221,32 +221,8 @@ impl AccessRequest {
         if new.duration > role.max_duration {
             return Err(OpenError::TooLong { asked: new.duration, max: role.max_duration, role: role.name.clone() });
         }
-        let decision = RecordedDecision::new(request, policy_version);
-        if !request.allowed {
-            return Err(OpenError::Refused {
-                requester: new.requester,
-                resource: new.resource,
-                role: new.role,
-                decision,
-            });
-        }
-        let mut this = Self {
-            id: new.id,
-            requester: new.requester,
-            resource: new.resource,
-            role: new.role,
-            duration: new.duration,
-            reason: new.reason,
-            state: RequestState::Pending,
-            created_at: now,
-            expires_at: now + pending_ttl,
-            required_approvals: role.approvals,
-            approvals: Vec::new(),
-            decision,
-            auto_approved: false,
-            break_glass: false,
-            closure: None,
-        };
+        let mut this = Self::refused_or_new(new, request, policy_version, now, now + pending_ttl)?;
+        this.required_approvals = role.approvals;
         let mut events = vec![this.event(EventKind::RequestCreated, this.requester.as_str(), now)];
         let grant = if auto_approve.allowed {
             this.auto_approved = true;
@@ -269,17 +245,32 @@ impl AccessRequest {
         now: OffsetDateTime,
         grant_id: GrantId,
     ) -> Result<(Self, Grant, Vec<AuditEvent>), OpenError> {
-        let recorded = RecordedDecision::new(decision, policy_version);
+        new.duration = new.duration.min(role.break_glass_max);
+        let mut this = Self::refused_or_new(new, decision, policy_version, now, now)?;
+        this.break_glass = true;
+        let mut events = vec![this.event(EventKind::RequestCreated, this.requester.as_str(), now)];
+        let grant = this.grant_by(this.requester.to_string(), grant_id, now, &mut events);
+        Ok((this, grant, events))
+    }
+
+    /// A new pending request, or the refusal when `decision` does not allow it.
+    fn refused_or_new(
+        new: NewRequest,
+        decision: &Decision,
+        policy_version: &str,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<Self, OpenError> {
+        let decision_recorded = RecordedDecision::new(decision, policy_version);
         if !decision.allowed {
             return Err(OpenError::Refused {
                 requester: new.requester,
                 resource: new.resource,
                 role: new.role,
-                decision: recorded,
+                decision: decision_recorded,
             });
         }
-        new.duration = new.duration.min(role.break_glass_max);
-        let mut this = Self {
+        Ok(Self {
             id: new.id,
             requester: new.requester,
             resource: new.resource,
@@ -288,17 +279,14 @@ impl AccessRequest {
             reason: new.reason,
             state: RequestState::Pending,
             created_at: now,
-            expires_at: now,
+            expires_at,
             required_approvals: 0,
             approvals: Vec::new(),
-            decision: recorded,
+            decision: decision_recorded,
             auto_approved: false,
-            break_glass: true,
+            break_glass: false,
             closure: None,
-        };
-        let mut events = vec![this.event(EventKind::RequestCreated, this.requester.as_str(), now)];
-        let grant = this.grant_by(this.requester.to_string(), grant_id, now, &mut events);
-        Ok((this, grant, events))
+        })
     }
 
     /// Whether the request has outlived its pending time.
@@ -546,6 +534,7 @@ mod tests {
         let grant = outcome.grant.unwrap();
         assert_eq!((grant.starts_at, grant.ends_at), (T0, T0 + time::Duration::minutes(10)));
         assert_eq!(kinds(&outcome.events), ["request.created", "request.approved", "grant.started"]);
+        assert_eq!(outcome.events[0].details["request"]["required_approvals"], 2, "recorded as created");
     }
 
     #[test]
