@@ -30,15 +30,33 @@
 //! checkpoint_webhook = "https://audit.example.com/airlock"          # and POST it here
 //! redact_fields = ["password", "token"]      # values under these names become commitments
 //! redact_patterns = ['\b\d{13,19}\b']        # and so does every match in a string
+//!
+//! [notify]                    # webhook notifications, sent by `airlock serve` (docs/notifications.md)
+//! base_url = "https://airlock.example.com"   # links in messages point here (none: no links)
+//!
+//! [[notify.channel]]
+//! name = "sre-slack"
+//! format = "slack"            # a Slack-compatible incoming webhook; or "json"
+//! url_env = "AIRLOCK_SLACK_WEBHOOK"      # or url = "https://…" (the URL is often itself a secret)
+//! secret_env = "AIRLOCK_NOTIFY_SECRET"   # the HMAC key that signs each POST; or secret_file = "notify.key"
+//!
+//! [[notify.route]]
+//! channel = "sre-slack"
+//! events = ["review_needed", "breakglass_used"]   # leave out: every kind
+//! resources = ["demo-db"]                          # leave out: any resource
+//! environments = ["prod"]                          # leave out: any environment (from the catalog)
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use airlock_core::audit::redaction::{RedactionError, RedactionRules};
-use airlock_core::ids::GroupName;
+use airlock_core::catalog::SecretSource;
+use airlock_core::ids::{GroupName, ResourceName};
 use airlock_core::values::GrantDuration;
 use serde::Deserialize;
+
+use crate::notify::{Format, NoticeKind};
 
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +69,8 @@ pub enum ConfigError {
     Invalid { path: String, message: &'static str },
     #[error("config `{path}`: [audit] {source}")]
     Redaction { path: String, source: RedactionError },
+    #[error("config `{path}`: [notify] {message}")]
+    Notify { path: String, message: String },
 }
 
 /// The whole file.
@@ -66,6 +86,160 @@ pub struct Config {
     pub audit: AuditSection,
     #[serde(default)]
     pub breakglass: BreakGlassSection,
+    #[serde(default)]
+    pub notify: NotifySection,
+}
+
+/// Webhook notifications: the channels they go to and which notices go where.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    /// Links in messages point here (no trailing slash); none: messages carry no links.
+    #[serde(default, deserialize_with = "base_url")]
+    pub base_url: Option<String>,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelSection>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSection>,
+}
+
+/// One webhook that receives notices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "ChannelEntry")]
+pub struct ChannelSection {
+    /// Names the channel in routes, logs, metrics and audit records (never its URL).
+    pub name: String,
+    pub format: Format,
+    pub url: UrlSource,
+    /// The key that signs every POST; never written inline.
+    pub secret: SecretSource,
+}
+
+/// Where a channel's URL comes from. An incoming-webhook URL is often a credential, so `Debug`
+/// never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Inline(String),
+    /// The name of the environment variable that holds it.
+    Env(String),
+}
+
+impl std::fmt::Debug for UrlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            UrlSource::Env(var) => f.debug_tuple("Env").field(var).finish(),
+        }
+    }
+}
+
+/// A channel as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelEntry {
+    name: String,
+    format: Format,
+    url: Option<String>,
+    url_env: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+impl TryFrom<ChannelEntry> for ChannelSection {
+    type Error = String;
+
+    fn try_from(entry: ChannelEntry) -> Result<Self, String> {
+        let name = entry.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!("[notify] channel name `{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`"));
+        }
+        let url = match (entry.url, entry.url_env) {
+            // The URL itself is never repeated in an error: it may be a credential.
+            (Some(url), None) if is_http_url(&url) => UrlSource::Inline(url),
+            (Some(_), None) => {
+                return Err(format!("[notify] channel `{name}`: url must be an http:// or https:// URL"));
+            }
+            (None, Some(var)) if !var.is_empty() => UrlSource::Env(var),
+            (None, Some(_)) => return Err(format!("[notify] channel `{name}`: url_env must name a variable")),
+            (Some(_), Some(_)) => return Err(format!("[notify] channel `{name}`: give url or url_env, not both")),
+            (None, None) => return Err(format!("[notify] channel `{name}`: needs url or url_env")),
+        };
+        let secret = match (entry.secret_env, entry.secret_file) {
+            (Some(var), None) if !var.is_empty() => SecretSource::Env(var),
+            (None, Some(path)) if !path.as_os_str().is_empty() => SecretSource::File(path),
+            (Some(_), Some(_)) => {
+                return Err(format!("[notify] channel `{name}`: give secret_env or secret_file, not both"));
+            }
+            _ => {
+                return Err(format!(
+                    "[notify] channel `{name}`: needs secret_env or secret_file (the key that signs each delivery)"
+                ));
+            }
+        };
+        Ok(Self { name, format: entry.format, url, secret })
+    }
+}
+
+/// Which notices go to a channel. Each list left out matches anything; a notice without a
+/// resource (an incident) matches only routes that name no resources and no environments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub channel: String,
+    pub events: Option<Vec<NoticeKind>>,
+    pub resources: Option<Vec<ResourceName>>,
+    /// Environments as the catalog names them.
+    pub environments: Option<Vec<String>>,
+}
+
+/// Whether `text` is an absolute `http://` or `https://` URL with a host.
+pub(crate) fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text)
+        .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+fn base_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if !is_http_url(&text) {
+        return Err(serde::de::Error::custom("base_url must be an http:// or https:// URL"));
+    }
+    Ok(Some(text.trim_end_matches('/').to_owned()))
+}
+
+impl NotifySection {
+    /// What the file's shape cannot say: unique channel names, routes that name a channel, lists
+    /// that are not empty, every channel routed.
+    fn check(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for channel in &self.channels {
+            if !names.insert(channel.name.as_str()) {
+                return Err(format!("channel `{}` is defined twice", channel.name));
+            }
+        }
+        for route in &self.routes {
+            let channel = &route.channel;
+            if !names.contains(channel.as_str()) {
+                return Err(format!("a route names channel `{channel}`, which is not defined"));
+            }
+            let empty = [
+                ("events", route.events.as_ref().is_some_and(Vec::is_empty)),
+                ("resources", route.resources.as_ref().is_some_and(Vec::is_empty)),
+                ("environments", route.environments.as_ref().is_some_and(Vec::is_empty)),
+            ];
+            if let Some((field, _)) = empty.iter().find(|(_, empty)| *empty) {
+                return Err(format!(
+                    "the route to `{channel}` has `{field} = []`, which matches nothing; leave it out to match any"
+                ));
+            }
+        }
+        if let Some(unused) = self.channels.iter().find(|c| self.routes.iter().all(|r| r.channel != c.name)) {
+            return Err(format!("channel `{}` is named by no route, so it would never hear anything", unused.name));
+        }
+        Ok(())
+    }
 }
 
 /// What follows an emergency grant: its mandatory review.
@@ -261,6 +435,12 @@ impl Config {
         {
             return Err(invalid("[audit] checkpoint_webhook must be an http:// or https:// URL"));
         }
+        config.notify.check().map_err(|message| ConfigError::Notify { path: path.display().to_string(), message })?;
+        for channel in &mut config.notify.channels {
+            if let SecretSource::File(file) = &mut channel.secret {
+                *file = base.join(&*file);
+            }
+        }
         Ok(config)
     }
 }
@@ -295,5 +475,86 @@ mod tests {
         assert!(Config::load(&path).unwrap_err().to_string().contains("is not a valid regular expression"));
         std::fs::write(&path, "[brokr]\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("unknown field `brokr`"));
+    }
+
+    const CHANNEL: &str = "[[notify.channel]]\nname = \"sre\"\nformat = \"json\"\n";
+    const ROUTE: &str = "[[notify.route]]\nchannel = \"sre\"\n";
+
+    /// Loads `text` as a config file and returns its error, which must name `expected`.
+    #[track_caller]
+    fn refused(text: &str, expected: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(&path, text).unwrap();
+        let error = Config::load(&path).expect_err(text).to_string();
+        assert!(error.contains(expected), "{error:?} does not say {expected:?}");
+        assert!(!error.contains("s3cr3t"), "{error:?} shows the URL");
+    }
+
+    #[test]
+    fn notify_channels_and_routes_load_with_secret_files_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        let text = format!(
+            "[notify]\nbase_url = \"https://airlock.example.com/\"\n{CHANNEL}url = \"https://hooks.example.com/s3cr3t\"\n\
+             secret_file = \"notify.key\"\n{ROUTE}events = [\"review_needed\", \"grant_ending\"]\n\
+             environments = [\"prod\"]\n[[notify.route]]\nchannel = \"sre\"\nresources = [\"demo-db\"]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let notify = Config::load(&path).unwrap().notify;
+        assert_eq!(notify.base_url.as_deref(), Some("https://airlock.example.com"));
+        let channel = &notify.channels[0];
+        assert_eq!((channel.name.as_str(), channel.format), ("sre", Format::Json));
+        assert_eq!(channel.url, UrlSource::Inline("https://hooks.example.com/s3cr3t".into()));
+        assert_eq!(channel.secret, SecretSource::File(dir.path().join("notify.key")));
+        assert!(!format!("{notify:?}").contains("s3cr3t"), "Debug never shows an inline URL");
+        assert_eq!(notify.routes[0].events, Some(vec![NoticeKind::ReviewNeeded, NoticeKind::GrantEnding]));
+        assert_eq!((notify.routes[1].events.as_ref(), notify.routes[1].environments.as_ref()), (None, None));
+        std::fs::write(&path, "").unwrap();
+        assert!(Config::load(&path).unwrap().notify.channels.is_empty(), "no [notify]: no notifications");
+    }
+
+    #[test]
+    fn bad_notify_sections_are_refused_naming_what_is_wrong() {
+        let secret = "secret_env = \"KEY\"\n";
+        let url = "url = \"https://hooks.example.com/s3cr3t\"\n";
+        let env_url = "url_env = \"HOOK\"\n";
+        refused(&format!("{CHANNEL}{secret}{ROUTE}"), "channel `sre`: needs url or url_env");
+        refused(&format!("{CHANNEL}{url}{env_url}{secret}{ROUTE}"), "channel `sre`: give url or url_env, not both");
+        refused(&format!("{CHANNEL}url = \"ftp://s3cr3t\"\n{secret}{ROUTE}"), "url must be an http:// or https:// URL");
+        refused(&format!("{CHANNEL}{url}{ROUTE}"), "channel `sre`: needs secret_env or secret_file");
+        refused(
+            &format!("{CHANNEL}{url}{secret}secret_file = \"k\"\n{ROUTE}"),
+            "give secret_env or secret_file, not both",
+        );
+        refused(&format!("{CHANNEL}{url}secret = \"inline\"\n{ROUTE}"), "unknown field `secret`");
+        refused(&format!("{CHANNEL}{env_url}{secret}format2 = 1\n{ROUTE}"), "unknown field `format2`");
+        refused(
+            &format!("[[notify.channel]]\nname = \"sre\"\nformat = \"teams\"\n{env_url}{secret}{ROUTE}"),
+            "unknown variant `teams`",
+        );
+        refused(
+            &format!("[[notify.channel]]\nname = \"s re\"\nformat = \"json\"\n{env_url}{secret}"),
+            "`s re` must be",
+        );
+        refused(
+            &format!("{CHANNEL}{env_url}{secret}{CHANNEL}{env_url}{secret}{ROUTE}"),
+            "channel `sre` is defined twice",
+        );
+        refused(
+            &format!("{CHANNEL}{env_url}{secret}{ROUTE}[[notify.route]]\nchannel = \"ops\"\n"),
+            "names channel `ops`",
+        );
+        refused(&format!("{CHANNEL}{env_url}{secret}"), "channel `sre` is named by no route");
+        refused(
+            &format!("{CHANNEL}{env_url}{secret}{ROUTE}events = [\"grant_expired\"]\n"),
+            "unknown variant `grant_expired`",
+        );
+        refused(
+            &format!("{CHANNEL}{env_url}{secret}{ROUTE}resources = []\n"),
+            "`resources = []`, which matches nothing",
+        );
+        refused(&format!("{CHANNEL}{env_url}{secret}{ROUTE}resources = [\"Bad Name\"]\n"), "Bad Name");
+        refused("[notify]\nbase_url = \"airlock.example.com\"\n", "base_url must be an http:// or https:// URL");
     }
 }

@@ -15,6 +15,8 @@
 //! - [`credentials`]: gateway credentials for a holder's live grant;
 //! - [`gateways`]: what a gateway running apart may ask and record;
 //! - [`metrics`]: what is measured for Prometheus, and where;
+//! - [`notify`]: webhook notifications made from committed audit records, signed, retried and
+//!   recorded;
 //! - [`reports`]: the summary of a window and the story of a user or resource, for auditors;
 //! - [`outbound`]: HTTP clients for webhooks and the CLI;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod credentials;
 pub mod gateways;
 pub mod metrics;
+pub mod notify;
 pub mod outbound;
 pub mod reports;
 pub mod scheduler;

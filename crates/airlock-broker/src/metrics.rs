@@ -45,6 +45,11 @@ pub const AUDIT_HEAD: &str = "airlock_audit_head_seq";
 pub const CHECKPOINT_AGE: &str = "airlock_audit_checkpoint_age_seconds";
 /// Records appended after the newest signed checkpoint.
 pub const UNSIGNED_RECORDS: &str = "airlock_audit_unsigned_records";
+/// Notifications by channel and outcome: `delivered`, `failed` (after every attempt), `dropped`
+/// (the channel's queue was full).
+pub const NOTIFICATIONS: &str = "airlock_notifications_total";
+/// Audit records whose notices were dropped before routing, the notification queue being full.
+pub const NOTIFICATION_QUEUE_DROPPED: &str = "airlock_notification_queue_dropped_total";
 /// Break-glass reviews still open.
 pub const REVIEWS_OPEN: &str = "airlock_breakglass_reviews_open";
 /// Break-glass reviews still open past their due time (escalated).
@@ -83,6 +88,11 @@ pub fn describe() {
     describe_gauge!(AUDIT_HEAD, "The audit chain's last sequence number.");
     describe_gauge!(CHECKPOINT_AGE, metrics::Unit::Seconds, "Time since the newest signed checkpoint was made.");
     describe_gauge!(UNSIGNED_RECORDS, "Audit records appended after the newest signed checkpoint.");
+    describe_counter!(NOTIFICATIONS, "Notifications by channel and outcome: delivered, failed or dropped.");
+    describe_counter!(
+        NOTIFICATION_QUEUE_DROPPED,
+        "Audit records whose notices were dropped before routing because the notification queue was full."
+    );
     describe_gauge!(REVIEWS_OPEN, "Break-glass reviews still open.");
     describe_gauge!(REVIEWS_OVERDUE, "Break-glass reviews still open past their due time.");
 }

@@ -1,7 +1,9 @@
 //! The audit chain for auditors: signed checkpoints, their sinks, exports verified offline, and
 //! a rewrite of the whole table caught. A real SQLite store in a temporary directory; the
-//! webhook sink's receiver is a bare HTTP listener on loopback (it stands for a service
-//! elsewhere). Background work is awaited by polling with an overall timeout.
+//! webhook sink's receiver is a bare HTTP listener on loopback (`common`: it stands for a
+//! service elsewhere). Background work is awaited by polling with an overall timeout.
+
+mod common;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -24,8 +26,9 @@ use airlock_core::values::GrantDuration;
 use airlock_store::{BROKER_CHAIN, Store};
 use serde_json::json;
 use time::macros::datetime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+
+use crate::common::Receiver;
 
 async fn broker(dir: &Path) -> Broker {
     broker_redacting(dir, RedactionRules::new(&[], &[]).unwrap()).await
@@ -228,11 +231,12 @@ async fn the_checkpointer_feeds_its_sinks_and_signs_the_head_at_shutdown() {
     let broker = broker(dir.path()).await;
     let sink = dir.path().join("elsewhere").join("checkpoints.jsonl");
     std::fs::create_dir_all(sink.parent().unwrap()).unwrap();
-    let (webhook, received) = receiver().await;
+    // The webhook refuses the first delivery (HTTP 500) and takes every later one.
+    let webhook = Receiver::start("/checkpoints", |n| if n == 0 { 500 } else { 200 }).await;
     let settings = CheckpointSettings {
         every: Duration::from_secs(3600),
         every_records: 3,
-        sinks: vec![Sink::File(sink.clone()), Sink::Webhook(webhook)],
+        sinks: vec![Sink::File(sink.clone()), Sink::Webhook(webhook.url.clone())],
     };
     let (stop, stopped) = watch::channel(false);
     let checkpointer = tokio::spawn(checkpoints::run(broker.clone(), settings, stopped));
@@ -253,56 +257,14 @@ async fn the_checkpointer_feeds_its_sinks_and_signs_the_head_at_shutdown() {
 
     // The webhook refused the first delivery (HTTP 500); a retry brought it the newest checkpoint,
     // which vouches for everything before it.
-    let bodies = received.borrow().clone();
-    let posted: Vec<i64> = bodies
-        .iter()
-        .map(|body| match serde_json::from_str::<Line<'_>>(body).unwrap() {
+    let accepted: Vec<_> = webhook.received().into_iter().filter(|request| request.status == 200).collect();
+    assert!(accepted.iter().all(|request| request.headers["content-type"] == "application/json"), "{accepted:?}");
+    let posted: Vec<i64> = accepted
+        .into_iter()
+        .map(|request| match serde_json::from_str::<Line<'_>>(&request.body).unwrap() {
             Line::Checkpoint(checkpoint) => checkpoint.seq,
             other => panic!("not a checkpoint: {other:?}"),
         })
         .collect();
     assert_eq!(posted.last(), Some(&4), "{posted:?}");
-}
-
-/// An HTTP receiver on loopback that answers 500 to the first POST and 200 after; it keeps the
-/// bodies it accepted.
-async fn receiver() -> (String, watch::Receiver<Vec<String>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/checkpoints", listener.local_addr().unwrap());
-    let (kept, seen) = watch::channel(Vec::new());
-    tokio::spawn(async move {
-        let mut refused_once = false;
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 4096];
-            let body = loop {
-                let n = socket.read(&mut buffer).await.unwrap();
-                if n == 0 {
-                    break None;
-                }
-                request.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&request).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
-                        .and_then(|n| n.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        break Some(body.to_owned());
-                    }
-                }
-            };
-            let Some(body) = body else { continue };
-            let status = if refused_once { "200 OK" } else { "500 Internal Server Error" };
-            if refused_once {
-                kept.send_modify(|bodies| bodies.push(body));
-            }
-            refused_once = true;
-            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = socket.write_all(answer.as_bytes()).await;
-        }
-    });
-    (url, seen)
 }

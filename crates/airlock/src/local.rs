@@ -8,6 +8,7 @@ use airlock_broker::broker::Settings;
 use airlock_broker::bundle::{PolicyBundle, load_cases};
 use airlock_broker::clock::SystemClock;
 use airlock_broker::config::Config;
+use airlock_broker::notify::Notifier;
 use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, BrokerError};
 use airlock_core::ids::{GroupName, UserName};
@@ -24,17 +25,45 @@ fn admin_actor() -> String {
     format!("admin:{user}")
 }
 
-/// Opens the broker over the data directory, as `serve` would (without serving).
+/// Whether an opened broker's commits become notifications: only `serve`'s do.
+enum Notifications {
+    Off,
+    AsConfigured,
+}
+
+/// Opens the broker over the data directory, as `serve` would (without serving). Its changes
+/// send no notifications.
 pub async fn open_broker(files: &Files) -> Result<(Broker, Config), Failure> {
+    let (broker, config, _) = open(files, Notifications::Off).await?;
+    Ok((broker, config))
+}
+
+/// Opens the broker for `serve`: when `[notify]` has channels, the store tells the returned
+/// notifier of every commit, so it must be run (`Notifier::run`).
+pub async fn open_serving_broker(files: &Files) -> Result<(Broker, Config, Option<Notifier>), Failure> {
+    open(files, Notifications::AsConfigured).await
+}
+
+async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Config, Option<Notifier>), Failure> {
     let config = Config::load(&files.config)?;
     let bundle = PolicyBundle::load(&config.policy)?;
+    // Before the store: channels whose URL or secret cannot be read stop `serve` from starting.
+    let notifier = match notifications {
+        Notifications::Off => None,
+        Notifications::AsConfigured => {
+            Notifier::from_config(&config.notify, &bundle.catalog).map_err(anyhow::Error::from)?
+        }
+    };
     let mut store = Store::open(&files.data_dir)
         .await
         .with_context(|| format!("cannot open the store in `{}`", files.data_dir.display()))?;
     store.set_redaction(config.audit.redaction().context("[audit] redaction")?);
+    if let Some(notifier) = &notifier {
+        store.observe_commits(notifier.observer());
+    }
     let settings = Settings::from(&config);
     let key = load_or_create_key(&files.data_dir).context("cannot load the signing key")?;
-    Ok((Broker::new(store, bundle, Arc::new(SystemClock), settings, key), config))
+    Ok((Broker::new(store, bundle, Arc::new(SystemClock), settings, key), config, notifier))
 }
 
 fn refused_or_usage(error: BrokerError) -> Failure {

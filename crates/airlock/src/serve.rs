@@ -1,7 +1,7 @@
 //! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the audit
-//! checkpointer, the API, the PostgreSQL connector when the catalog names PostgreSQL targets, and
-//! the gateway when the configuration has a `[gateway]` section; and the Prometheus recorder that
-//! `/metrics` renders.
+//! checkpointer, the API, the PostgreSQL connector when the catalog names PostgreSQL targets, the
+//! gateway when the configuration has a `[gateway]` section, and webhook notifications when
+//! `[notify]` has channels; and the Prometheus recorder that `/metrics` renders.
 
 use std::net::SocketAddr;
 
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::Outcome;
 use crate::cli::Files;
-use crate::local::open_broker;
+use crate::local::open_serving_broker;
 use crate::{gateway, throwaway};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
@@ -25,7 +25,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Option<SocketAddr>) -> Outcome {
     // First: what happens before the recorder is installed is not counted.
     let metrics = airlock_http::metrics::install().context("cannot set up the metrics")?;
-    let (broker, config) = open_broker(files).await?;
+    let (broker, config, notifier) = open_serving_broker(files).await?;
     let listen =
         listen.or(config.broker.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -33,6 +33,13 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
 
     let (stop, stopped) = watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(broker.clone(), stopped.clone()));
+    // Notifications stop after everything that records changes, and before the last checkpoint,
+    // so the records of their outcomes are signed.
+    let (stop_notifications, notifications_stopped) = watch::channel(false);
+    let notifications = notifier.map(|notifier| {
+        tracing::info!("notifications started");
+        tokio::spawn(notifier.run(broker.clone(), notifications_stopped))
+    });
     // The checkpointer stops last, so its final checkpoint covers what the others recorded.
     let (stop_checkpoints, checkpoints_stopped) = watch::channel(false);
     let checkpointer =
@@ -84,6 +91,10 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     }
     if let Some(connector) = connector {
         let _ = connector.await;
+    }
+    let _ = stop_notifications.send(true);
+    if let Some(notifications) = notifications {
+        let _ = notifications.await;
     }
     let _ = stop_checkpoints.send(true);
     let _ = checkpointer.await;

@@ -1005,6 +1005,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/requests/{id}/approve", "post"),
     ("/v1/requests/{id}/deny", "post"),
     ("/v1/requests/{id}/cancel", "post"),
+    ("/v1/breakglass", "post"),
+    ("/v1/reviews", "get"),
+    ("/v1/reviews/{grant}", "post"),
     ("/v1/grants", "get"),
     ("/v1/grants/{id}/revoke", "post"),
     ("/v1/grants/{id}/credentials", "post"),
@@ -1127,11 +1130,11 @@ async fn the_http_api_answers_json_errors_and_matches_its_openapi_document() {
 fn policy_check_and_policy_tests() {
     let check = airlock_command().args(["policy", "check", "--config"]).arg(quickstart_config()).output().unwrap();
     assert_exit(&check, 0);
-    assert!(stdout(&check).starts_with("ok: 3 policies, 1 resources, version "), "{}", stdout(&check));
+    assert!(stdout(&check).starts_with("ok: 4 policies, 1 resources, version "), "{}", stdout(&check));
 
     let test = airlock_command().args(["policy", "test", "--config"]).arg(quickstart_config()).output().unwrap();
     assert_exit(&test, 0);
-    assert!(stdout(&test).contains("7 passed, 0 failed"), "{}", stdout(&test));
+    assert!(stdout(&test).contains("9 passed, 0 failed"), "{}", stdout(&test));
     assert!(!stdout(&test).contains("FAILED"), "{}", stdout(&test));
 
     let dir = tempfile::tempdir().unwrap();
@@ -1142,7 +1145,7 @@ fn policy_check_and_policy_tests() {
     let flipped = airlock_command().args(["policy", "test", "--config"]).arg(&config).output().unwrap();
     assert_exit(&flipped, 1);
     assert!(stdout(&flipped).contains("FAILED demo-db.toml: people outside eng may not ask"), "{}", stdout(&flipped));
-    assert!(stdout(&flipped).contains("6 passed, 1 failed"), "{}", stdout(&flipped));
+    assert!(stdout(&flipped).contains("8 passed, 1 failed"), "{}", stdout(&flipped));
     assert!(stderr(&flipped).contains("1 policy test(s) failed"), "{}", stderr(&flipped));
 
     fs::write(dir.path().join("policies/broken.cedar"), "permit (principal, action, resource\n").unwrap();
@@ -1414,4 +1417,80 @@ async fn a_gateway_running_apart_asks_the_broker_and_cuts_sessions_on_revoke() {
         serde_json::json!([{ "kind": "grant.revoked", "actor": "x", "at": "2026-01-01T00:00:00Z", "details": {} }]);
     let told = http.post(format!("{}/v1/gateway/events", app.url)).bearer_auth(&gateway_token).json(&forged).send();
     assert_eq!(told.await.unwrap().status(), 400, "a gateway records only session and statement events");
+}
+
+/// A webhook receiver on loopback for `serve`'s notifications (it stands for a service
+/// elsewhere): answers 200 to every POST and hands on each request's headers and body.
+fn webhook_receiver() -> (String, mpsc::Receiver<(String, String)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (send, receive) = mpsc::channel();
+    thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = socket.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                let length = head
+                    .lines()
+                    .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned))
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    let _ = send.send((head.to_ascii_lowercase(), body.to_owned()));
+                    break;
+                }
+            }
+        }
+    });
+    (url, receive)
+}
+
+#[test]
+fn serve_sends_signed_notifications_and_refuses_to_start_without_their_secret() {
+    let root = tempfile::tempdir().unwrap();
+    let config = copy_quickstart(&root.path().join("quickstart"));
+    let (url, received) = webhook_receiver();
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[notify]\nbase_url = \"https://airlock.example.com\"\n\
+         [[notify.channel]]\nname = \"hook\"\nformat = \"json\"\nurl = \"{url}\"\nsecret_file = \"notify.key\"\n\
+         [[notify.route]]\nchannel = \"hook\"\nevents = [\"review_needed\"]\n"
+    ));
+    fs::write(&config, text).unwrap();
+
+    // Without its secret, `serve` does not start, and says which channel and file.
+    let refused = airlock_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("unused"))
+        .output()
+        .unwrap();
+    assert_exit(&refused, 2);
+    assert!(stderr(&refused).contains("[notify] channel `hook`: cannot read secret_file"), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains(&url), "the URL is never shown: {}", stderr(&refused));
+
+    fs::write(config.with_file_name("notify.key"), "a-test-key-of-32-bytes-0123456789\n").unwrap();
+    let app = spawn_app_with(&config);
+    let request = app.request("alice", "write", "10m");
+    let id = str_of(&request, "id");
+    let (head, body) = received.recv_timeout(PATIENCE).expect("a notification reaches the receiver");
+    assert!(head.contains("x-airlock-signature: v1=") && head.contains("x-airlock-delivery: "), "{head}");
+    let notice: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((notice["kind"].as_str(), notice["subject"]["request"].as_str()), (Some("review_needed"), Some(id)));
+    assert_eq!(notice["link"], format!("https://airlock.example.com/v1/requests/{id}"));
+    assert_eq!(notice["commands"]["approve"], format!("airlock approve {id}"));
+    let delivered = eventually("the delivery's audit record", || {
+        let tail = app.json("bob", &["audit", "tail", "-n", "50"]).to_string();
+        tail.contains("notification.delivered").then_some(tail)
+    });
+    assert!(!delivered.contains(&url), "no record holds the URL");
 }

@@ -1,0 +1,73 @@
+//! A webhook receiver for tests: a bare HTTP/1.1 listener on loopback that stands for a service
+//! elsewhere. It answers each POST with the status a script gives for it and keeps every request.
+
+use std::collections::HashMap;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// One request as the receiver saw it, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Header names in lowercase.
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub status: u16,
+}
+
+pub struct Receiver {
+    pub url: String,
+    requests: watch::Receiver<Vec<Received>>,
+}
+
+impl Receiver {
+    /// Listens on 127.0.0.1:0 and answers the `n`-th request (from 0) with `status(n)`; `path` is
+    /// the URL's path.
+    pub async fn start(path: &str, status: fn(usize) -> u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let (kept, requests) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let Some((headers, body)) = read_request(&mut socket).await else { continue };
+                let answer = status(kept.borrow().len());
+                kept.send_modify(|requests| requests.push(Received { headers, body, status: answer }));
+                let reply = format!("HTTP/1.1 {answer} Test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+        });
+        Self { url, requests }
+    }
+
+    /// Every request so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.requests.borrow().clone()
+    }
+}
+
+/// Reads one request's headers and body (as long as its `content-length`).
+async fn read_request(socket: &mut TcpStream) -> Option<(HashMap<String, String>, String)> {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buffer).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&request).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+        let headers: HashMap<String, String> = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        let length = headers.get("content-length").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+        if body.len() >= length {
+            return Some((headers, body.to_owned()));
+        }
+    }
+}
