@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +15,18 @@ use airlock_broker::checkpoints::{self, CheckpointSettings, Sink};
 use airlock_broker::clock::{Clock, ManualClock};
 use airlock_broker::config::PolicySection;
 use airlock_broker::secrets::load_or_create_key;
-use airlock_broker::{Broker, BrokerError, Caller};
+use airlock_broker::{Broker, BrokerError};
 use airlock_core::audit::checkpoint::Checkpoint;
 use airlock_core::audit::export::{Line, Report, Verifier};
 use airlock_core::audit::redaction::{RedactionRules, markers};
 use airlock_core::audit::{AuditEvent, ChainHead, EventKind, chain};
-use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
 use airlock_store::{BROKER_CHAIN, Store};
 use serde_json::json;
 use time::macros::datetime;
 use tokio::sync::watch;
 
-use crate::common::Receiver;
+use crate::common::{Receiver, caller, eventually};
 
 async fn broker(dir: &Path) -> Broker {
     broker_redacting(dir, RedactionRules::new(&[], &[]).unwrap()).await
@@ -53,13 +51,6 @@ async fn broker_redacting(dir: &Path, rules: RedactionRules) -> Broker {
     Broker::new(store, bundle, clock as Arc<dyn Clock>, settings, load_or_create_key(dir).unwrap())
 }
 
-fn caller(name: &str, group: &str) -> Caller {
-    Caller {
-        principal: Principal { name: name.parse().unwrap(), groups: vec![group.parse().unwrap()], service: false },
-        source_ip: IpAddr::from([127, 0, 0, 1]),
-    }
-}
-
 /// Appends `n` records (users added).
 async fn records(broker: &Broker, from: usize, n: usize) {
     for i in from..from + n {
@@ -68,7 +59,7 @@ async fn records(broker: &Broker, from: usize, n: usize) {
 }
 
 async fn export(broker: &Broker, since: Option<time::OffsetDateTime>) -> Vec<String> {
-    let mut export = broker.audit_export(&caller("bob", "sre"), since, None).await.unwrap();
+    let mut export = broker.audit_export(&caller("bob", &["sre"]), since, None).await.unwrap();
     let mut text = String::new();
     while let Some(lines) = export.next_lines().await.unwrap() {
         text.push_str(&lines);
@@ -86,16 +77,6 @@ fn verify(broker: &Broker, lines: &[String], sink: Vec<Checkpoint>) -> Report {
 
 fn problems(report: &Report) -> Vec<String> {
     report.failures.iter().map(ToString::to_string).collect()
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..500 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn sink_lines(path: &Path) -> Vec<Checkpoint> {
@@ -134,7 +115,7 @@ async fn exports_are_for_auditors_and_verify_offline() {
     broker.checkpoint().await.unwrap();
     records(&broker, 5, 5).await;
 
-    let refused = broker.audit_export(&caller("alice", "eng"), None, None).await;
+    let refused = broker.audit_export(&caller("alice", &["eng"]), None, None).await;
     assert!(matches!(refused, Err(BrokerError::AuditForbidden)));
 
     let lines = export(&broker, None).await;
@@ -216,7 +197,7 @@ async fn configured_fields_and_patterns_are_redacted_before_chaining_and_can_be_
     let commitments: Vec<&str> = markers(&record.details).collect();
     assert_eq!(commitments.len(), 2, "{}", record.details);
     assert!(broker.verify_chain().await.unwrap().intact());
-    let auditor = caller("bob", "sre");
+    let auditor = caller("bob", &["sre"]);
     let proven = [
         broker.audit_prove(&auditor, commitments[0], "k-123").await.unwrap(),
         broker.audit_prove(&auditor, commitments[1], "4111111111111111").await.unwrap(),

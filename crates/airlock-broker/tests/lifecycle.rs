@@ -7,7 +7,8 @@
 //! 2 approvals); `sre` reviews; `oncall` skips review for read and may break the glass. `sre`
 //! are the auditors.
 
-use std::future::Future;
+mod common;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,13 +24,14 @@ use airlock_core::audit::export::Report;
 use airlock_core::audit::{ChainHead, ChainRecord};
 use airlock_core::breakglass::{ReviewState, Verdict};
 use airlock_core::lifecycle::{AccessRequest, Grant, GrantState, NotActive, OpenError, RequestState, ReviewError};
-use airlock_core::policy::Principal;
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::{BROKER_CHAIN, GrantFilter, RequestFilter, Store};
 use tempfile::TempDir;
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::watch;
+
+use crate::common::{caller, eventually};
 
 /// A Monday morning: nothing in the quickstart policies depends on it, but it is fixed.
 const T0: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
@@ -136,17 +138,6 @@ impl TestBroker {
     }
 }
 
-fn caller(name: &str, groups: &[&str]) -> Caller {
-    Caller {
-        principal: Principal {
-            name: name.parse().unwrap(),
-            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
-            service: false,
-        },
-        source_ip: IpAddr::from([10, 0, 0, 7]),
-    }
-}
-
 /// An engineer.
 fn alice() -> Caller {
     caller("alice", &["eng"])
@@ -209,22 +200,6 @@ fn granted(outcome: Result<(AccessRequest, Option<Grant>), BrokerError>) -> (Acc
         }
         other => panic!("expected an approved request with its grant, got {other:?}"),
     }
-}
-
-/// Polls `check` until it holds: for waiting on a background task, with a generous overall
-/// limit so that a slow machine is not mistaken for a bug.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let waited = tokio::time::timeout(StdDuration::from_secs(10), async {
-        while !check().await {
-            tokio::time::sleep(StdDuration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
 }
 
 /// The scheduler in the background, and the switch that stops it.
@@ -489,7 +464,7 @@ async fn the_scheduler_ends_a_grant_at_its_end() {
     assert_eq!(grant.ends_at, T0 + minutes(10));
 
     app.clock.advance(minutes(10));
-    eventually("the scheduler expires the grant", || async {
+    eventually("the scheduler expires the grant", async || {
         app.stored_grant(grant.id).await.state == GrantState::Expired
     })
     .await;
@@ -514,7 +489,7 @@ async fn after_a_restart_the_first_pass_ends_what_fell_due() {
     let scheduler = start_scheduler(&restarted);
     // The clock stands still from here on, so only the pass the scheduler makes as it starts
     // can end them: after it, the scheduler waits for a later time that never comes.
-    eventually("the first pass expires the overdue grant and request", || async {
+    eventually("the first pass expires the overdue grant and request", async || {
         app.stored_grant(grant.id).await.state == GrantState::Expired
             && app.stored_request(request.id).await.state == RequestState::Expired
     })

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +23,6 @@ use airlock_broker::notify::{Notifier, RetryPolicy, WARN_BEFORE};
 use airlock_broker::{Broker, Caller};
 use airlock_core::audit::{AuditEvent, ChainRecord, EventKind};
 use airlock_core::lifecycle::{AccessRequest, RequestState};
-use airlock_core::policy::Principal;
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::{BROKER_CHAIN, Store};
 use hmac::{Hmac, Mac};
@@ -36,7 +34,7 @@ use time::macros::datetime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::common::{Received, Receiver};
+use crate::common::{Received, Receiver, caller, eventually};
 
 const T0: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
 /// The key every test channel signs with (from `secret_file`).
@@ -135,17 +133,6 @@ impl Notifying {
     }
 }
 
-fn caller(name: &str, groups: &[&str]) -> Caller {
-    Caller {
-        principal: Principal {
-            name: name.parse().unwrap(),
-            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
-            service: false,
-        },
-        source_ip: IpAddr::from([10, 0, 0, 7]),
-    }
-}
-
 fn alice() -> Caller {
     caller("alice", &["eng"])
 }
@@ -166,16 +153,6 @@ async fn notification_records(broker: &Broker) -> Vec<(String, Value)> {
         .filter(|record| record.kind.starts_with("notification."))
         .map(|record| (record.kind, serde_json::from_str(&record.details).unwrap()))
         .collect()
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..500 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Waits until `broker` has recorded `n` notification outcomes.

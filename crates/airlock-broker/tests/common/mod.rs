@@ -1,7 +1,15 @@
-//! A webhook receiver for tests: a bare HTTP/1.1 listener on loopback that stands for a service
-//! elsewhere. It answers each POST with the status a script gives for it and keeps every request.
+//! What the broker's test binaries share: callers, waiting on background work, and a webhook
+//! receiver (a bare HTTP/1.1 listener on loopback that stands for a service elsewhere; it answers
+//! each POST with the status a script gives for it and keeps every request). Each test binary uses
+//! part of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use airlock_broker::Caller;
+use airlock_core::policy::Principal;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -70,4 +78,28 @@ async fn read_request(socket: &mut TcpStream) -> Option<(HashMap<String, String>
             return Some((headers, body.to_owned()));
         }
     }
+}
+
+/// Somebody in `groups`, connecting from 10.0.0.7.
+pub fn caller(name: &str, groups: &[&str]) -> Caller {
+    Caller {
+        principal: Principal {
+            name: name.parse().unwrap(),
+            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
+            service: false,
+        },
+        source_ip: IpAddr::from([10, 0, 0, 7]),
+    }
+}
+
+/// Polls `check` until it holds: for waiting on a background task, with a generous overall limit
+/// so that a slow machine is not mistaken for a bug.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
 }
