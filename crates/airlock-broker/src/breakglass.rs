@@ -8,14 +8,14 @@ use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_core::breakglass::{Review, ReviewState, Verdict};
 use airlock_core::ids::{GrantId, RequestId, ResourceName, RoleName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant, NewRequest, OpenError};
-use airlock_core::policy::{Action, Facts};
+use airlock_core::policy::Action;
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::Tx;
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::broker::{Broker, BrokerError, Caller};
+use crate::broker::{Broker, BrokerError, Caller, MAX_LIST_LIMIT, first_visible};
 
 /// What an emergency asks for, as the caller typed it. Without a duration, the role's
 /// break-glass ceiling.
@@ -55,14 +55,7 @@ impl Broker {
             duration: asked,
             reason: input.reason,
         };
-        let facts = Facts {
-            role: &new.role,
-            duration: asked,
-            reason: new.reason.as_str(),
-            requester: &new.requester,
-            now,
-            source_ip: caller.source_ip,
-        };
+        let facts = new.facts(now, caller.source_ip);
         let decision = self.policies().engine.decide(Action::BreakGlass, &caller.principal, resource, &facts);
         let version = &self.policies().version;
         let grant_id = GrantId::from_uuid(Uuid::now_v7());
@@ -80,8 +73,8 @@ impl Broker {
         events.push(used);
         let mut tx = self.store().begin().await?;
         Self::ensure_enabled(&mut tx, caller).await?;
-        if let Some(bar) = tx.breakglass_bar(&caller.principal.name).await? {
-            return Err(BrokerError::BreakGlassBarred { grant: bar.grant });
+        if let Some(grant) = tx.breakglass_bar(&caller.principal.name).await? {
+            return Err(BrokerError::BreakGlassBarred { grant });
         }
         tx.insert_request(&request).await?;
         tx.insert_grant(&grant).await?;
@@ -116,18 +109,17 @@ impl Broker {
         let bars = review.state == ReviewState::Rejected && self.settings.breakglass.reject_bars_holder;
         reviewed.details["bars_holder"] = json!(bars);
         tx.update_review(&review).await?;
-        let mut events = vec![reviewed];
-        let mut ended = false;
-        if review.state == ReviewState::Rejected {
-            events.extend(self.end_rejected_grant(&mut tx, caller, &review, now).await?);
-            ended = events.len() > 1;
-            if bars {
-                tx.bar_from_breakglass(&review.holder, &review.grant, now).await?;
-            }
+        let ended = match review.state {
+            ReviewState::Rejected => self.end_rejected_grant(&mut tx, caller, &review, now).await?,
+            _ => None,
+        };
+        if bars {
+            tx.bar_from_breakglass(&review.holder, &review.grant, now).await?;
         }
-        tx.append(events).await?;
+        let grant_ended = ended.is_some();
+        tx.append([reviewed].into_iter().chain(ended).collect()).await?;
         tx.commit().await?;
-        if ended {
+        if grant_ended {
             self.grants_changed();
         }
         Ok(review)
@@ -156,23 +148,21 @@ impl Broker {
     /// auditors), newest first.
     pub async fn reviews(&self, caller: &Caller, open_only: bool, limit: u32) -> Result<Vec<Review>, BrokerError> {
         let now = self.clock().now();
-        let mut visible = Vec::new();
-        for review in self.store().reviews(open_only, crate::broker::LIST_SCAN_LIMIT as u32).await? {
-            let seen = review.holder == caller.principal.name
-                || self.is_auditor(caller)
-                || self
-                    .store()
-                    .request(&review.request.to_string())
-                    .await?
-                    .is_some_and(|request| self.may_see(caller, &request, now));
-            if seen {
-                visible.push(review);
-                if visible.len() >= limit as usize {
-                    break;
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        first_visible(
+            limit,
+            |after| async move { self.store().reviews(open_only, limit, after.as_ref()).await },
+            |page| async move {
+                let mut visible = Vec::new();
+                for review in page {
+                    if self.sees_held(caller, &review.holder, &review.request, now).await? {
+                        visible.push(review);
+                    }
                 }
-            }
-        }
-        Ok(visible)
+                Ok(visible)
+            },
+        )
+        .await
     }
 
     /// Escalates every open review that has come due; part of the scheduler's sweep.
@@ -195,9 +185,9 @@ impl Broker {
     pub async fn lift_breakglass_bar(&self, user: &UserName, actor: &str) -> Result<bool, BrokerError> {
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
-        let Some(bar) = tx.breakglass_bar(user).await? else { return Ok(false) };
+        let Some(barred_by) = tx.breakglass_bar(user).await? else { return Ok(false) };
         tx.lift_breakglass_bar(user).await?;
-        let details = json!({ "user": user, "barred_by_grant": bar.grant });
+        let details = json!({ "user": user, "barred_by_grant": barred_by });
         tx.append(vec![AuditEvent {
             kind: EventKind::UserBreakGlassRestored,
             actor: actor.to_owned(),

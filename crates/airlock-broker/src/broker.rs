@@ -352,14 +352,7 @@ impl Broker {
             duration: input.duration,
             reason: input.reason,
         };
-        let facts = Facts {
-            role: &new.role,
-            duration: new.duration,
-            reason: new.reason.as_str(),
-            requester: &new.requester,
-            now,
-            source_ip: caller.source_ip,
-        };
+        let facts = new.facts(now, caller.source_ip);
         let engine = &self.policies.engine;
         let request_decision = engine.decide(Action::Request, &caller.principal, resource, &facts);
         let auto_decision = engine.decide(Action::AutoApprove, &caller.principal, resource, &facts);
@@ -615,19 +608,28 @@ impl Broker {
             if active_only && !grant.is_live(now) {
                 continue;
             }
-            // The holder and auditors see it without reading its request; others as `may_see` says.
-            let seen = grant.holder == caller.principal.name
-                || self.is_auditor(caller)
-                || self
-                    .store
-                    .request(&grant.request_id.to_string())
-                    .await?
-                    .is_some_and(|r| self.may_see(caller, &r, now));
-            if seen {
+            if self.sees_held(caller, &grant.holder, &grant.request_id, now).await? {
                 visible.push(grant);
             }
         }
         Ok(visible)
+    }
+
+    /// Whether `caller` may see something `holder` holds under request `request_id` (a grant, a
+    /// break-glass review): the holder and auditors without reading the request, others as
+    /// [`Broker::may_see`] says of it.
+    pub(crate) async fn sees_held(
+        &self,
+        caller: &Caller,
+        holder: &UserName,
+        request_id: &RequestId,
+        now: OffsetDateTime,
+    ) -> Result<bool, BrokerError> {
+        if holder == &caller.principal.name || self.is_auditor(caller) {
+            return Ok(true);
+        }
+        let request = self.store.request(&request_id.to_string()).await?;
+        Ok(request.is_some_and(|r| self.may_see(caller, &r, now)))
     }
 
     /// Ends every pending request and grant whose time is up at the clock's `now`, and escalates
@@ -720,15 +722,15 @@ impl Broker {
 }
 
 /// The most rows one listing returns.
-const MAX_LIST_LIMIT: u32 = 1000;
+pub(crate) const MAX_LIST_LIMIT: u32 = 1000;
 
 /// How many rows a listing reads at most while looking for rows its caller may see.
-pub(crate) const LIST_SCAN_LIMIT: usize = 10_000;
+const LIST_SCAN_LIMIT: usize = 10_000;
 
 /// Pages through rows (newest first, `limit` at a time) until `limit` of them pass `visible`, the
 /// rows run out, or [`LIST_SCAN_LIMIT`] rows were read, so a caller who may see only some rows
 /// still gets up to `limit` of them.
-async fn first_visible<T: Clone, Page, Visible>(
+pub(crate) async fn first_visible<T: Clone, Page, Visible>(
     limit: u32,
     mut page_after: impl FnMut(Option<T>) -> Page,
     mut visible: impl FnMut(Vec<T>) -> Visible,

@@ -1,6 +1,6 @@
 //! The expiry scheduler: sleeps until the next deadline (a pending request's expiry, a grant's
-//! end, or a break-glass review coming due) and ends or escalates whatever is due. Its first pass, at start, ends everything that fell due while
-//! the broker was down.
+//! end, or a break-glass review coming due) and ends or escalates whatever is due. Its first
+//! pass, at start, ends everything that fell due while the broker was down.
 
 use tokio::sync::watch;
 

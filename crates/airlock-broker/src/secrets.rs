@@ -1,5 +1,6 @@
 //! Secrets the broker makes: API tokens, its signing key, and other 32-byte secrets kept in the
-//! data directory (file mode 0600).
+//! data directory (file mode 0600); and secrets the configuration names (an environment variable
+//! or a file), read where they are needed.
 //!
 //! An API token is 32 random bytes, shown once; only its SHA-256 is stored. A slow password hash
 //! (argon2) would add nothing here: the token has 256 bits of entropy, so it cannot be guessed
@@ -10,6 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use airlock_core::catalog::SecretSource;
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
@@ -24,6 +26,19 @@ pub enum SecretError {
     KeyFile { path: String, source: std::io::Error },
     #[error("secret file `{path}` does not hold a 32-byte hex secret")]
     KeyFormat { path: String },
+    #[error("environment variable `{var}` is not set or not UTF-8")]
+    MissingEnv { var: String },
+}
+
+/// Reads a secret the configuration names, without the line end a file usually has. The error
+/// says where it looked, never what it found.
+pub fn read_named(source: &SecretSource) -> Result<String, SecretError> {
+    match source {
+        SecretSource::Env(var) => std::env::var(var).map_err(|_| SecretError::MissingEnv { var: var.clone() }),
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|source| SecretError::KeyFile { path: path.display().to_string(), source }),
+    }
 }
 
 fn random_bytes() -> Result<[u8; 32], SecretError> {

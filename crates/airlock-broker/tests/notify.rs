@@ -587,6 +587,6 @@ async fn channels_that_cannot_be_resolved_refuse_to_start() {
     let unset = "[[notify.channel]]\nname = \"hook\"\nformat = \"json\"\nurl_env = \"AIRLOCK_TEST_UNSET_5e1a\"\nsecret_file = \"notify.key\"\n";
     assert_eq!(
         check(&[unset, &route("hook", "")].concat(), Some(SECRET)),
-        "[notify] channel `hook`: environment variable `AIRLOCK_TEST_UNSET_5e1a` (url_env) is not set or not UTF-8"
+        "[notify] channel `hook`: cannot read url_env: environment variable `AIRLOCK_TEST_UNSET_5e1a` is not set or not UTF-8"
     );
 }

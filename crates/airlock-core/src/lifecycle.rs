@@ -6,6 +6,8 @@
 //! approvals come from distinct people, one denial ends a request, a duration above the role's
 //! ceiling is refused, and a grant is never extended.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -13,7 +15,7 @@ use time::OffsetDateTime;
 use crate::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
 use crate::catalog::Role;
 use crate::ids::{GrantId, RequestId, ResourceName, RoleName, UserName};
-use crate::policy::Decision;
+use crate::policy::{Decision, Facts};
 use crate::values::{GrantDuration, Reason};
 
 /// Where a request stands.
@@ -158,6 +160,20 @@ pub struct NewRequest {
     pub role: RoleName,
     pub duration: GrantDuration,
     pub reason: Reason,
+}
+
+impl NewRequest {
+    /// What the policies are told about this ask, made at `now` from `source_ip`.
+    pub fn facts(&self, now: OffsetDateTime, source_ip: IpAddr) -> Facts<'_> {
+        Facts {
+            role: &self.role,
+            duration: self.duration,
+            reason: self.reason.as_str(),
+            requester: &self.requester,
+            now,
+            source_ip,
+        }
+    }
 }
 
 /// Why a request cannot be opened.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use airlock_broker::{Broker, BrokerError};
 use airlock_core::audit::EventKind;
-use airlock_core::catalog::{Catalog, PostgresTarget, SecretSource};
+use airlock_core::catalog::{Catalog, PostgresTarget};
 use airlock_core::ids::{ResourceName, RoleName};
 use airlock_core::lifecycle::Grant;
 use serde_json::json;
@@ -59,8 +59,8 @@ impl Target {
                 continue;
             };
             let Some((host, port)) = postgres.host_and_port() else { continue };
-            let password = read_secret(secret)
-                .map_err(|message| ReconcileError::Secret { resource: resource.name.clone(), message })?;
+            let password = airlock_broker::secrets::read_named(secret)
+                .map_err(|e| ReconcileError::Secret { resource: resource.name.clone(), message: e.to_string() })?;
             targets.push(Target::new(resource, connection(host, port, database, user, &password)));
         }
         Ok(targets)
@@ -116,16 +116,6 @@ pub fn connection(host: &str, port: u16, database: &str, user: &str, password: &
         .application_name("airlock-connector")
         .connect_timeout(Duration::from_secs(5));
     config
-}
-
-/// Reads a secret named by the catalog; the error never contains the secret.
-fn read_secret(source: &SecretSource) -> Result<String, String> {
-    match source {
-        SecretSource::Env(var) => std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
-        SecretSource::File(path) => std::fs::read_to_string(path)
-            .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display())),
-    }
 }
 
 /// What one pass changed.

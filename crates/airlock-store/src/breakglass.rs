@@ -8,13 +8,6 @@ use time::OffsetDateTime;
 use crate::rows::{self, ms, to_body};
 use crate::{Store, StoreError, Tx};
 
-/// A holder's bar from break-glass: which rejected grant caused it, and when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bar {
-    pub grant: String,
-    pub at: OffsetDateTime,
-}
-
 /// How many reviews are open, and how many of those are overdue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OpenReviews {
@@ -70,12 +63,13 @@ impl Tx {
         rows.iter().map(rows::body).collect()
     }
 
-    pub async fn breakglass_bar(&mut self, user: &UserName) -> Result<Option<Bar>, StoreError> {
-        let row: Option<(String, i64)> = sqlx::query_as("SELECT grant_id, at_ms FROM breakglass_bars WHERE user = ?")
+    /// The grant whose rejected review barred `user` from break-glass, if they are barred.
+    pub async fn breakglass_bar(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        let grant = sqlx::query_scalar("SELECT grant_id FROM breakglass_bars WHERE user = ?")
             .bind(user.as_str())
             .fetch_optional(&mut *self.inner)
             .await?;
-        Ok(row.map(|(grant, at)| Bar { grant, at: rows::time_of_ms(at) }))
+        Ok(grant)
     }
 
     /// Bars `user` from break-glass because of `grant`'s rejected review (a bar already there stays).
@@ -112,14 +106,23 @@ impl Store {
         row.map(|r| rows::body(&r)).transpose()
     }
 
-    /// Reviews, newest first, at most `limit`; with `open_only`, only those still open.
-    pub async fn reviews(&self, open_only: bool, limit: u32) -> Result<Vec<Review>, StoreError> {
+    /// Reviews, newest first, at most `limit`; with `open_only`, only those still open; with
+    /// `after`, those that come after it in that order.
+    pub async fn reviews(
+        &self,
+        open_only: bool,
+        limit: u32,
+        after: Option<&Review>,
+    ) -> Result<Vec<Review>, StoreError> {
         let rows = sqlx::query(
             "SELECT grant_id AS id, body FROM breakglass_reviews WHERE (?1 = 0 OR state = 'open')
+               AND (?3 IS NULL OR (opened_ms, grant_id) < (?3, ?4))
              ORDER BY opened_ms DESC, grant_id DESC LIMIT ?2",
         )
         .bind(open_only)
         .bind(limit)
+        .bind(after.map(|r| ms(r.opened_at)))
+        .bind(after.map(|r| r.grant.to_string()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::body).collect()

@@ -29,7 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
-pub use breakglass::{Bar, OpenReviews};
+pub use breakglass::OpenReviews;
 pub use report::{ReportScope, StatementCount};
 pub use rows::User;
 pub use tx::Tx;

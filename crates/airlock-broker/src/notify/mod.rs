@@ -47,6 +47,7 @@ use crate::Broker;
 use crate::config::{ChannelSection, NotifySection, RouteSection, UrlSource, is_http_url};
 use crate::metrics::{NOTIFICATION_QUEUE_DROPPED, NOTIFICATIONS};
 use crate::outbound;
+use crate::secrets::{self, SecretError};
 use deliver::{Channel, Delivery, Worker};
 use notice::{Notice, Notices};
 
@@ -62,14 +63,12 @@ const MIN_SECRET_BYTES: usize = 16;
 /// Why notifications cannot start. No message holds a URL or a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("[notify] channel `{channel}`: environment variable `{var}` ({field}) is not set or not UTF-8")]
-    MissingEnv { channel: String, var: String, field: &'static str },
+    #[error("[notify] channel `{channel}`: cannot read {field}: {source}")]
+    Secret { channel: String, field: &'static str, source: SecretError },
     #[error("[notify] channel `{channel}`: {origin} does not hold an http:// or https:// URL")]
     BadUrl { channel: String, origin: String },
     #[error("[notify] a route names channel `{0}`, which is not defined")]
     UnknownChannel(String),
-    #[error("[notify] channel `{channel}`: cannot read secret_file `{path}`: {source}")]
-    SecretFile { channel: String, path: String, source: std::io::Error },
     #[error("[notify] channel `{channel}`: the secret ({field}) must be at least {MIN_SECRET_BYTES} bytes")]
     ShortSecret { channel: String, field: &'static str },
     #[error("[notify] the route to `{channel}` names resource `{resource}`, which is not in the catalog")]
@@ -169,12 +168,12 @@ impl Notifier {
 /// Reads a channel's URL and secret.
 fn resolve(section: &ChannelSection) -> Result<Channel, NotifyError> {
     let channel = section.name.clone();
-    let env = |var: &String, field| {
-        std::env::var(var).map_err(|_| NotifyError::MissingEnv { channel: channel.clone(), var: var.clone(), field })
+    let read = |source: &SecretSource, field| {
+        secrets::read_named(source).map_err(|source| NotifyError::Secret { channel: channel.clone(), field, source })
     };
     let url = match &section.url {
         UrlSource::Inline(url) => url.clone(),
-        UrlSource::Env(var) => env(var, "url_env")?,
+        UrlSource::Env(var) => read(&SecretSource::Env(var.clone()), "url_env")?,
     };
     let url = reqwest::Url::parse(url.trim()).ok().filter(|url| is_http_url(url.as_str())).ok_or_else(|| {
         let origin = match &section.url {
@@ -183,18 +182,11 @@ fn resolve(section: &ChannelSection) -> Result<Channel, NotifyError> {
         };
         NotifyError::BadUrl { channel: channel.clone(), origin }
     })?;
-    let (secret, field) = match &section.secret {
-        SecretSource::Env(var) => (env(var, "secret_env")?, "secret_env"),
-        SecretSource::File(path) => {
-            let read = std::fs::read_to_string(path).map_err(|source| NotifyError::SecretFile {
-                channel: channel.clone(),
-                path: path.display().to_string(),
-                source,
-            })?;
-            (read, "secret_file")
-        }
+    let field = match &section.secret {
+        SecretSource::Env(_) => "secret_env",
+        SecretSource::File(_) => "secret_file",
     };
-    let secret = secret.trim().as_bytes().to_vec();
+    let secret = read(&section.secret, field)?.trim().as_bytes().to_vec();
     if secret.len() < MIN_SECRET_BYTES {
         return Err(NotifyError::ShortSecret { channel, field });
     }
