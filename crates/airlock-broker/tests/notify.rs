@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_broker::breakglass::BreakGlassInput;
 use airlock_broker::broker::{RequestInput, Settings};
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::clock::{Clock, ManualClock};
@@ -532,6 +533,29 @@ async fn breakglass_and_incident_records_are_read_tolerantly() {
     assert_eq!(
         (&documents[3]["subject"], &documents[3]["responders"]),
         (&json!({"incident": "7"}), &json!(["bob", "3"]))
+    );
+}
+
+/// A real break-glass approves its request with nobody's approval: the decision says how.
+#[tokio::test]
+async fn a_break_glass_is_told_as_break_glass_not_as_somebody_s_approval() {
+    let hook = Receiver::start(HOOK_PATH, |_| 200).await;
+    let app = spawn(&[channel("hook", "json", &hook.url), route("hook", "")].concat(), FAST).await;
+    let emergency = BreakGlassInput {
+        resource: "demo-db".parse().unwrap(),
+        role: "write".parse().unwrap(),
+        duration: None,
+        reason: Reason::parse("INC-77: orders table locked").unwrap(),
+    };
+    app.broker.break_glass(&dana(), emergency).await.unwrap();
+    app.finish().await;
+
+    let documents: Vec<Value> = hook.received().iter().map(body).collect();
+    let kinds: Vec<&str> = documents.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["request_decided", "grant_started", "breakglass_used"], "no review is asked for");
+    assert_eq!(
+        documents[0]["summary"],
+        "dana's request for write on demo-db (prod) was granted at once by break-glass; its review is owed"
     );
 }
 

@@ -256,9 +256,13 @@ impl Notices<'_> {
         let whose = format!("{}'s request for {}", who(requester.as_deref()), notice.access());
         let closed_by = text(&request["closure"], "by");
         let auto_approved = request["auto_approved"].as_bool() == Some(true);
+        let break_glass = request["break_glass"].as_bool() == Some(true);
         let approvers = strings(&request["approvals"], "approver");
         notice.summary = match record.kind {
             EventKind::RequestApproved if auto_approved => format!("{whose} was approved by policy, without review"),
+            EventKind::RequestApproved if break_glass => {
+                format!("{whose} was granted at once by break-glass; its review is owed")
+            }
             EventKind::RequestApproved => format!("{} approved {whose}", who_all(&approvers)),
             EventKind::RequestDenied => format!("{} denied {whose}", who(closed_by.as_deref())),
             EventKind::RequestExpired => format!("{whose} expired unreviewed"),
