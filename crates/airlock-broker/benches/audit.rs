@@ -66,6 +66,7 @@ async fn broker(dir: &std::path::Path) -> Broker {
         pending_ttl: GrantDuration::parse("1h").unwrap(),
         auditors: Vec::new(),
         breakglass: Default::default(),
+        incidents: Default::default(),
     };
     Broker::new(store, bundle, Arc::new(SystemClock), settings, load_or_create_key(dir).unwrap())
 }

@@ -6,7 +6,7 @@
 
 use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_core::breakglass::{Review, ReviewState, Verdict};
-use airlock_core::ids::{GrantId, RequestId, ResourceName, RoleName, UserName};
+use airlock_core::ids::{GrantId, IncidentId, RequestId, ResourceName, RoleName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant, NewRequest, OpenError};
 use airlock_core::policy::Action;
 use airlock_core::values::{GrantDuration, Reason};
@@ -25,6 +25,8 @@ pub struct BreakGlassInput {
     pub role: RoleName,
     pub duration: Option<GrantDuration>,
     pub reason: Reason,
+    /// The open incident the emergency is part of: the grant ends when it closes.
+    pub incident: Option<IncidentId>,
 }
 
 /// A broken glass: the approved request, its live grant, the review it owes, and whether the
@@ -47,6 +49,10 @@ impl Broker {
         let (resource, role) = self.resource_and_role(&input.resource, &input.role)?;
         let now = self.clock().now();
         let asked = input.duration.unwrap_or(role.break_glass_max);
+        let incident = match &input.incident {
+            Some(id) => Some(self.incident_to_name(id).await?.reference()),
+            None => None,
+        };
         let new = NewRequest {
             id: RequestId::from_uuid(Uuid::now_v7()),
             requester: caller.principal.name.clone(),
@@ -54,6 +60,7 @@ impl Broker {
             role: input.role,
             duration: asked,
             reason: input.reason,
+            incident,
         };
         let facts = new.facts(now, caller.source_ip);
         let decision = self.policies().engine.decide(Action::BreakGlass, &caller.principal, resource, &facts);
@@ -76,6 +83,7 @@ impl Broker {
         if let Some(grant) = tx.breakglass_bar(&caller.principal.name).await? {
             return Err(BrokerError::BreakGlassBarred { grant });
         }
+        Self::ensure_incident_open(&mut tx, request.incident.as_ref().map(|i| &i.id)).await?;
         tx.insert_request(&request).await?;
         tx.insert_grant(&grant).await?;
         tx.insert_review(&review).await?;

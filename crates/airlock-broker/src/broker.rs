@@ -7,7 +7,8 @@ use std::sync::Arc;
 use airlock_core::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
 use airlock_core::breakglass::AnswerError;
 use airlock_core::catalog::{Resource, Role};
-use airlock_core::ids::{GrantId, GroupName, RequestId, ResourceName, RoleName, UserName};
+use airlock_core::ids::{GrantId, GroupName, IncidentId, RequestId, ResourceName, RoleName, UserName};
+use airlock_core::incident::arming;
 use airlock_core::lifecycle::{AccessRequest, CancelError, Grant, NewRequest, NotActive, OpenError, ReviewError};
 use airlock_core::policy::{Action, Decision, Facts, Principal};
 use airlock_core::values::{GrantDuration, Reason};
@@ -20,7 +21,7 @@ use uuid::Uuid;
 use crate::appender::{AppendError, Appender};
 use crate::bundle::PolicyBundle;
 use crate::clock::Clock;
-use crate::config::{BreakGlassSection, Config};
+use crate::config::{BreakGlassSection, Config, IncidentsSection};
 use crate::secrets::{self, BrokerKey, SecretError};
 
 /// How an error should be reported: the HTTP edge and the CLI map these to codes.
@@ -59,6 +60,22 @@ pub enum BrokerError {
     Answer(#[from] airlock_core::breakglass::AnswerError),
     #[error("user `{0}` not found")]
     UserNotFound(UserName),
+    #[error("incident `{0}` not found")]
+    IncidentNotFound(String),
+    #[error("unknown incident `{0}`: requests may name only an open incident (`airlock incident list --open`)")]
+    UnknownIncident(IncidentId),
+    #[error("incident `{0}` is closed: access can no longer be given for it")]
+    IncidentNotOpen(IncidentId),
+    #[error(
+        "incident `{id}` exists already ({state}) with another severity, title or responders; incident ids are not reused"
+    )]
+    IncidentExists { id: IncidentId, state: &'static str },
+    #[error(transparent)]
+    IncidentClosed(#[from] airlock_core::incident::AlreadyClosed),
+    #[error("only members of the incident manager groups (`[incidents] managers`) may open and close incidents")]
+    IncidentsForbidden,
+    #[error("only auditors and incident managers may read an incident's report")]
+    IncidentReportForbidden,
     #[error("user `{0}` already exists")]
     UserExists(UserName),
     #[error(transparent)]
@@ -98,7 +115,13 @@ impl BrokerError {
             BrokerError::UnknownResource(_) | BrokerError::UnknownRole { .. } => ErrorKind::BadInput,
             BrokerError::Open(OpenError::TooLong { .. }) => ErrorKind::BadInput,
             BrokerError::Open(OpenError::Refused { .. }) => ErrorKind::Forbidden,
+            BrokerError::UnknownIncident(_) => ErrorKind::BadInput,
+            BrokerError::IncidentNotOpen(_) | BrokerError::IncidentExists { .. } | BrokerError::IncidentClosed(_) => {
+                ErrorKind::Conflict
+            }
+            BrokerError::IncidentsForbidden | BrokerError::IncidentReportForbidden => ErrorKind::Forbidden,
             BrokerError::RequestNotFound(_)
+            | BrokerError::IncidentNotFound(_)
             | BrokerError::GrantNotFound(_)
             | BrokerError::UserNotFound(_)
             | BrokerError::ReviewNotFound(_)
@@ -138,6 +161,8 @@ pub struct RequestInput {
     pub role: RoleName,
     pub duration: GrantDuration,
     pub reason: Reason,
+    /// The open incident the request is made for.
+    pub incident: Option<IncidentId>,
 }
 
 /// How the broker behaves, from the configuration.
@@ -146,6 +171,7 @@ pub struct Settings {
     pub pending_ttl: GrantDuration,
     pub auditors: Vec<GroupName>,
     pub breakglass: BreakGlassSection,
+    pub incidents: IncidentsSection,
 }
 
 impl From<&Config> for Settings {
@@ -154,6 +180,7 @@ impl From<&Config> for Settings {
             pending_ttl: config.broker.pending_ttl,
             auditors: config.broker.auditors.clone(),
             breakglass: config.breakglass.clone(),
+            incidents: config.incidents.clone(),
         }
     }
 }
@@ -315,6 +342,7 @@ impl Broker {
             requester: &request.requester,
             now,
             source_ip: caller.source_ip,
+            incident: request.incident.as_ref(),
         };
         self.policies.engine.decide(action, &caller.principal, resource, &facts)
     }
@@ -344,21 +372,37 @@ impl Broker {
     ) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
         let (resource, role) = self.resource_and_role(&input.resource, &input.role)?;
         let now = self.clock.now();
+        let incident = match &input.incident {
+            Some(id) => Some(self.incident_to_name(id).await?),
+            None => None,
+        };
+        let playbooks = &self.settings.incidents.playbooks;
+        let playbook = incident
+            .as_ref()
+            .and_then(|incident| arming(playbooks, incident, &caller.principal, &input.resource, &input.role));
         let new = NewRequest {
             id: RequestId::from_uuid(new_id()),
             requester: caller.principal.name.clone(),
             resource: input.resource,
             role: input.role,
-            duration: input.duration,
+            // A playbook's grants last at most its maximum: cut, not refused, in an emergency.
+            duration: playbook.map_or(input.duration, |p| input.duration.min(p.max)),
             reason: input.reason,
+            incident: incident.as_ref().map(|i| i.reference()),
         };
         let facts = new.facts(now, caller.source_ip);
         let engine = &self.policies.engine;
-        let request_decision = engine.decide(Action::Request, &caller.principal, resource, &facts);
-        let auto_decision = engine.decide(Action::AutoApprove, &caller.principal, resource, &facts);
+        let mut request_decision = engine.decide(Action::Request, &caller.principal, resource, &facts);
+        let mut auto_decision = engine.decide(Action::AutoApprove, &caller.principal, resource, &facts);
+        if let Some(playbook) = playbook {
+            request_decision = playbook.stand_in(request_decision);
+            auto_decision = playbook.stand_in(auto_decision);
+        }
+        // A playbook's maximum is the ceiling of the grants it approves, in place of the role's.
+        let playbook_role = playbook.map(|p| Role { max_duration: p.max, ..role.clone() });
         let opened = AccessRequest::open(
             new.clone(),
-            role,
+            playbook_role.as_ref().unwrap_or(role),
             &request_decision,
             &auto_decision,
             &self.policies.version,
@@ -377,6 +421,7 @@ impl Broker {
         };
         let mut tx = self.store.begin().await?;
         Self::ensure_enabled(&mut tx, caller).await?;
+        Self::ensure_incident_open(&mut tx, request.incident.as_ref().map(|i| &i.id)).await?;
         tx.insert_request(&request).await?;
         if let Some(grant) = &outcome.grant {
             tx.insert_grant(grant).await?;
@@ -406,7 +451,7 @@ impl Broker {
                 "request": {
                     "id": new.id, "requester": new.requester, "resource": new.resource, "role": new.role,
                     "duration": new.duration, "reason": new.reason, "decision": decision,
-                    "source_ip": caller.source_ip.to_string(),
+                    "source_ip": caller.source_ip.to_string(), "incident": new.incident,
                 }
             }),
         };

@@ -23,6 +23,17 @@
 //! review_within = "24h"       # a break-glass review still open this long is escalated
 //! reject_bars_holder = true   # a rejected review stops the holder's future break-glass
 //!
+//! [incidents]
+//! managers = ["incident-tools"]   # groups that may open and close incidents (people or a tool's account)
+//!
+//! [[incidents.playbook]]      # while an incident of severity <= max_severity is open…
+//! name = "database-outage"
+//! max_severity = 2            # 0 to 5, lower is more severe
+//! groups = ["oncall"]         # …members of these groups…
+//! responders = true           # …and the incident's named responders…
+//! max = "2h"                  # …get these roles approved at once, each grant at most this long,
+//! access = [{ resource = "demo-db", role = "write" }]   # all ending when the incident closes
+//!
 //! [audit]
 //! checkpoint_every = "1s"     # sign the chain's head this often when it moved
 //! checkpoint_every_records = 10000   # and whenever this many records were appended
@@ -53,6 +64,7 @@ use std::path::{Path, PathBuf};
 use airlock_core::audit::redaction::{RedactionError, RedactionRules};
 use airlock_core::catalog::SecretSource;
 use airlock_core::ids::{GroupName, ResourceName};
+use airlock_core::incident::Playbook;
 use airlock_core::values::GrantDuration;
 use serde::Deserialize;
 
@@ -87,7 +99,21 @@ pub struct Config {
     #[serde(default)]
     pub breakglass: BreakGlassSection,
     #[serde(default)]
+    pub incidents: IncidentsSection,
+    #[serde(default)]
     pub notify: NotifySection,
+}
+
+/// Who runs incidents, and the playbooks that arm their responders.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsSection {
+    /// Members of these groups may open and close incidents.
+    #[serde(default)]
+    pub managers: Vec<GroupName>,
+    /// Checked against the catalog when the broker opens (`airlock_core::incident::check_playbooks`).
+    #[serde(default, rename = "playbook")]
+    pub playbooks: Vec<Playbook>,
 }
 
 /// Webhook notifications: the channels they go to and which notices go where.

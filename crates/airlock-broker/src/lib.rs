@@ -8,6 +8,8 @@
 //! - [`secrets`]: API tokens (shown once, stored hashed) and the broker's signing key;
 //! - [`broker`]: the use cases, each one transaction with its audit events;
 //! - [`breakglass`]: emergency grants at once, the review each owes, and its escalation;
+//! - [`incidents`]: incidents opened and closed by their managers; closing one ends every grant
+//!   and request made for it;
 //! - `appender`: group commit for audit records that come without a state change;
 //! - [`audit`]: the audit chain for auditors: tail, verification, signed exports;
 //! - [`checkpoints`]: signs the chain's head every second (or every N records) and copies each
@@ -17,7 +19,7 @@
 //! - [`metrics`]: what is measured for Prometheus, and where;
 //! - [`notify`]: webhook notifications made from committed audit records, signed, retried and
 //!   recorded;
-//! - [`reports`]: the summary of a window and the story of a user or resource, for auditors;
+//! - [`reports`]: the summary of a window and the story of a user, resource or incident;
 //! - [`outbound`]: HTTP clients for webhooks and the CLI;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
 
@@ -31,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod gateways;
+pub mod incidents;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;

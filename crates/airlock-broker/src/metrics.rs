@@ -6,7 +6,8 @@
 //! Counters and histograms are recorded where things happen: request outcomes and time to
 //! approve from each committed audit record ([`CommitMetrics`], told by the store), time to revoke
 //! by the PostgreSQL connector as it drops a grant's role, live sessions by the gateway's
-//! registry. Gauges that the database knows better (active grants, open break-glass reviews,
+//! registry. Gauges that the database knows better (active grants, open break-glass reviews and
+//! incidents,
 //! the chain's head, the newest checkpoint) are read at each scrape ([`Broker::refresh_gauges`]).
 
 use std::collections::HashMap;
@@ -55,6 +56,9 @@ pub const REVIEWS_OPEN: &str = "airlock_breakglass_reviews_open";
 /// Break-glass reviews still open past their due time (escalated).
 pub const REVIEWS_OVERDUE: &str = "airlock_breakglass_reviews_overdue";
 
+/// Incidents open now.
+pub const INCIDENTS_OPEN: &str = "airlock_incidents_open";
+
 /// Each histogram's bucket bounds, in seconds.
 pub const BUCKETS: [(&str, &[f64]); 3] = [
     (TIME_TO_APPROVE, &[10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14_400.0, 86_400.0]),
@@ -95,6 +99,7 @@ pub fn describe() {
     );
     describe_gauge!(REVIEWS_OPEN, "Break-glass reviews still open.");
     describe_gauge!(REVIEWS_OVERDUE, "Break-glass reviews still open past their due time.");
+    describe_gauge!(INCIDENTS_OPEN, "Incidents open now.");
 }
 
 /// Records what each committed audit record says (the store tells it of every commit).
@@ -182,6 +187,7 @@ impl Broker {
         let reviews = store.open_reviews(self.clock().now()).await?;
         metrics::gauge!(REVIEWS_OPEN).set(reviews.open as f64);
         metrics::gauge!(REVIEWS_OVERDUE).set(reviews.overdue as f64);
+        metrics::gauge!(INCIDENTS_OPEN).set(store.open_incident_count().await? as f64);
         let head = store.audit_head(BROKER_CHAIN).await?;
         metrics::gauge!(AUDIT_HEAD).set(head.seq as f64);
         if let Some(checkpoint) = store.latest_checkpoint(BROKER_CHAIN).await? {

@@ -1,4 +1,5 @@
-//! Reports for auditors: the summary of a window, and the story of one user or one resource.
+//! Reports for auditors: the summary of a window, and the story of one user or one resource; and
+//! for auditors and incident managers, the post-mortem of one incident.
 //!
 //! The store reads the facts; `airlock_core::report` does the counting.
 
@@ -6,7 +7,7 @@ use airlock_core::audit::{time_of_ms, unix_ms};
 use airlock_core::ids::{GrantId, ResourceName, UserName};
 use airlock_core::lifecycle::Grant;
 use airlock_core::report::activity::{Activity, GRANT_RECORD_KINDS};
-use airlock_core::report::story::{Story, StoryFacts, Subject, story};
+use airlock_core::report::story::{IncidentReport, Story, StoryFacts, Subject, story};
 use airlock_core::report::summary::{Facts, RefusedRequest, Summary, latest_standing, summary};
 use airlock_core::report::{Window, ended_at};
 use airlock_store::ReportScope;
@@ -114,6 +115,41 @@ impl Broker {
         };
         let facts = StoryFacts { requests, grants, activity: activity.grants, refused, reviewed };
         Ok(story(of.subject(), window, facts, self.clock().now()))
+    }
+
+    /// Everything given and done under incident `id`, listing at most `statements_per_grant`
+    /// statements of each grant; auditors and incident managers.
+    pub async fn report_incident(
+        &self,
+        caller: &Caller,
+        id: &str,
+        statements_per_grant: u32,
+    ) -> Result<IncidentReport, BrokerError> {
+        self.may_read_incident_reports(caller)?;
+        let incident = self.incident(id).await?;
+        let now = self.clock().now();
+        let until = incident.closed_at.unwrap_or(now).max(incident.opened_at) + time::Duration::MILLISECOND;
+        let window = Window { since: incident.opened_at, until };
+        let requests = self.store().requests_of_incident(id).await?;
+        let grants = self.store().grants_of_incident(id).await?;
+        let activity = self.activity(&grants, statements_per_grant.min(MAX_STATEMENTS_PER_GRANT)).await?;
+        let mut breakglass_reviews = Vec::new();
+        for request in requests.iter().filter(|r| r.break_glass) {
+            if let Some(grant) = grants.iter().find(|g| g.request_id == request.id)
+                && let Some(review) = self.store().review(&grant.id.to_string()).await?
+            {
+                breakglass_reviews.push(review);
+            }
+        }
+        let refused = self.store().refused_requests(unix_ms(window.since), unix_ms(window.until)).await?;
+        let refused = refused
+            .iter()
+            .filter_map(RefusedRequest::from_record)
+            .filter(|r| r.incident.as_deref() == Some(id))
+            .collect();
+        let facts = StoryFacts { requests, grants, activity: activity.grants, refused, reviewed: Vec::new() };
+        let subject = Subject { kind: "incident".into(), name: id.to_owned() };
+        Ok(IncidentReport { incident, story: story(subject, window, facts, now), breakglass_reviews })
     }
 
     /// Grants in `scope` that gave access during `window`.

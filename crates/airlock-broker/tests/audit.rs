@@ -5,50 +5,33 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_broker::broker::Settings;
-use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::checkpoints::{self, CheckpointSettings, Sink};
-use airlock_broker::clock::{Clock, ManualClock};
-use airlock_broker::config::PolicySection;
-use airlock_broker::secrets::load_or_create_key;
+use airlock_broker::clock::ManualClock;
 use airlock_broker::{Broker, BrokerError};
 use airlock_core::audit::checkpoint::Checkpoint;
 use airlock_core::audit::export::{Line, Report, Verifier};
 use airlock_core::audit::redaction::{RedactionRules, markers};
 use airlock_core::audit::{AuditEvent, ChainHead, EventKind, chain};
-use airlock_core::values::GrantDuration;
 use airlock_store::{BROKER_CHAIN, Store};
 use serde_json::json;
 use time::macros::datetime;
 use tokio::sync::watch;
 
-use crate::common::{Receiver, caller, eventually};
+use crate::common::{Receiver, caller, eventually, quickstart_broker};
 
 async fn broker(dir: &Path) -> Broker {
     broker_redacting(dir, RedactionRules::new(&[], &[]).unwrap()).await
 }
 
 async fn broker_redacting(dir: &Path, rules: RedactionRules) -> Broker {
-    let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart"));
-    let bundle = PolicyBundle::load(&PolicySection {
-        catalog: base.join("catalog.toml"),
-        policies: base.join("policies"),
-        tests: base.join("policy-tests"),
-    })
-    .expect("the quickstart bundle loads");
     let mut store = Store::open(dir).await.expect("the store opens");
     store.set_redaction(rules);
-    let settings = Settings {
-        pending_ttl: GrantDuration::parse("1h").unwrap(),
-        auditors: vec!["sre".parse().unwrap()],
-        breakglass: Default::default(),
-    };
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
-    Broker::new(store, bundle, clock as Arc<dyn Clock>, settings, load_or_create_key(dir).unwrap())
+    quickstart_broker(store, dir, clock)
 }
 
 /// Appends `n` records (users added).

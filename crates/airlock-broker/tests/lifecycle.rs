@@ -15,10 +15,8 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use airlock_broker::breakglass::BreakGlassInput;
-use airlock_broker::broker::{RequestInput, Settings};
-use airlock_broker::bundle::PolicyBundle;
+use airlock_broker::broker::RequestInput;
 use airlock_broker::clock::{Clock, ManualClock};
-use airlock_broker::config::PolicySection;
 use airlock_broker::{Broker, BrokerError, Caller, ErrorKind};
 use airlock_core::audit::export::Report;
 use airlock_core::audit::{ChainHead, ChainRecord};
@@ -31,7 +29,7 @@ use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::watch;
 
-use crate::common::{caller, eventually};
+use crate::common::{caller, eventually, quickstart_broker};
 
 /// A Monday morning: nothing in the quickstart policies depends on it, but it is fixed.
 const T0: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
@@ -53,25 +51,9 @@ struct TestBroker {
     dir: TempDir,
 }
 
-fn quickstart() -> PolicyBundle {
-    let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart"));
-    PolicyBundle::load(&PolicySection {
-        catalog: base.join("catalog.toml"),
-        policies: base.join("policies"),
-        tests: base.join("policy-tests"),
-    })
-    .expect("the quickstart bundle loads")
-}
-
 async fn broker_on(dir: &std::path::Path, clock: Arc<ManualClock>) -> Broker {
     let store = Store::open(dir).await.expect("the store opens");
-    let settings = Settings {
-        pending_ttl: GrantDuration::parse("1h").unwrap(),
-        auditors: vec!["sre".parse().unwrap()],
-        breakglass: Default::default(),
-    };
-    let key = airlock_broker::secrets::load_or_create_key(dir).expect("the key");
-    Broker::new(store, quickstart(), clock as Arc<dyn Clock>, settings, key)
+    quickstart_broker(store, dir, clock)
 }
 
 async fn spawn_broker() -> TestBroker {
@@ -173,6 +155,7 @@ fn input(resource: &str, role: &str, duration: &str) -> RequestInput {
         role: role.parse().unwrap(),
         duration: GrantDuration::parse(duration).unwrap(),
         reason: Reason::parse("INC-42").unwrap(),
+        incident: None,
     }
 }
 
@@ -724,6 +707,7 @@ fn emergency(role: &str, duration: Option<&str>) -> BreakGlassInput {
         role: role.parse().unwrap(),
         duration: duration.map(|d| GrantDuration::parse(d).unwrap()),
         reason: reason("INC-77: orders table locked"),
+        incident: None,
     }
 }
 

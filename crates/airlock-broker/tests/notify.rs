@@ -129,6 +129,7 @@ impl Notifying {
             role: role.parse().unwrap(),
             duration: GrantDuration::parse(duration).unwrap(),
             reason: Reason::parse("INC-7: fix the orders table").unwrap(),
+            incident: None,
         };
         self.broker.create_request(who, input).await.expect("the request opens").0
     }
@@ -546,6 +547,7 @@ async fn a_break_glass_is_told_as_break_glass_not_as_somebody_s_approval() {
         role: "write".parse().unwrap(),
         duration: None,
         reason: Reason::parse("INC-77: orders table locked").unwrap(),
+        incident: None,
     };
     app.broker.break_glass(&dana(), emergency).await.unwrap();
     app.finish().await;

@@ -118,6 +118,7 @@ fn main() {
             requester: &principal.name,
             now: time::macros::datetime!(2026-11-23 10:00 UTC),
             source_ip: "10.0.0.1".parse().unwrap(),
+            incident: None,
         };
         let iterations = 20_000;
         let (one_p50, one_p99, _) =

@@ -200,6 +200,7 @@ mod tests {
             role: "write".parse().unwrap(),
             duration: GrantDuration::parse(duration).unwrap(),
             reason: Reason::parse("INC-9 orders stuck").unwrap(),
+            incident: None,
         };
         AccessRequest::break_glass(new, &role(), &decision(true), "v1", T0, GrantId::from_uuid(Uuid::from_u128(2)))
     }
@@ -235,6 +236,7 @@ mod tests {
             role: "write".parse().unwrap(),
             duration: GrantDuration::parse("1h").unwrap(),
             reason: Reason::parse("just because").unwrap(),
+            incident: None,
         };
         let refused =
             AccessRequest::break_glass(new, &role(), &decision(false), "v1", T0, GrantId::from_uuid(Uuid::nil()));

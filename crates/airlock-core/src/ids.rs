@@ -102,6 +102,16 @@ name_type!(
     RoleName,
     "role name"
 );
+name_type!(
+    /// An incident, as the incident tool that opened it names it (`INC-1234`).
+    IncidentId,
+    "incident id"
+);
+name_type!(
+    /// A playbook of the configuration.
+    PlaybookName,
+    "playbook name"
+);
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {

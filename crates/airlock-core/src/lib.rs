@@ -8,6 +8,7 @@
 //! - [`lifecycle`]: the request → approval → grant state machine; every transition takes `now`
 //!   and returns the audit events it caused;
 //! - [`breakglass`]: the review every emergency grant owes, and its escalation;
+//! - [`incident`]: incidents, and the playbooks that pre-approve access for their responders;
 //! - [`audit`]: audit events and the hash chain that makes edits, deletions and reorders visible;
 //! - [`credential`]: the signed, grant-bound token a user gives the gateway as their password;
 //! - [`policy_test`]: policy test cases that run like unit tests.
@@ -19,6 +20,7 @@ pub mod breakglass;
 pub mod catalog;
 pub mod credential;
 pub mod ids;
+pub mod incident;
 pub mod lifecycle;
 pub mod policy;
 pub mod policy_test;

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use crate::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
 use crate::catalog::Role;
 use crate::ids::{GrantId, RequestId, ResourceName, RoleName, UserName};
+use crate::incident::IncidentRef;
 use crate::policy::{Decision, Facts};
 use crate::values::{GrantDuration, Reason};
 
@@ -130,6 +131,9 @@ pub struct AccessRequest {
     /// Emergency access: granted at once by the `break_glass` decision, reviewed afterwards.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
+    /// The open incident the request was made for: its grant ends when the incident closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentRef>,
     /// Set once the request is denied, cancelled or expired.
     pub closure: Option<Closure>,
 }
@@ -160,6 +164,8 @@ pub struct NewRequest {
     pub role: RoleName,
     pub duration: GrantDuration,
     pub reason: Reason,
+    /// The open incident it is made for, if any.
+    pub incident: Option<IncidentRef>,
 }
 
 impl NewRequest {
@@ -172,6 +178,7 @@ impl NewRequest {
             requester: &self.requester,
             now,
             source_ip,
+            incident: self.incident.as_ref(),
         }
     }
 }
@@ -301,6 +308,7 @@ impl AccessRequest {
             decision: decision_recorded,
             auto_approved: false,
             break_glass: false,
+            incident: new.incident,
             closure: None,
         })
     }
@@ -527,6 +535,7 @@ mod tests {
             role: "write".parse().unwrap(),
             duration: GrantDuration::parse(duration).unwrap(),
             reason: Reason::parse("INC-7").unwrap(),
+            incident: None,
         };
         let auto = if auto { allow() } else { deny() };
         AccessRequest::open(new, &role(approvals), &allow(), &auto, "v1", T0, time::Duration::HOUR, gid(9))

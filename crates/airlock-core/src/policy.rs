@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 
 use crate::catalog::{Catalog, Resource};
 use crate::ids::{GroupName, RoleName, UserName};
+use crate::incident::IncidentRef;
 use crate::values::GrantDuration;
 
 /// The schema every policy is validated against.
@@ -107,6 +108,8 @@ pub struct Facts<'a> {
     pub requester: &'a UserName,
     pub now: OffsetDateTime,
     pub source_ip: IpAddr,
+    /// The open incident the request is made for.
+    pub incident: Option<&'a IncidentRef>,
 }
 
 /// A policy decision and the policies that made it.
@@ -371,15 +374,26 @@ impl PolicyEngine {
             Ok::<_, std::convert::Infallible>(RestrictedExpression::new_ip(facts.source_ip.to_string()))
         });
         let Ok(source_ip) = source_ip;
-        Context::from_pairs([
-            ("role".to_owned(), RestrictedExpression::new_string(facts.role.to_string())),
-            ("duration_seconds".to_owned(), RestrictedExpression::new_long(facts.duration.as_secs() as i64)),
-            ("reason".to_owned(), RestrictedExpression::new_string(facts.reason.to_owned())),
-            ("requester".to_owned(), RestrictedExpression::new_string(facts.requester.to_string())),
-            ("hour".to_owned(), RestrictedExpression::new_long(i64::from(facts.now.hour()))),
-            ("weekday".to_owned(), RestrictedExpression::new_string(weekday)),
-            ("source_ip".to_owned(), source_ip),
-        ])
+        let incident = facts.incident.map(|incident| {
+            let record = RestrictedExpression::new_record([
+                ("id".to_owned(), RestrictedExpression::new_string(incident.id.to_string())),
+                ("severity".to_owned(), RestrictedExpression::new_long(i64::from(incident.severity.level()))),
+            ]);
+            ("incident".to_owned(), record.expect("two distinct keys"))
+        });
+        Context::from_pairs(
+            [
+                ("role".to_owned(), RestrictedExpression::new_string(facts.role.to_string())),
+                ("duration_seconds".to_owned(), RestrictedExpression::new_long(facts.duration.as_secs() as i64)),
+                ("reason".to_owned(), RestrictedExpression::new_string(facts.reason.to_owned())),
+                ("requester".to_owned(), RestrictedExpression::new_string(facts.requester.to_string())),
+                ("hour".to_owned(), RestrictedExpression::new_long(i64::from(facts.now.hour()))),
+                ("weekday".to_owned(), RestrictedExpression::new_string(weekday)),
+                ("source_ip".to_owned(), source_ip),
+            ]
+            .into_iter()
+            .chain(incident),
+        )
     }
 }
 
@@ -426,6 +440,7 @@ mod tests {
             requester: &principal.name,
             now: time::macros::datetime!(2026-11-23 10:00 UTC),
             source_ip: "127.0.0.1".parse().unwrap(),
+            incident: None,
         };
         engine.decide(action, &principal, catalog.resource(&resource.parse().unwrap()).unwrap(), &facts)
     }

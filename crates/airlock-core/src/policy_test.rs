@@ -13,6 +13,7 @@
 //! duration = "30m"
 //! expect = "allow"
 //! policies = ["oncall-auto-approve-read"]   # optional: the deciding policies
+//! incident = { id = "INC-7", severity = 1 } # optional: the open incident the request names
 //! ```
 
 use std::net::IpAddr;
@@ -22,6 +23,7 @@ use time::OffsetDateTime;
 
 use crate::catalog::Catalog;
 use crate::ids::{GroupName, ResourceName, RoleName, UserName};
+use crate::incident::IncidentRef;
 use crate::policy::{Action, Facts, PolicyEngine, Principal};
 use crate::values::GrantDuration;
 
@@ -65,6 +67,7 @@ pub struct Case {
     source_ip: IpAddr,
     expect: Expect,
     policies: Option<Vec<String>>,
+    incident: Option<IncidentRef>,
 }
 
 fn default_reason() -> String {
@@ -108,6 +111,7 @@ pub fn run_case(case: &Case, engine: &PolicyEngine, catalog: &Catalog) -> Result
         requester: case.requester.as_ref().unwrap_or(&case.principal),
         now: case.at,
         source_ip: case.source_ip,
+        incident: case.incident.as_ref(),
     };
     let decision = engine.decide(action, &principal, resource, &facts);
     let got = if decision.allowed { Expect::Allow } else { Expect::Deny };
@@ -146,7 +150,10 @@ mod tests {
         let engine = PolicyEngine::new(
             &[PolicySource {
                 file: "p.cedar".into(),
-                text: r#"@id("eng") permit(principal in Group::"eng", action == Action::"request", resource);"#.into(),
+                text: r#"@id("eng") permit(principal in Group::"eng", action == Action::"request", resource);
+                    @id("sev1") permit(principal, action == Action::"auto_approve", resource)
+                      when { context has incident && context.incident.severity <= 1 };"#
+                    .into(),
             }],
             &catalog,
         )
@@ -180,6 +187,24 @@ mod tests {
             role = "write"
             duration = "5m"
             expect = "deny"
+            [[case]]
+            name = "a severe incident skips review"
+            principal = "b"
+            action = "auto_approve"
+            resource = "db"
+            role = "read"
+            duration = "5m"
+            incident = { id = "INC-7", severity = 1 }
+            expect = "allow"
+            policies = ["sev1"]
+            [[case]]
+            name = "without an incident it does not"
+            principal = "b"
+            action = "auto_approve"
+            resource = "db"
+            role = "read"
+            duration = "5m"
+            expect = "deny"
             "#,
         )
         .unwrap();
@@ -190,6 +215,8 @@ mod tests {
                 Ok(()),
                 Err("expected allow, got deny (no policy permitted)".into()),
                 Err("resource `db` has no role `write`".into()),
+                Ok(()),
+                Ok(()),
             ]
         );
         let error = parse_cases("t.toml", "[[case]]\nname = 1\n").unwrap_err();

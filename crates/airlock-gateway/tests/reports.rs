@@ -25,6 +25,7 @@ async fn reports_tell_who_had_what_and_what_they_did_with_it() {
         role: "read".parse().unwrap(),
         duration: GrantDuration::parse("5m").unwrap(),
         reason: Reason::parse("curious").unwrap(),
+        incident: None,
     };
     let error = h.broker.create_request(&caller("mallory", &["contractors"]), refused).await.unwrap_err();
     assert_eq!(error.kind(), airlock_broker::ErrorKind::Forbidden, "{error}");

@@ -2,6 +2,7 @@
 
 use airlock_core::audit::ChainRecord;
 use airlock_core::breakglass::{Review, Verdict};
+use airlock_core::incident::Incident;
 use airlock_core::lifecycle::{AccessRequest, Approval, Closure, Grant};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -37,6 +38,9 @@ pub struct CreateRequest {
     pub duration: String,
     /// Why: required, shown to reviewers and kept in the audit chain.
     pub reason: String,
+    /// The id of an open incident the request is for: policies see it, a playbook may approve it
+    /// at once, and its grant ends when the incident closes.
+    pub incident: Option<String>,
 }
 
 /// Emergency access, granted at once when a `break_glass` policy allows it.
@@ -49,6 +53,68 @@ pub struct BreakGlassBody {
     pub reason: String,
     /// How long, e.g. `30m`; default and most: the role's `break_glass_max`.
     pub duration: Option<String>,
+    /// The id of an open incident the emergency is part of: the grant ends when it closes.
+    pub incident: Option<String>,
+}
+
+/// An incident to open (an incident tool's webhook can send this as it is).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentBody {
+    /// The incident's own id, e.g. `INC-1234`: letters, digits, `-`, `_`, `.`, at most 64.
+    pub id: String,
+    /// 0 to 5, lower is more severe.
+    pub severity: u8,
+    pub title: String,
+    /// Users asked to respond: playbooks that say so arm them whatever their groups.
+    #[serde(default)]
+    pub responders: Vec<String>,
+}
+
+/// An incident.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncidentView {
+    pub id: String,
+    pub severity: u8,
+    pub title: String,
+    pub responders: Vec<String>,
+    /// `open` or `closed`.
+    pub state: String,
+    pub opened_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    pub closed_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub closed_at: Option<OffsetDateTime>,
+}
+
+/// A closed incident, and what closing it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClosedIncidentView {
+    pub incident: IncidentView,
+    /// Grants made for the incident that closing it revoked.
+    pub grants_revoked: usize,
+    /// Requests made for the incident, still waiting for review, that closing it withdrew.
+    pub requests_withdrawn: usize,
+}
+
+/// Filters of `GET /v1/incidents`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsQuery {
+    /// Only incidents still open.
+    #[serde(default)]
+    pub open: bool,
+    /// At most this many (1-1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// The incident a request was made for, as the request recorded it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncidentRefView {
+    pub id: String,
+    pub severity: u8,
 }
 
 /// A broken glass: the request, approved at once with its grant, and the review it owes.
@@ -187,7 +253,8 @@ pub struct AuditQuery {
 /// A policy decision as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DecisionView {
-    /// The policies that allowed the request (or, when auto-approved, that skipped review).
+    /// The policies that allowed the request (or, when auto-approved, that skipped review);
+    /// `playbook:NAME` when an incident playbook did.
     pub policies: Vec<String>,
     /// SHA-256 of the catalog and policies that decided.
     pub policy_version: String,
@@ -238,6 +305,8 @@ pub struct RequestView {
     /// How many approvals are still needed (0 once decided).
     pub approvals_needed: u32,
     pub decision: DecisionView,
+    /// The open incident the request was made for; its grant ends when the incident closes.
+    pub incident: Option<IncidentRefView>,
     /// Set when the request was denied, cancelled or expired.
     pub closed: Option<ClosureView>,
     /// The grant, once approved.
@@ -443,8 +512,28 @@ impl RequestView {
                 auto_approved: request.auto_approved,
                 break_glass: request.break_glass,
             },
+            incident: request
+                .incident
+                .as_ref()
+                .map(|i| IncidentRefView { id: i.id.to_string(), severity: i.severity.level() }),
             closed: request.closure.as_ref().map(closure),
             grant: grant.map(|g| GrantView::new(g, now)),
+        }
+    }
+}
+
+impl IncidentView {
+    pub fn new(incident: &Incident) -> Self {
+        Self {
+            id: incident.id.to_string(),
+            severity: incident.severity.level(),
+            title: incident.title.as_str().to_owned(),
+            responders: incident.responders.iter().map(ToString::to_string).collect(),
+            state: incident.state.as_str().to_owned(),
+            opened_by: incident.opened_by.clone(),
+            opened_at: incident.opened_at,
+            closed_by: incident.closed_by.clone(),
+            closed_at: incident.closed_at,
         }
     }
 }

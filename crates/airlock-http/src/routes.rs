@@ -7,9 +7,10 @@ use airlock_broker::reports::StoryOf;
 use airlock_core::audit::AuditEvent;
 use airlock_core::audit::export::Report;
 use airlock_core::breakglass::Verdict;
-use airlock_core::ids::{GrantId, ResourceName, RoleName, UserName};
+use airlock_core::ids::{GrantId, IncidentId, ResourceName, RoleName, UserName};
+use airlock_core::incident::{NewIncident, Severity, Title};
 use airlock_core::report::Window;
-use airlock_core::report::story::Story;
+use airlock_core::report::story::{IncidentReport, Story};
 use airlock_core::report::summary::Summary;
 use airlock_core::values::{GrantDuration, Reason};
 use axum::extract::{Path, State};
@@ -39,6 +40,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/breakglass", post(break_glass))
         .route("/v1/reviews", get(list_reviews))
         .route("/v1/reviews/{grant}", post(review))
+        .route("/v1/incidents", post(open_incident).get(list_incidents))
+        .route("/v1/incidents/{id}", get(get_incident))
+        .route("/v1/incidents/{id}/close", post(close_incident))
         .route("/v1/grants", get(list_grants))
         .route("/v1/grants/{id}/revoke", post(revoke))
         .route("/v1/grants/{id}/credentials", post(issue_credential))
@@ -52,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports/summary", get(report_summary))
         .route("/v1/reports/users/{name}", get(report_user))
         .route("/v1/reports/resources/{name}", get(report_resource))
+        .route("/v1/reports/incidents/{id}", get(report_incident))
         .route("/metrics", get(crate::metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -65,6 +70,10 @@ pub fn router(state: AppState) -> Router {
 
 fn parse<T, E: std::fmt::Display>(field: &str, result: Result<T, E>) -> Result<T, ApiError> {
     result.map_err(|e| ApiError::bad_input(format!("{field}: {e}")))
+}
+
+fn incident_named(id: Option<&str>) -> Result<Option<IncidentId>, ApiError> {
+    id.map(|id| parse("incident", IncidentId::parse(id))).transpose()
 }
 
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, body = HealthView)))]
@@ -113,6 +122,7 @@ async fn create_request(
         role: parse("role", RoleName::parse(&body.role))?,
         duration: parse("duration", GrantDuration::parse(&body.duration))?,
         reason: parse("reason", Reason::parse(&body.reason))?,
+        incident: incident_named(body.incident.as_deref())?,
     };
     let (request, grant) = state.broker.create_request(&caller, input).await?;
     let now = state.broker.clock().now();
@@ -214,6 +224,7 @@ async fn break_glass(
         role: parse("role", RoleName::parse(&body.role))?,
         duration: body.duration.as_deref().map(|d| parse("duration", GrantDuration::parse(d))).transpose()?,
         reason: parse("reason", Reason::parse(&body.reason))?,
+        incident: incident_named(body.incident.as_deref())?,
     };
     let broken = state.broker.break_glass(&caller, input).await?;
     let now = state.broker.clock().now();
@@ -225,6 +236,72 @@ async fn break_glass(
             cut_to_ceiling: broken.cut_to_ceiling,
         }),
     ))
+}
+
+#[utoipa::path(post, path = "/v1/incidents", security(("token" = [])), request_body = IncidentBody,
+    responses(
+        (status = 201, body = IncidentView, description = "opened"),
+        (status = 200, body = IncidentView, description = "already open with the same severity, title and responders: nothing changed"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "not in an `[incidents] managers` group"),
+        (status = 409, body = ErrorBody, description = "the id is taken by an incident with another body, or a closed one")))]
+async fn open_incident(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Body(body): Body<IncidentBody>,
+) -> Result<(StatusCode, Json<IncidentView>), ApiError> {
+    let new = NewIncident {
+        id: parse("id", IncidentId::parse(&body.id))?,
+        severity: parse("severity", Severity::new(body.severity))?,
+        title: parse("title", Title::parse(&body.title))?,
+        responders: body
+            .responders
+            .iter()
+            .map(|r| parse("responders", UserName::parse(r)))
+            .collect::<Result<_, _>>()?,
+    };
+    let (incident, opened) = state.broker.open_incident(&caller, new).await?;
+    let status = if opened { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(IncidentView::new(&incident))))
+}
+
+#[utoipa::path(get, path = "/v1/incidents", security(("token" = [])), params(IncidentsQuery),
+    responses((status = 200, body = Vec<IncidentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_incidents(
+    State(state): State<AppState>,
+    Authenticated(_caller): Authenticated,
+    Params(query): Params<IncidentsQuery>,
+) -> Result<Json<Vec<IncidentView>>, ApiError> {
+    let incidents = state.broker.incidents(query.open, query.limit.unwrap_or(100)).await?;
+    Ok(Json(incidents.iter().map(IncidentView::new).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/incidents/{id}", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = IncidentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_incident(
+    State(state): State<AppState>,
+    Authenticated(_caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<IncidentView>, ApiError> {
+    Ok(Json(IncidentView::new(&state.broker.incident(&id).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/incidents/{id}/close", security(("token" = [])), params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ClosedIncidentView, description = "closed: every grant made for it revoked, every request waiting for it withdrawn"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "closed already")))]
+async fn close_incident(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<ClosedIncidentView>, ApiError> {
+    let closed = state.broker.close_incident(&caller, &id).await?;
+    Ok(Json(ClosedIncidentView {
+        incident: IncidentView::new(&closed.incident),
+        grants_revoked: closed.grants_revoked,
+        requests_withdrawn: closed.requests_withdrawn,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/reviews", security(("token" = [])), params(ReviewsQuery),
@@ -459,6 +536,25 @@ async fn report_user(
 ) -> Result<Json<Story>, ApiError> {
     let user = parse("name", UserName::parse(&name))?;
     story(&state, &caller, StoryOf::User(user), &query).await
+}
+
+#[utoipa::path(get, path = "/v1/reports/incidents/{id}", security(("token" = [])),
+    params(("id" = String, Path), ReportQuery),
+    responses((status = 200, description = "The incident's post-mortem (fields in docs/reports.md)", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "neither an auditor nor an incident manager"),
+        (status = 404, body = ErrorBody)))]
+async fn report_incident(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Params(query): Params<ReportQuery>,
+) -> Result<Json<IncidentReport>, ApiError> {
+    if query.since.is_some() || query.until.is_some() {
+        return Err(ApiError::bad_input("an incident's report covers its whole life: leave out since and until"));
+    }
+    let statements = query.statements.unwrap_or(DEFAULT_STATEMENTS_PER_GRANT);
+    Ok(Json(state.broker.report_incident(&caller, &id, statements).await?))
 }
 
 #[utoipa::path(get, path = "/v1/reports/resources/{name}", security(("token" = [])),

@@ -54,6 +54,7 @@ impl Setup {
             role: role.parse().unwrap(),
             duration: GrantDuration::parse(duration).unwrap(),
             reason: Reason::parse("INC-7 investigation").unwrap(),
+            incident: None,
         };
         if role == "read" {
             let (_, grant) = self.broker.create_request(&caller("dana", &["eng", "oncall"]), input).await.unwrap();

@@ -12,6 +12,7 @@
 
 mod audit;
 mod breakglass;
+mod incident;
 mod report;
 mod rows;
 mod tx;

@@ -134,6 +134,7 @@ impl GatewayHarness {
             role: role.parse().expect("a role name"),
             duration: GrantDuration::parse(duration).expect("a duration"),
             reason: Reason::parse("INC-7 investigation").expect("a reason"),
+            incident: None,
         };
         self.broker.create_request(&caller("dana", &["eng", "oncall"]), input).await.expect("the request opens")
     }

@@ -48,6 +48,7 @@ pub async fn broker(dir: &Path, catalog: &str, clock: Arc<dyn Clock>) -> Broker 
         pending_ttl: GrantDuration::parse("1h").expect("a duration"),
         auditors: vec!["sre".parse().expect("a group name")],
         breakglass: Default::default(),
+        incidents: Default::default(),
     };
     let key = load_or_create_key(&dir.join("data")).expect("the broker's key");
     Broker::new(store, bundle, clock, settings, key)

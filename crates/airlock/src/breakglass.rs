@@ -10,18 +10,14 @@ use crate::client::Client;
 use crate::remote::id;
 use crate::{Outcome, output};
 
-pub async fn break_glass(
-    remote: &Remote,
-    resource: String,
-    role: String,
-    reason: String,
-    duration: Option<String>,
-) -> Outcome {
-    if let Some(duration) = &duration {
+pub async fn break_glass(remote: &Remote, body: BreakGlassBody) -> Outcome {
+    if let Some(duration) = &body.duration {
         GrantDuration::parse(duration).map_err(|e| anyhow!("--for: {e}"))?;
     }
-    Reason::parse(&reason).map_err(|e| anyhow!("--reason: {e}"))?;
-    let body = BreakGlassBody { resource, role, reason, duration };
+    Reason::parse(&body.reason).map_err(|e| anyhow!("--reason: {e}"))?;
+    if let Some(incident) = &body.incident {
+        crate::incident::incident_id(incident)?;
+    }
     let broken: BreakGlassView = Client::new(remote)?.post("/v1/breakglass", &body).await?;
     if remote.json {
         output::json(&broken);

@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use airlock_http::api::{BreakGlassBody, CreateRequest};
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::{Outcome, audit, breakglass, connect, gateway, local, remote, report, serve};
+use crate::{Outcome, audit, breakglass, connect, gateway, incident, local, remote, report, serve};
 
 /// A time on the command line: RFC 3339 (`2026-11-01T09:00:00Z`), or a date (midnight UTC).
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -121,6 +122,10 @@ pub enum Command {
         /// Wait until the request is decided (exit 1 unless approved).
         #[arg(long)]
         wait: bool,
+        /// An open incident the access is for: policies see it, a playbook may approve it at
+        /// once, and the grant ends when the incident closes.
+        #[arg(long, value_name = "ID")]
+        incident: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -189,8 +194,17 @@ pub enum Command {
         /// How long, e.g. `30m` (default and most: the role's break_glass_max).
         #[arg(long = "for", value_name = "DURATION")]
         duration: Option<String>,
+        /// An open incident the emergency is part of: the grant ends when the incident closes.
+        #[arg(long, value_name = "ID")]
+        incident: Option<String>,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Incidents: opened and closed by incident managers; while one is open, playbooks approve
+    /// access for its responders at once, and closing it ends all access given for it.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
     },
     /// Answer the review a break-glass grant owes (ID: the grant's id).
     Review {
@@ -299,12 +313,69 @@ pub struct StoryArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Open an incident (incident managers). Opening it again the same way changes nothing.
+    Open {
+        /// The incident's own id, e.g. `INC-1234`.
+        id: String,
+        /// 0 to 5, lower is more severe.
+        #[arg(long)]
+        severity: u8,
+        #[arg(long)]
+        title: String,
+        /// A user asked to respond (repeat for several).
+        #[arg(long = "responder", value_name = "USER")]
+        responders: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Close an incident (incident managers): every grant made for it is revoked and every
+    /// request made for it still waiting is withdrawn, at once.
+    Close {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List incidents, newest first.
+    List {
+        /// Only incidents still open.
+        #[arg(long)]
+        open: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one incident.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Which incident's post-mortem.
+#[derive(Debug, Clone, Args)]
+pub struct IncidentReportArgs {
+    pub id: String,
+    /// List at most this many statements per grant (the counts are always whole).
+    #[arg(long, default_value_t = 100)]
+    pub statements: u32,
+    /// Print CSV: a timeline with one row per event.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ReportCommand {
     /// Everything a user asked for, was given and did: each request with its reasons and
     /// approvals, each grant with its sessions and statements, and the reviews they gave.
     User(StoryArgs),
     /// Everything done on a resource: each request, grant, session and statement.
     Resource(StoryArgs),
+    /// An incident's post-mortem (auditors and incident managers): who got what for it, when,
+    /// why, approved how, and what they did; refusals; break-glass reviews.
+    Incident(IncidentReportArgs),
     /// Database privileges no live grant explains: superusers, permanent members of the mapped
     /// roles, per-grant roles whose grant ended (exit 1 when there are any).
     Standing {
@@ -388,8 +459,8 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Admin { files, command } => local::admin(&files, command).await,
         Command::Policy { config, command } => local::policy(&config, command),
         Command::Whoami { remote } => remote::whoami(&remote).await,
-        Command::Request { resource, role, duration, reason, wait, remote } => {
-            remote::request(&remote, resource, role, duration, reason, wait).await
+        Command::Request { resource, role, duration, reason, wait, incident, remote } => {
+            remote::request(&remote, CreateRequest { resource, role, duration, reason, incident }, wait).await
         }
         Command::Approve { id, comment, remote } => remote::approve(&remote, &id, comment).await,
         Command::Deny { id, reason, remote } => remote::deny(&remote, &id, reason).await,
@@ -397,9 +468,10 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Requests { pending, mine, remote } => remote::requests(&remote, pending, mine).await,
         Command::Grants { active, mine, remote } => remote::grants(&remote, active, mine).await,
         Command::Revoke { grant_id, reason, remote } => remote::revoke(&remote, &grant_id, reason).await,
-        Command::Breakglass { resource, role, reason, duration, remote } => {
-            breakglass::break_glass(&remote, resource, role, reason, duration).await
+        Command::Breakglass { resource, role, reason, duration, incident, remote } => {
+            breakglass::break_glass(&remote, BreakGlassBody { resource, role, reason, duration, incident }).await
         }
+        Command::Incident { command } => incident::run(command).await,
         Command::Review { grant_id, accept, comment, remote, .. } => {
             breakglass::review(&remote, &grant_id, accept, comment).await
         }
@@ -416,6 +488,7 @@ async fn report_command(command: ReportCommand) -> Outcome {
     match command {
         ReportCommand::User(story) => report::story(&story, "user").await,
         ReportCommand::Resource(story) => report::story(&story, "resource").await,
+        ReportCommand::Incident(args) => incident::report(&args).await,
         ReportCommand::Standing { files, json } => report::standing_privileges(&files, json).await,
     }
 }

@@ -12,6 +12,7 @@ use airlock_broker::notify::Notifier;
 use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, BrokerError};
 use airlock_core::ids::{GroupName, UserName};
+use airlock_core::incident::check_playbooks;
 use airlock_core::policy_test::run_case;
 use airlock_store::Store;
 use anyhow::{Context, anyhow};
@@ -47,6 +48,7 @@ pub async fn open_serving_broker(files: &Files) -> Result<(Broker, Config, Optio
 async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Config, Option<Notifier>), Failure> {
     let config = Config::load(&files.config)?;
     let bundle = PolicyBundle::load(&config.policy)?;
+    check_playbooks(&config.incidents.playbooks, &bundle.catalog).context("[incidents]")?;
     // Before the store: channels whose URL or secret cannot be read stop `serve` from starting.
     let notifier = match notifications {
         Notifications::Off => None,
@@ -117,10 +119,13 @@ pub fn policy(config_path: &Path, command: PolicyCommand) -> Outcome {
     match command {
         PolicyCommand::Check => {
             let bundle = loaded.map_err(|e| Failure::Refused(e.to_string()))?;
+            let playbooks = &config.incidents.playbooks;
+            check_playbooks(playbooks, &bundle.catalog).map_err(|e| Failure::Refused(format!("[incidents] {e}")))?;
             println!(
-                "ok: {} policies, {} resources, version {}",
+                "ok: {} policies, {} resources, {} incident playbooks, version {}",
                 bundle.engine.policy_count(),
                 bundle.catalog.resources().count(),
+                playbooks.len(),
                 bundle.version
             );
             Ok(())

@@ -10,6 +10,7 @@
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
 //! - [`breakglass`]: emergency access and the reviews it owes;
+//! - [`incident`]: incidents opened and closed, and their post-mortem report;
 //! - [`connect`]: gateway credentials and `psql` through the gateway;
 //! - [`report`]: `airlock report` (summary, user and resource stories) and the standing-privilege report;
 //! - [`remote_authority`]: the broker over its API, for `airlock gateway`;
@@ -24,6 +25,7 @@ mod cli;
 mod client;
 mod connect;
 mod gateway;
+mod incident;
 mod local;
 mod output;
 mod remote;

@@ -1,6 +1,6 @@
 //! What the user commands print: readable tables, or with `--json` one JSON document.
 
-use airlock_http::api::{AuditRecordView, GrantView, RequestView, ReviewView};
+use airlock_http::api::{AuditRecordView, GrantView, IncidentView, RequestView, ReviewView};
 use comfy_table::{Table, presets};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -80,6 +80,9 @@ pub fn request(r: &RequestView) {
         _ => "",
     };
     println!("policies  {decided_by}{auto}");
+    if let Some(incident) = &r.incident {
+        println!("incident  {} (severity {}): the grant ends when it closes", incident.id, incident.severity);
+    }
     if let Some(closed) = &r.closed {
         let reason = closed.reason.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
         println!("closed    by {} at {}{reason}", closed.by, when(closed.at));
@@ -131,6 +134,26 @@ pub fn reviews(reviews: &[ReviewView]) {
             when(r.due_at),
             answer,
             r.reason.clone(),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn incidents(incidents: &[IncidentView]) {
+    let mut t = table(&["id", "severity", "state", "title", "responders", "opened", "closed"]);
+    for i in incidents {
+        let closed = match (&i.closed_by, i.closed_at) {
+            (Some(by), Some(at)) => format!("{} by {by}", when(at)),
+            _ => "-".into(),
+        };
+        t.add_row(vec![
+            i.id.clone(),
+            i.severity.to_string(),
+            i.state.clone(),
+            i.title.clone(),
+            if i.responders.is_empty() { "-".into() } else { i.responders.join(", ") },
+            format!("{} by {}", when(i.opened_at), i.opened_by),
+            closed,
         ]);
     }
     println!("{t}");

@@ -39,16 +39,12 @@ pub async fn whoami(remote: &Remote) -> Outcome {
     Ok(())
 }
 
-pub async fn request(
-    remote: &Remote,
-    resource: String,
-    role: String,
-    duration: String,
-    reason_text: String,
-    wait: bool,
-) -> Outcome {
-    GrantDuration::parse(&duration).map_err(|e| anyhow!("--for: {e}"))?;
-    let body = CreateRequest { resource, role, duration, reason: reason(&reason_text)? };
+pub async fn request(remote: &Remote, mut body: CreateRequest, wait: bool) -> Outcome {
+    let asked = GrantDuration::parse(&body.duration).map_err(|e| anyhow!("--for: {e}"))?;
+    body.reason = reason(&body.reason)?;
+    if let Some(incident) = &body.incident {
+        crate::incident::incident_id(incident)?;
+    }
     let client = Client::new(remote)?;
     let mut request: RequestView = client.post("/v1/requests", &body).await?;
     if wait {
@@ -61,6 +57,9 @@ pub async fn request(
         }
     }
     show_request(remote, &request);
+    if !remote.json && request.duration_seconds < asked.as_secs() {
+        println!("note      the duration asked was cut to the incident playbook's maximum, {}", request.duration);
+    }
     match request.state.as_str() {
         "approved" | "pending" => Ok(()),
         state => Err(Failure::Refused(format!("request {} was {state}", request.id))),

@@ -1,5 +1,5 @@
 //! `airlock report`: the summary of a window, the story of a user or a resource (both from the
-//! broker, for auditors), and `airlock report standing` (read directly from the catalog's
+//! broker, for auditors; an incident's is in [`crate::incident`]), and `airlock report standing` (read directly from the catalog's
 //! databases with the connector's login). Each prints readable sections, one JSON document with
 //! `--json`, or CSV with `--csv`: the summary as `section,subject,measure,value` rows, a story as
 //! a timeline with one row per event.
@@ -304,7 +304,7 @@ fn print_grant(g: &GrantStory) {
     }
 }
 
-fn print_story(story: &Story) {
+pub(crate) fn print_story(story: &Story) {
     let s = &story.subject;
     println!("{} {}: {} → {}", s.kind, s.name, when(story.window.since), when(story.window.until));
     println!("\n{} request(s)", story.requests.len());
@@ -320,6 +320,9 @@ fn print_story(story: &Story) {
             q.state.as_str()
         );
         println!("  asked {}: {}", when(q.created_at), q.reason);
+        if let Some(incident) = &q.incident {
+            println!("  for incident {} (severity {})", incident.id, incident.severity);
+        }
         let how = match (q.auto_approved, q.break_glass) {
             (true, _) => "auto-approved by",
             (_, true) => "break-glass, granted at once by",
@@ -377,7 +380,7 @@ struct Event<'a> {
     detail: String,
 }
 
-fn story_csv(story: &Story) -> Outcome {
+pub(crate) fn story_csv(story: &Story) -> Outcome {
     let mut events: Vec<Event> = Vec::new();
     for r in &story.requests {
         let q = &r.request;

@@ -1008,6 +1008,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/breakglass", "post"),
     ("/v1/reviews", "get"),
     ("/v1/reviews/{grant}", "post"),
+    ("/v1/incidents", "get"),
+    ("/v1/incidents", "post"),
+    ("/v1/incidents/{id}", "get"),
+    ("/v1/incidents/{id}/close", "post"),
     ("/v1/grants", "get"),
     ("/v1/grants/{id}/revoke", "post"),
     ("/v1/grants/{id}/credentials", "post"),
@@ -1021,6 +1025,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/reports/summary", "get"),
     ("/v1/reports/users/{name}", "get"),
     ("/v1/reports/resources/{name}", "get"),
+    ("/v1/reports/incidents/{id}", "get"),
     ("/metrics", "get"),
 ];
 
@@ -1130,7 +1135,11 @@ async fn the_http_api_answers_json_errors_and_matches_its_openapi_document() {
 fn policy_check_and_policy_tests() {
     let check = airlock_command().args(["policy", "check", "--config"]).arg(quickstart_config()).output().unwrap();
     assert_exit(&check, 0);
-    assert!(stdout(&check).starts_with("ok: 4 policies, 1 resources, version "), "{}", stdout(&check));
+    assert!(
+        stdout(&check).starts_with("ok: 4 policies, 1 resources, 1 incident playbooks, version "),
+        "{}",
+        stdout(&check)
+    );
 
     let test = airlock_command().args(["policy", "test", "--config"]).arg(quickstart_config()).output().unwrap();
     assert_exit(&test, 0);
@@ -1344,6 +1353,95 @@ fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_rev
     }
     assert_eq!(app.scrape(Some("dana")).0, 403);
     assert_eq!(app.scrape(None).0, 401);
+}
+
+/// An incident tool drives incidents over the API with a service account's token, as its webhook
+/// would; a named responder gets write at once under the quickstart's playbook, uses it through the
+/// gateway, and loses it, live session included, the moment the incident closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incident_arms_its_responders_through_a_playbook_until_it_closes() {
+    let app = spawn_app();
+    let added = app.admin(&["user", "add", "pagerduty", "--group", "incident-tools", "--service"]);
+    assert_exit(&added, 0);
+    let tool = stdout(&added).trim().to_owned();
+    let http = airlock_broker::outbound::client(Duration::from_secs(30)).unwrap();
+    let webhook = |token: &str, path: &str, body: Value| {
+        let request = http.post(format!("{}{path}", app.url)).bearer_auth(token).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let inc7 = json!({"id": "INC-7", "severity": 1, "title": "orders stuck", "responders": ["alice"]});
+    let (status, opened) = webhook(&tool, "/v1/incidents", inc7.clone()).await;
+    assert_eq!((status, opened["state"].as_str()), (201, Some("open")), "{opened}");
+    assert_eq!(webhook(&tool, "/v1/incidents", inc7.clone()).await.0, 200, "a retried webhook changes nothing");
+    assert_eq!(webhook(app.token("dana"), "/v1/incidents", inc7.clone()).await.0, 403, "not an incident manager");
+    let (status, error) = webhook(&tool, "/v1/incidents", json!({"id": "INC-8", "severity": 9, "title": "x"})).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("severity 9 is out of range"), "{error}");
+    assert_eq!(webhook(&tool, "/v1/incidents", json!({"id": "INC-8", "severity": 1})).await.0, 400);
+    let listed = app.airlock("alice", &["incident", "list", "--open"]);
+    assert_exit(&listed, 0);
+    assert!(stdout(&listed).contains("INC-7") && stdout(&listed).contains("orders stuck"), "{}", stdout(&listed));
+
+    let for_incident = ["request", "demo-db", "--role", "write", "--for", "2h", "--reason", "fix stuck orders"];
+    let text = app.airlock("alice", &[&for_incident[..], &["--incident", "INC-7"]].concat());
+    assert_exit(&text, 0);
+    let shown = stdout(&text);
+    assert!(shown.contains("state     approved") && shown.contains("playbook:demo-db-outage"), "{shown}");
+    assert!(shown.contains("incident  INC-7 (severity 1)"), "{shown}");
+    assert!(shown.contains("cut to the incident playbook's maximum, 1h"), "{shown}");
+    let grant_id = str_of(&app.json("alice", &["grants", "--active"])[0], "id").to_owned();
+    let unknown = app.airlock("alice", &[&for_incident[..], &["--incident", "INC-404"]].concat());
+    assert_exit(&unknown, 1);
+    assert!(stderr(&unknown).contains("unknown incident `INC-404`"), "{}", stderr(&unknown));
+    assert_exit(&app.airlock("alice", &[&for_incident[..], &["--incident", "not an id"]].concat()), 2);
+
+    let credentials = app.airlock("alice", &["credentials", &grant_id]);
+    assert_exit(&credentials, 0);
+    let mut session = Command::new("psql")
+        .args([stdout(&credentials).trim(), "-XAt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    let mut input = session.stdin.take().unwrap();
+    input.write_all(b"UPDATE orders SET status = 'retried' WHERE status = 'stuck';\n").unwrap();
+    input.flush().unwrap();
+    eventually("the update in the audit chain", || {
+        app.json("bob", &["audit", "tail", "-n", "10"]).to_string().contains("'retried'").then_some(())
+    });
+
+    let (status, closed) = webhook(&tool, "/v1/incidents/INC-7/close", json!({})).await;
+    assert_eq!((status, closed["grants_revoked"].as_u64()), (200, Some(1)), "{closed}");
+    thread::sleep(Duration::from_millis(500));
+    let _ = input.write_all(b"SELECT 'after';\n");
+    drop(input);
+    let ended = session.wait_with_output().unwrap();
+    assert!(stdout(&ended).contains("UPDATE 2") && !stdout(&ended).contains("after"), "{}", stdout(&ended));
+    assert!(stderr(&ended).contains("has ended"), "the client is told why: {}", stderr(&ended));
+    assert_eq!(app.grant_as("alice", &grant_id)["state"], "revoked");
+    let late = app.airlock("alice", &[&for_incident[..], &["--incident", "INC-7"]].concat());
+    assert_exit(&late, 1);
+    assert!(stderr(&late).contains("incident `INC-7` is closed"), "{}", stderr(&late));
+    assert_eq!(webhook(&tool, "/v1/incidents/INC-7/close", json!({})).await.0, 409);
+
+    let postmortem = app.airlock("bob", &["report", "incident", "INC-7"]);
+    assert_exit(&postmortem, 0);
+    let told = stdout(&postmortem);
+    for part in ["incident INC-7 (severity 1): orders stuck", "closed by pagerduty", "playbook:demo-db-outage"] {
+        assert!(told.contains(part), "{part} in {told}");
+    }
+    assert!(told.contains("status = 'retried'") && told.contains("incident INC-7 closed"), "{told}");
+    let report = json_of(&app.airlock_with(Some(&tool), &app.url, &["report", "incident", "INC-7", "--json"]));
+    assert_eq!(report["story"]["requests"].as_array().unwrap().len(), 1, "{report:#}");
+    let forbidden = app.airlock("alice", &["report", "incident", "INC-7"]);
+    assert_exit(&forbidden, 1);
+    assert!(stderr(&forbidden).contains("incident manager"), "{}", stderr(&forbidden));
+    let (_, metrics) = app.scrape(Some("bob"));
+    assert!(metrics.contains("airlock_incidents_open 0\n"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -501,6 +501,7 @@ mod tests {
             role: "read".parse().unwrap(),
             duration: GrantDuration::parse("30m").unwrap(),
             reason: Reason::parse("INC-7").unwrap(),
+            incident: None,
         };
         let catalog = catalog();
         let role = &catalog.resource(&new.resource).unwrap().roles[&new.role];

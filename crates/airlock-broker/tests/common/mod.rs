@@ -1,4 +1,5 @@
-//! What the broker's test binaries share: callers, waiting on background work, and a webhook
+//! What the broker's test binaries share: a broker on the quickstart's catalog, policies and
+//! incident playbooks, callers, waiting on background work, and a webhook
 //! receiver (a bare HTTP/1.1 listener on loopback that stands for a service elsewhere; it answers
 //! each POST with the status a script gives for it and keeps every request). Each test binary uses
 //! part of it.
@@ -6,10 +7,18 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_broker::Caller;
+use airlock_broker::broker::Settings;
+use airlock_broker::bundle::PolicyBundle;
+use airlock_broker::clock::{Clock, ManualClock};
+use airlock_broker::config::Config;
+use airlock_broker::{Broker, Caller};
 use airlock_core::policy::Principal;
+use airlock_core::values::GrantDuration;
+use airlock_store::Store;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -78,6 +87,34 @@ async fn read_request(socket: &mut TcpStream) -> Option<(HashMap<String, String>
             return Some((headers, body.to_owned()));
         }
     }
+}
+
+fn quickstart_config() -> Config {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart/airlock.toml"));
+    Config::load(&path).expect("the quickstart config loads")
+}
+
+/// The quickstart's catalog and policies.
+pub fn quickstart_bundle() -> PolicyBundle {
+    PolicyBundle::load(&quickstart_config().policy).expect("the quickstart bundle loads")
+}
+
+/// Pending requests expire after an hour, `sre` audits, and the quickstart's incident managers and
+/// playbooks.
+pub fn quickstart_settings() -> Settings {
+    Settings {
+        pending_ttl: GrantDuration::parse("1h").unwrap(),
+        auditors: vec!["sre".parse().unwrap()],
+        breakglass: Default::default(),
+        incidents: quickstart_config().incidents,
+    }
+}
+
+/// A broker on `store` (in `dir`, where its key is kept) with the quickstart's bundle and
+/// [`quickstart_settings`], on `clock`.
+pub fn quickstart_broker(store: Store, dir: &Path, clock: Arc<ManualClock>) -> Broker {
+    let key = airlock_broker::secrets::load_or_create_key(dir).expect("the key");
+    Broker::new(store, quickstart_bundle(), clock as Arc<dyn Clock>, quickstart_settings(), key)
 }
 
 /// Somebody in `groups`, connecting from 10.0.0.7.

@@ -1,7 +1,9 @@
 //! The story of one user or one resource over a window, for an access review
 //! (`airlock report user NAME`, `airlock report resource NAME`): each request with its reasons,
 //! decision and approvals; its grant, how its access ended and how fast it was taken away; each
-//! session and the statements run in it. For a user, also the requests they reviewed.
+//! session and the statements run in it. For a user, also the requests they reviewed. For an
+//! incident's post-mortem (`airlock report incident ID`), the same story of every request made
+//! for it, with the incident and the break-glass reviews of its emergency grants.
 
 use std::collections::HashMap;
 
@@ -11,7 +13,9 @@ use time::OffsetDateTime;
 use super::activity::{GrantActivity, Revocation, SessionActivity};
 use super::summary::RefusedRequest;
 use super::{Window, ended_at};
+use crate::breakglass::Review;
 use crate::ids::{GrantId, RequestId};
+use crate::incident::Incident;
 use crate::lifecycle::{AccessRequest, Grant, RequestState};
 
 /// Whose story: `user` or `resource`, and the name.
@@ -74,6 +78,16 @@ pub struct Story {
     pub requests: Vec<RequestStory>,
     pub refused_requests: Vec<RefusedRequest>,
     pub reviews_given: Vec<ReviewGiven>,
+}
+
+/// An incident's post-mortem: who got what under it, when, why, and what they did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentReport {
+    pub incident: Incident,
+    /// Over the incident's open time; its requests whenever they were made.
+    pub story: Story,
+    /// The reviews its break-glass grants owe, answered or not.
+    pub breakglass_reviews: Vec<Review>,
 }
 
 /// What a story is made from.

@@ -41,6 +41,9 @@ pub struct RefusedRequest {
     pub resource: String,
     pub role: String,
     pub reason: String,
+    /// The incident the request named, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
 }
 
 /// A standing privilege the connector found on a target, as last recorded.
@@ -66,6 +69,7 @@ impl RefusedRequest {
             resource: field("resource")?,
             role: field("role")?,
             reason: field("reason").unwrap_or_default(),
+            incident: request.pointer("/incident/id").and_then(serde_json::Value::as_str).map(str::to_owned),
         })
     }
 }
@@ -410,6 +414,7 @@ mod tests {
             decision: decision(),
             auto_approved: auto,
             break_glass: false,
+            incident: None,
             closure: None,
         }
     }
@@ -488,6 +493,7 @@ mod tests {
                 resource: "db".into(),
                 role: "admin".into(),
                 reason: "x".into(),
+                incident: None,
             }],
             grants,
             activity: activity.grants,
