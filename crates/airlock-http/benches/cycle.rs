@@ -147,6 +147,7 @@ async fn main() {
                     role: "read".into(),
                     duration: "15m".into(),
                     reason: "benchmark".into(),
+                    incident: None,
                 };
                 let request: RequestView = http
                     .post(format!("{base}/v1/requests"))
