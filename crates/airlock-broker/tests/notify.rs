@@ -23,6 +23,7 @@ use airlock_broker::config::Config;
 use airlock_broker::notify::{Notifier, RetryPolicy, WARN_BEFORE};
 use airlock_broker::{Broker, Caller};
 use airlock_core::audit::{AuditEvent, ChainRecord, EventKind};
+use airlock_core::incident::{NewIncident, Severity, Title};
 use airlock_core::lifecycle::{AccessRequest, RequestState};
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::{BROKER_CHAIN, Store};
@@ -391,7 +392,7 @@ async fn routes_send_each_notice_only_where_it_belongs() {
     app.ask(&alice(), "demo-db", "write", "30m").await;
     // Auto-approved: created, approved and started in one commit, so nobody is asked to review it.
     app.ask(&dana(), "demo-db", "read", "20m").await;
-    let incident = json!({"incident": {"id": "inc-1", "severity": "sev1", "title": "orders down"}});
+    let incident = json!({"incident": {"id": "inc-1", "severity": 1, "title": "orders down"}});
     let opened = AuditEvent { kind: EventKind::IncidentOpened, actor: "bob".into(), at: T0, details: incident };
     app.broker.record(&[opened]).await.unwrap();
     let broker = app.finish().await;
@@ -405,6 +406,31 @@ async fn routes_send_each_notice_only_where_it_belongs() {
     assert!(kinds(&stage_db).is_empty(), "a route for another resource hears nothing");
     assert_eq!(kinds(&incidents), ["incident_opened"], "a notice without a resource reaches unfiltered routes only");
     assert_eq!(notification_records(&broker).await.len(), 4);
+}
+
+#[tokio::test]
+async fn incidents_are_told_opened_and_closed_with_what_closing_ended() {
+    let hook = Receiver::start(HOOK_PATH, |_| 200).await;
+    let filters = "events = [\"incident_opened\", \"incident_closed\"]";
+    let managers = "[incidents]\nmanagers = [\"sre\"]\n";
+    let app =
+        spawn(&[channel("hook", "json", &hook.url), route("hook", filters), managers.into()].concat(), FAST).await;
+    let new = NewIncident {
+        id: "INC-7".parse().unwrap(),
+        severity: Severity::new(1).unwrap(),
+        title: Title::parse("orders down").unwrap(),
+        responders: vec!["alice".parse().unwrap()],
+    };
+    app.broker.open_incident(&bob(), new).await.unwrap();
+    app.broker.close_incident(&bob(), "INC-7").await.unwrap();
+    app.finish().await;
+
+    let bodies: Vec<Value> = hook.received().iter().map(body).collect();
+    let summaries: Vec<&str> = bodies.iter().map(|b| b["summary"].as_str().unwrap()).collect();
+    assert_eq!(summaries, ["Incident opened (severity 1): orders down", "Incident closed (severity 1): orders down"]);
+    assert_eq!(bodies[0]["responders"], json!(["alice"]), "{:#}", bodies[0]);
+    assert_eq!(bodies[1]["closed_by"], "bob", "{:#}", bodies[1]);
+    assert_eq!(bodies[1]["grants_revoked"], 0, "{:#}", bodies[1]);
 }
 
 #[tokio::test]

@@ -382,7 +382,7 @@ impl Notices<'_> {
         let severity = text(incident, "severity");
         let title = text(incident, "title");
         let verb = if kind == NoticeKind::IncidentOpened { "opened" } else { "closed" };
-        let severity_part = severity.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+        let severity_part = severity.as_deref().map(|s| format!(" (severity {s})")).unwrap_or_default();
         let title_part = title.as_deref().map(|t| format!(": {t}")).unwrap_or_default();
         notice.summary = format!("Incident {verb}{severity_part}{title_part}");
         notice.text("severity", "Severity", severity);
@@ -392,6 +392,9 @@ impl Notices<'_> {
         notice.time("opened_at", "Opened", time(incident, "opened_at"));
         notice.text("closed_by", "Closed by", text(incident, "closed_by"));
         notice.time("closed_at", "Closed", time(incident, "closed_at"));
+        let ended = |key| record.details[key].as_array().map(|ids| FactValue::Count(ids.len() as u64));
+        notice.fact("grants_revoked", "Grants revoked", ended("grants_revoked"));
+        notice.fact("requests_withdrawn", "Requests withdrawn", ended("requests_withdrawn"));
         notice
     }
 }
