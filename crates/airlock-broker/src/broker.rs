@@ -66,10 +66,10 @@ pub enum BrokerError {
     UnknownIncident(IncidentId),
     #[error("incident `{0}` is closed: access can no longer be given for it")]
     IncidentNotOpen(IncidentId),
-    #[error(
-        "incident `{id}` exists already ({state}) with another severity, title or responders; incident ids are not reused"
-    )]
-    IncidentExists { id: IncidentId, state: &'static str },
+    #[error("incident `{0}` is open with another severity, title or responders; close it, or open another id")]
+    IncidentDiffers(IncidentId),
+    #[error("incident `{0}` was closed; incident ids are not reused")]
+    IncidentIdUsed(IncidentId),
     #[error(transparent)]
     IncidentClosed(#[from] airlock_core::incident::AlreadyClosed),
     #[error("only members of the incident manager groups (`[incidents] managers`) may open and close incidents")]
@@ -116,9 +116,10 @@ impl BrokerError {
             BrokerError::Open(OpenError::TooLong { .. }) => ErrorKind::BadInput,
             BrokerError::Open(OpenError::Refused { .. }) => ErrorKind::Forbidden,
             BrokerError::UnknownIncident(_) => ErrorKind::BadInput,
-            BrokerError::IncidentNotOpen(_) | BrokerError::IncidentExists { .. } | BrokerError::IncidentClosed(_) => {
-                ErrorKind::Conflict
-            }
+            BrokerError::IncidentNotOpen(_)
+            | BrokerError::IncidentDiffers(_)
+            | BrokerError::IncidentIdUsed(_)
+            | BrokerError::IncidentClosed(_) => ErrorKind::Conflict,
             BrokerError::IncidentsForbidden | BrokerError::IncidentReportForbidden => ErrorKind::Forbidden,
             BrokerError::RequestNotFound(_)
             | BrokerError::IncidentNotFound(_)
@@ -443,17 +444,19 @@ impl Broker {
         decision: &airlock_core::lifecycle::RecordedDecision,
         now: OffsetDateTime,
     ) -> Result<(), BrokerError> {
+        let mut request = json!({
+            "id": new.id, "requester": new.requester, "resource": new.resource, "role": new.role,
+            "duration": new.duration, "reason": new.reason, "decision": decision,
+            "source_ip": caller.source_ip.to_string(),
+        });
+        if let Some(incident) = &new.incident {
+            request["incident"] = json!(incident);
+        }
         let event = AuditEvent {
             kind: EventKind::RequestRefused,
             actor: caller.principal.name.to_string(),
             at: now,
-            details: json!({
-                "request": {
-                    "id": new.id, "requester": new.requester, "resource": new.resource, "role": new.role,
-                    "duration": new.duration, "reason": new.reason, "decision": decision,
-                    "source_ip": caller.source_ip.to_string(), "incident": new.incident,
-                }
-            }),
+            details: json!({ "request": request }),
         };
         let mut tx = self.store.begin().await?;
         tx.append(vec![event]).await?;

@@ -44,10 +44,10 @@ impl Broker {
         let mut tx = self.store().begin().await?;
         Self::ensure_enabled(&mut tx, caller).await?;
         if let Some(existing) = tx.incident(new.id.as_str()).await? {
-            return if existing.is_same_as(&new) {
-                Ok((existing, false))
-            } else {
-                Err(BrokerError::IncidentExists { id: existing.id, state: existing.state.as_str() })
+            return match (existing.is_same_as(&new), existing.is_open()) {
+                (true, _) => Ok((existing, false)),
+                (false, true) => Err(BrokerError::IncidentDiffers(existing.id)),
+                (false, false) => Err(BrokerError::IncidentIdUsed(existing.id)),
             };
         }
         let (incident, opened) = Incident::open(new, caller.principal.name.as_str(), now);
@@ -72,7 +72,9 @@ impl Broker {
         let why = format!("incident {} closed", incident.id);
         let mut ended = Vec::new();
         let mut revoked = Vec::new();
-        for mut grant in tx.active_grants_of_incident(id).await? {
+        let grants = tx.active_grants_of_incident(id).await?;
+        let grants_ended = !grants.is_empty();
+        for mut grant in grants {
             // A grant whose time is up is expired, not revoked, even if the sweep has not run yet.
             let event = grant.expire(now).map_or_else(|| grant.revoke(actor, &why, now), Ok)?;
             if grant.state == GrantState::Revoked {
@@ -94,7 +96,7 @@ impl Broker {
         tx.update_incident(&incident).await?;
         tx.append([closed].into_iter().chain(ended).collect()).await?;
         tx.commit().await?;
-        if !revoked.is_empty() {
+        if grants_ended {
             self.grants_changed();
         }
         Ok(ClosedIncident { incident, grants_revoked: revoked.len(), requests_withdrawn: withdrawn.len() })

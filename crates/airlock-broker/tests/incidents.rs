@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-use crate::common::{caller, quickstart_broker};
+use crate::common::{alice, bob, caller, dana, erin, mallory, quickstart_broker};
 
 const T0: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
 
@@ -35,35 +35,11 @@ async fn spawn() -> App {
     App { broker: quickstart_broker(store, dir.path(), clock.clone()), clock, _dir: dir }
 }
 
-/// An incident manager (the quickstart's managers are `sre` and `incident-tools`) and auditor.
-fn bob() -> Caller {
-    caller("bob", &["sre"])
-}
-
 /// An incident tool's service account.
 fn pager() -> Caller {
     let mut pager = caller("pagerduty", &["incident-tools"]);
     pager.principal.service = true;
     pager
-}
-
-/// An engineer named as a responder below.
-fn erin() -> Caller {
-    caller("erin", &["eng"])
-}
-
-/// On call: armed by the playbook's group.
-fn dana() -> Caller {
-    caller("dana", &["eng", "oncall"])
-}
-
-/// An engineer neither on call nor named.
-fn alice() -> Caller {
-    caller("alice", &["eng"])
-}
-
-fn mallory() -> Caller {
-    caller("mallory", &["sales"])
 }
 
 fn incident(id: &str, severity: u8, responders: &[&str]) -> NewIncident {
@@ -155,7 +131,7 @@ async fn a_playbook_arms_responders_until_the_incident_closes_and_closing_ends_e
     let late = broker.create_request(&erin(), ask("write", "20m", Some("INC-7"))).await;
     assert!(matches!(late, Err(BrokerError::IncidentNotOpen(_))), "{late:?}");
     let reopened = broker.open_incident(&pager(), incident("INC-7", 1, &["erin"])).await;
-    assert!(matches!(reopened, Err(BrokerError::IncidentExists { .. })), "{reopened:?}");
+    assert!(matches!(reopened, Err(BrokerError::IncidentIdUsed(_))), "{reopened:?}");
     let again = broker.close_incident(&bob(), "INC-7").await.unwrap_err();
     assert_eq!(again.kind(), ErrorKind::Conflict);
 
@@ -195,8 +171,8 @@ async fn only_managers_run_incidents_and_only_severe_open_ones_arm_anybody() {
     // An incident tool's retry changes nothing; a different body under the same id is refused.
     let (_, new) = broker.open_incident(&pager(), incident("INC-3", 1, &["erin"])).await.unwrap();
     assert!(!new);
-    let changed = broker.open_incident(&pager(), incident("INC-3", 0, &["erin"])).await.unwrap_err();
-    assert_eq!(changed.kind(), ErrorKind::Conflict);
+    let changed = broker.open_incident(&pager(), incident("INC-3", 0, &["erin"])).await;
+    assert!(matches!(changed, Err(BrokerError::IncidentDiffers(_))), "{changed:?}");
 
     let unknown = broker.create_request(&erin(), ask("write", "20m", Some("INC-404"))).await.unwrap_err();
     assert_eq!(unknown.kind(), ErrorKind::BadInput);

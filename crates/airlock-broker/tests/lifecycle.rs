@@ -29,7 +29,7 @@ use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::watch;
 
-use crate::common::{caller, eventually, quickstart_broker};
+use crate::common::{alice, bob, caller, carol, dana, erin, eventually, mallory, quickstart_broker};
 
 /// A Monday morning: nothing in the quickstart policies depends on it, but it is fixed.
 const T0: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
@@ -118,35 +118,6 @@ impl TestBroker {
     async fn audit_kinds(&self) -> Vec<String> {
         self.audit().await.into_iter().map(|r| r.kind).collect()
     }
-}
-
-/// An engineer.
-fn alice() -> Caller {
-    caller("alice", &["eng"])
-}
-
-/// An on-call engineer: read is auto-approved.
-fn dana() -> Caller {
-    caller("dana", &["eng", "oncall"])
-}
-
-/// Another engineer, who neither holds nor reviews anything.
-fn erin() -> Caller {
-    caller("erin", &["eng"])
-}
-
-/// Reviewers (and auditors).
-fn bob() -> Caller {
-    caller("bob", &["sre"])
-}
-
-fn carol() -> Caller {
-    caller("carol", &["sre"])
-}
-
-/// Outside every policy.
-fn mallory() -> Caller {
-    caller("mallory", &["sales"])
 }
 
 fn input(resource: &str, role: &str, duration: &str) -> RequestInput {

@@ -36,7 +36,7 @@ use time::macros::datetime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::common::{Received, Receiver, caller, eventually};
+use crate::common::{Received, Receiver, alice, bob, caller, dana, eventually};
 
 const T0: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
 /// The key every test channel signs with (from `secret_file`).
@@ -134,18 +134,6 @@ impl Notifying {
         };
         self.broker.create_request(who, input).await.expect("the request opens").0
     }
-}
-
-fn alice() -> Caller {
-    caller("alice", &["eng"])
-}
-
-fn dana() -> Caller {
-    caller("dana", &["eng", "oncall"])
-}
-
-fn bob() -> Caller {
-    caller("bob", &["sre"])
 }
 
 /// Notification records so far, with their details.

@@ -57,7 +57,8 @@ pub struct BreakGlassBody {
     pub incident: Option<String>,
 }
 
-/// An incident to open (an incident tool's webhook can send this as it is).
+/// An incident to open. Unknown fields are refused: an incident tool's webhook payload is mapped
+/// to these fields (by the tool's own templating, or a small relay) before it is sent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentBody {

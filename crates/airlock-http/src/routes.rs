@@ -111,7 +111,8 @@ async fn keys(State(state): State<AppState>, Authenticated(_): Authenticated) ->
     responses(
         (status = 201, body = RequestView, description = "the request; an auto-approved one carries its grant"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody, description = "no policy allows the request")))]
+        (status = 403, body = ErrorBody, description = "no policy allows the request"),
+        (status = 409, body = ErrorBody, description = "the incident it names is closed")))]
 async fn create_request(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -213,7 +214,8 @@ async fn cancel(
     responses(
         (status = 201, body = BreakGlassView, description = "the grant started at once; its review is owed"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody, description = "no `break_glass` policy allows it, or a rejected review barred the caller")))]
+        (status = 403, body = ErrorBody, description = "no `break_glass` policy allows it, or a rejected review barred the caller"),
+        (status = 409, body = ErrorBody, description = "the incident it names is closed")))]
 async fn break_glass(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

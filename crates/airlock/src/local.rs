@@ -48,7 +48,7 @@ pub async fn open_serving_broker(files: &Files) -> Result<(Broker, Config, Optio
 async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Config, Option<Notifier>), Failure> {
     let config = Config::load(&files.config)?;
     let bundle = PolicyBundle::load(&config.policy)?;
-    check_playbooks(&config.incidents.playbooks, &bundle.catalog).context("[incidents]")?;
+    check_playbooks(&config.incidents.playbooks, &bundle.catalog).map_err(|e| anyhow!("[incidents] {e}"))?;
     // Before the store: channels whose URL or secret cannot be read stop `serve` from starting.
     let notifier = match notifications {
         Notifications::Off => None,

@@ -129,6 +129,36 @@ pub fn caller(name: &str, groups: &[&str]) -> Caller {
     }
 }
 
+/// The quickstart's people: an engineer.
+pub fn alice() -> Caller {
+    caller("alice", &["eng"])
+}
+
+/// An on-call engineer: read is auto-approved, break-glass allowed, armed by incident playbooks.
+pub fn dana() -> Caller {
+    caller("dana", &["eng", "oncall"])
+}
+
+/// Another engineer, who neither holds nor reviews anything unless named.
+pub fn erin() -> Caller {
+    caller("erin", &["eng"])
+}
+
+/// A reviewer, auditor and incident manager.
+pub fn bob() -> Caller {
+    caller("bob", &["sre"])
+}
+
+/// Another reviewer.
+pub fn carol() -> Caller {
+    caller("carol", &["sre"])
+}
+
+/// Outside every policy.
+pub fn mallory() -> Caller {
+    caller("mallory", &["sales"])
+}
+
 /// Polls `check` until it holds: for waiting on a background task, with a generous overall limit
 /// so that a slow machine is not mistaken for a bug.
 pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
