@@ -399,8 +399,10 @@ async fn routes_send_each_notice_only_where_it_belongs() {
 #[tokio::test]
 async fn incidents_are_told_opened_and_closed_with_what_closing_ended() {
     let hook = Receiver::start(HOOK_PATH, |_| 200).await;
-    let filters = "events = [\"incident_opened\", \"incident_closed\"]";
-    let managers = "[incidents]\nmanagers = [\"sre\"]\n";
+    let filters = "events = [\"incident_opened\", \"request_decided\", \"incident_closed\"]";
+    let managers = "[incidents]\nmanagers = [\"sre\"]\n[[incidents.playbook]]\nname = \"demo-db-outage\"\n\
+                    max_severity = 2\ngroups = [\"oncall\"]\nmax = \"1h\"\n\
+                    access = [{ resource = \"demo-db\", role = \"write\" }]\n";
     let app =
         spawn(&[channel("hook", "json", &hook.url), route("hook", filters), managers.into()].concat(), FAST).await;
     let new = NewIncident {
@@ -410,15 +412,31 @@ async fn incidents_are_told_opened_and_closed_with_what_closing_ended() {
         responders: vec!["alice".parse().unwrap()],
     };
     app.broker.open_incident(&bob(), new).await.unwrap();
+    let input = RequestInput {
+        resource: "demo-db".parse().unwrap(),
+        role: "write".parse().unwrap(),
+        duration: GrantDuration::parse("20m").unwrap(),
+        reason: Reason::parse("INC-7: fix the orders table").unwrap(),
+        incident: Some("INC-7".parse().unwrap()),
+    };
+    app.broker.create_request(&dana(), input).await.unwrap();
     app.broker.close_incident(&bob(), "INC-7").await.unwrap();
     app.finish().await;
 
     let bodies: Vec<Value> = hook.received().iter().map(body).collect();
     let summaries: Vec<&str> = bodies.iter().map(|b| b["summary"].as_str().unwrap()).collect();
-    assert_eq!(summaries, ["Incident opened (severity 1): orders down", "Incident closed (severity 1): orders down"]);
+    assert_eq!(
+        summaries,
+        [
+            "Incident opened (severity 1): orders down",
+            "dana's request for write on demo-db (prod) was approved by incident playbook demo-db-outage, without review",
+            "Incident closed (severity 1): orders down"
+        ]
+    );
     assert_eq!(bodies[0]["responders"], json!(["alice"]), "{:#}", bodies[0]);
-    assert_eq!(bodies[1]["closed_by"], "bob", "{:#}", bodies[1]);
-    assert_eq!(bodies[1]["grants_revoked"], 0, "{:#}", bodies[1]);
+    assert_eq!(bodies[1]["incident"], "INC-7", "{:#}", bodies[1]);
+    assert_eq!(bodies[2]["closed_by"], "bob", "{:#}", bodies[2]);
+    assert_eq!(bodies[2]["grants_revoked"], 1, "{:#}", bodies[2]);
 }
 
 #[tokio::test]

@@ -239,6 +239,7 @@ impl Notices<'_> {
         notice.text("requester", "Requester", requester);
         notice.text("duration", "Duration", duration);
         notice.text("reason", "Reason", text(request, "reason"));
+        notice.text("incident", "Incident", text(&request["incident"], "id"));
         notice.fact("approvals_required", "Approvals needed", count(request, "required_approvals"));
         notice.time("expires_at", "Expires", time(request, "expires_at"));
         if let Some(id) = id.filter(|id| is_plain_id(id)) {
@@ -258,7 +259,11 @@ impl Notices<'_> {
         let auto_approved = request["auto_approved"].as_bool() == Some(true);
         let break_glass = request["break_glass"].as_bool() == Some(true);
         let approvers = strings(&request["approvals"], "approver");
+        let playbook = request["decision"]["policies"][0].as_str().and_then(|p| p.strip_prefix("playbook:"));
         notice.summary = match record.kind {
+            EventKind::RequestApproved if auto_approved && playbook.is_some() => {
+                format!("{whose} was approved by incident playbook {}, without review", playbook.unwrap_or_default())
+            }
             EventKind::RequestApproved if auto_approved => format!("{whose} was approved by policy, without review"),
             EventKind::RequestApproved if break_glass => {
                 format!("{whose} was granted at once by break-glass; its review is owed")
@@ -280,6 +285,7 @@ impl Notices<'_> {
         notice.fact("comments", "Comments", non_empty(comments(&request["approvals"])));
         notice.text("decision_reason", "Why", text(&request["closure"], "reason"));
         notice.text("reason", "Request reason", text(request, "reason"));
+        notice.text("incident", "Incident", text(&request["incident"], "id"));
         self.link_request(&mut notice);
         notice
     }
@@ -355,6 +361,7 @@ impl Notices<'_> {
             format!("Break-glass: {} took {}{until}, without review", who(holder.as_deref()), notice.access());
         notice.text("holder", "Holder", holder);
         notice.text("reason", "Reason", text(request, "reason"));
+        notice.text("incident", "Incident", text(&request["incident"], "id"));
         notice.time("ends_at", "Ends", ends_at);
         notice.time("review_due_at", "Review due", time(review, "due_at"));
         self.link_request(&mut notice);
