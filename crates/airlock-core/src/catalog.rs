@@ -4,7 +4,8 @@
 //! A `postgres` resource may also say where its database is (`[resource.postgres]`) and which
 //! existing database roles each Airlock role maps to (`database_roles`): a grant's login role is
 //! made a member of exactly those. Secrets are never inline: the connector's password is named
-//! by an environment variable or a file.
+//! by an environment variable or a file. How Airlock's connections to that database are protected
+//! is its `tls` setting ([`TlsMode`]): certificates verified unless the catalog says otherwise.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,20 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
+/// How the connector's and the gateway's connections to a database are protected (`tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext: passwords and data cross the network readable. Never the default with an
+    /// address; the throwaway cluster on loopback (no address) always uses it.
+    Disable,
+    /// Encrypted, but any certificate is accepted: protects only against passive eavesdropping,
+    /// not against someone who can intercept the connection and present their own certificate.
+    Require,
+    /// Encrypted, and the server's certificate must chain to `ca_file` (PEM; the system's root
+    /// certificates when absent) and name the address's host. The default with an address.
+    VerifyFull { ca_file: Option<PathBuf> },
+}
+
 /// Where a `postgres` resource's database is, and how the connector logs in to manage roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresTarget {
@@ -53,6 +68,8 @@ pub struct PostgresTarget {
     /// The connector's login: needs CREATEROLE and membership (with ADMIN OPTION) in the
     /// database roles it hands out. None only without an address.
     pub admin: Option<(String, SecretSource)>,
+    /// Always [`TlsMode::Disable`] without an address.
+    pub tls: TlsMode,
 }
 
 /// The default ceiling of a role that names none.
@@ -127,6 +144,8 @@ struct PostgresEntry {
     admin_user: Option<String>,
     admin_password_env: Option<String>,
     admin_password_file: Option<PathBuf>,
+    tls: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -168,12 +187,19 @@ impl Catalog {
         self.resources.values()
     }
 
-    /// Makes relative secret file paths relative to `dir` (the catalog file's directory).
+    /// Makes relative file paths (secrets, CA certificates) relative to `dir` (the catalog
+    /// file's directory).
     pub fn rebase_files(&mut self, dir: &Path) {
-        for resource in self.resources.values_mut() {
-            if let Some(PostgresTarget { admin: Some((_, SecretSource::File(path))), .. }) = &mut resource.postgres
-                && path.is_relative()
-            {
+        for target in self.resources.values_mut().filter_map(|resource| resource.postgres.as_mut()) {
+            let secret = match &mut target.admin {
+                Some((_, SecretSource::File(path))) => Some(path),
+                _ => None,
+            };
+            let ca_file = match &mut target.tls {
+                TlsMode::VerifyFull { ca_file } => ca_file.as_mut(),
+                _ => None,
+            };
+            for path in secret.into_iter().chain(ca_file).filter(|path| path.is_relative()) {
                 *path = dir.join(&*path);
             }
         }
@@ -231,7 +257,27 @@ impl PostgresEntry {
         {
             return Err(error(&format!("address `{address}` is not host:port")));
         }
-        Ok(PostgresTarget { address: self.address, database: self.database, admin })
+        let tls = tls_mode(self.tls.as_deref(), self.ca_file, self.address.is_some()).map_err(|m| error(&m))?;
+        Ok(PostgresTarget { address: self.address, database: self.database, admin, tls })
+    }
+}
+
+/// The `tls` and `ca_file` settings of a database, with or without an address.
+fn tls_mode(tls: Option<&str>, ca_file: Option<PathBuf>, addressed: bool) -> Result<TlsMode, String> {
+    if !addressed && (ca_file.is_some() || tls.is_some_and(|tls| tls != "disable")) {
+        return Err("tls and ca_file apply to a database with an address; without one, the database is a \
+                    throwaway local cluster reached over loopback in plaintext"
+            .to_owned());
+    }
+    let mode = match tls.unwrap_or(if addressed { "verify-full" } else { "disable" }) {
+        "disable" => TlsMode::Disable,
+        "require" => TlsMode::Require,
+        "verify-full" => return Ok(TlsMode::VerifyFull { ca_file }),
+        other => return Err(format!("tls `{other}` is not one of `disable`, `require` or `verify-full`")),
+    };
+    match ca_file {
+        Some(_) => Err("ca_file is used only with tls = \"verify-full\" (the default with an address)".to_owned()),
+        None => Ok(mode),
     }
 }
 
@@ -360,6 +406,24 @@ mod tests {
         // A password written inline is refused outright.
         let inline = format!("{head}{roles}[resource.postgres]\ndatabase = \"app\"\nadmin_password = \"hunter2\"\n");
         assert!(Catalog::parse(&inline).unwrap_err().to_string().contains("unknown field `admin_password`"));
+        let addressed = "[resource.postgres]\ndatabase = \"app\"\naddress = \"db:5432\"\nadmin_user = \"a\"\nadmin_password_env = \"P\"\n";
+        check_error(
+            &format!("{head}{roles}{addressed}tls = \"prefer\"\n"),
+            "resource `db`: tls `prefer` is not one of `disable`, `require` or `verify-full`",
+        );
+        for tls in ["disable", "require"] {
+            check_error(
+                &format!("{head}{roles}{addressed}tls = \"{tls}\"\nca_file = \"ca.pem\"\n"),
+                "resource `db`: ca_file is used only with tls = \"verify-full\" (the default with an address)",
+            );
+        }
+        let throwaway = "[resource.postgres]\ndatabase = \"app\"\n";
+        for setting in ["tls = \"verify-full\"", "tls = \"require\"", "ca_file = \"ca.pem\""] {
+            check_error(
+                &format!("{head}{roles}{throwaway}{setting}\n"),
+                "resource `db`: tls and ca_file apply to a database with an address; without one, the database is a throwaway local cluster reached over loopback in plaintext",
+            );
+        }
         let web = "[[resource]]\nname = \"web\"\nkind = \"ssh\"\nenvironment = \"prod\"\n";
         check_error(
             &format!("{web}{roles}[resource.postgres]\ndatabase = \"app\"\n"),
@@ -392,5 +456,33 @@ mod tests {
         let secret = SecretSource::File("/etc/airlock/secrets/orders.password".into());
         assert_eq!(target.admin, Some(("airlock_connector".to_owned(), secret)));
         assert_eq!(orders.roles[&"read".parse().unwrap()].database_roles, ["pg_read_all_data"]);
+        assert_eq!(target.tls, TlsMode::VerifyFull { ca_file: None }, "an address verifies certificates by default");
+    }
+
+    #[test]
+    fn tls_settings_of_a_database() {
+        #[track_caller]
+        fn check(postgres: &str, expect: TlsMode) {
+            let text = format!(
+                "[[resource]]\nname = \"db\"\nkind = \"postgres\"\nenvironment = \"prod\"\n\
+                 [resource.roles.read]\n[resource.postgres]\ndatabase = \"app\"\n{postgres}"
+            );
+            let mut catalog = Catalog::parse(&text).unwrap();
+            catalog.rebase_files(Path::new("/etc/airlock"));
+            let target = catalog.resource(&"db".parse().unwrap()).unwrap().postgres.clone().unwrap();
+            assert_eq!(target.tls, expect);
+        }
+        let address = "address = \"db.internal:5432\"\nadmin_user = \"a\"\nadmin_password_env = \"P\"\n";
+        check(address, TlsMode::VerifyFull { ca_file: None });
+        check(&format!("{address}tls = \"disable\""), TlsMode::Disable);
+        check(&format!("{address}tls = \"require\""), TlsMode::Require);
+        let ca_file = Some(PathBuf::from("/etc/airlock/certs/db-ca.pem"));
+        check(&format!("{address}ca_file = \"certs/db-ca.pem\""), TlsMode::VerifyFull { ca_file: ca_file.clone() });
+        check(
+            &format!("{address}tls = \"verify-full\"\nca_file = \"/etc/airlock/certs/db-ca.pem\""),
+            TlsMode::VerifyFull { ca_file },
+        );
+        check("", TlsMode::Disable);
+        check("tls = \"disable\"", TlsMode::Disable);
     }
 }

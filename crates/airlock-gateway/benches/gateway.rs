@@ -284,6 +284,7 @@ async fn run(tools: Tools, knobs: Knobs) -> ExitCode {
         settings: Settings { require_tls: false, ..Settings::default() },
         // PgBouncer keeps its server connections a while after its clients leave.
         max_connections: Some((knobs.idle_sessions + knobs.cut_sessions + 100) as u32),
+        ..Setup::default()
     };
     let harness = GatewayHarness::start_with(setup).await;
     let cluster = harness.cluster();
@@ -720,6 +721,7 @@ mod child {
             let setup = Setup {
                 settings: Settings { require_tls: false, ..Settings::default() },
                 max_connections: Some(sessions as u32 + 100),
+                ..Setup::default()
             };
             let harness = GatewayHarness::start_with(setup).await;
             let superuser = harness.cluster().connect(DATABASE).await.expect("the superuser connects");

@@ -278,7 +278,7 @@ async fn run<A, S>(
         }
     };
     let TargetSession { stream, pending } = target;
-    let (mut target_read, target_write) = stream.into_split();
+    let (mut target_read, target_write) = tokio::io::split(stream);
     let session = Session {
         id: Uuid::now_v7(),
         grant: credential.grant,

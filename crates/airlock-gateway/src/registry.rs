@@ -145,7 +145,7 @@ mod tests {
     fn cancel_keys_must_match_exactly() {
         let registry = Registry::default();
         let (session, _cuts) = registry.register(GrantId::from_uuid(Uuid::now_v7()));
-        let address = TargetAddress { host: "127.0.0.1".into(), port: 5432, database: "d".into() };
+        let address = TargetAddress { host: "127.0.0.1".into(), port: 5432, database: "d".into(), tls: None };
         registry.set_backend(session.key, Backend { address, process_id: 7, secret_key: 9 });
         assert_eq!(registry.backend(session.key).map(|b| b.process_id), Some(7));
         let guessed = CancelKey { secret_key: session.key.secret_key.wrapping_add(1), ..session.key };

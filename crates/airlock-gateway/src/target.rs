@@ -1,31 +1,57 @@
 //! Logging in to a target database as a grant's own login role, with the password the connector
 //! derived for it (SCRAM-SHA-256, or MD5/cleartext where the server's `pg_hba.conf` asks for
 //! them). The user never sees this password; the gateway injects it.
+//!
+//! When the resource asks for TLS, every connection to the target (a session's, a cancel
+//! request's) begins with PostgreSQL's `SSLRequest`; a server that answers `N` is refused before
+//! anything else is sent, so nothing meant for TLS ever goes out in plaintext. The certificate is
+//! checked as the resource's `tls` setting says ([`airlock_postgres::tls`], shared with the
+//! connector).
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use airlock_postgres::tls::TargetTls;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
-use crate::wire::WireError;
+use crate::wire::{self, WireError};
 
-/// Where a resource's database is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a resource's database is, and how the gateway protects its connections to it.
+#[derive(Debug, Clone)]
 pub struct TargetAddress {
     pub host: String,
     pub port: u16,
     pub database: String,
+    /// TLS to the database, built once per resource; none for plaintext.
+    pub tls: Option<TargetTls>,
+}
+
+impl TargetAddress {
+    fn place(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 /// Why the target did not accept the grant's login.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("cannot reach the database at {address}: {source}")]
-    Connect { address: String, source: std::io::Error },
+    Connect { address: String, source: io::Error },
+    #[error(
+        "the database at {address} does not accept TLS, which its resource asks for (tls = \"require\" or \"verify-full\"); nothing was sent in plaintext"
+    )]
+    TlsRefused { address: String },
+    #[error("TLS with the database at {address} failed: {source}")]
+    Tls { address: String, source: io::Error },
     #[error("the database refused the grant's login: {message} (SQLSTATE {sqlstate})")]
     Refused { sqlstate: String, message: String },
     #[error("the database asked for an authentication method the gateway does not speak ({0})")]
@@ -44,10 +70,74 @@ impl TargetError {
     }
 }
 
+/// A connection to the target: plain TCP, or TLS over it. Writers must flush (`wire::send`): a
+/// TLS stream may hold the tail of a write until then.
+pub enum TargetStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for TargetStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TargetStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TargetStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to the database at `address`, over TLS when its resource asks for it.
+async fn open(address: &TargetAddress) -> Result<TargetStream, TargetError> {
+    let place = address.place();
+    let mut stream = match TcpStream::connect(&place).await {
+        Ok(stream) => stream,
+        Err(source) => return Err(TargetError::Connect { address: place, source }),
+    };
+    stream.set_nodelay(true).map_err(protocol)?;
+    let Some(tls) = &address.tls else { return Ok(TargetStream::Plain(stream)) };
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    wire::send(&mut stream, &out).await.map_err(protocol)?;
+    // Exactly one byte, unbuffered: anything sent after it (by someone in between, say) is then
+    // read by the TLS handshake, which refuses it, and never taken as the server's (CVE-2021-23222).
+    match stream.read_u8().await.map_err(protocol)? {
+        b'S' => {}
+        b'N' => return Err(TargetError::TlsRefused { address: place }),
+        other => return Err(TargetError::Protocol(format!("answer {:?} to a TLS request", char::from(other)))),
+    }
+    match tls.handshake(stream).await {
+        Ok(stream) => Ok(TargetStream::Tls(Box::new(stream))),
+        Err(source) => Err(TargetError::Tls { address: place, source }),
+    }
+}
+
 /// A logged-in connection to the target, and what the server said during startup that the
 /// client must see (parameter statuses, key data, the first ReadyForQuery) — still unread.
 pub struct TargetSession {
-    pub stream: TcpStream,
+    pub stream: TargetStream,
     /// Bytes already read past AuthenticationOk.
     pub pending: BytesMut,
 }
@@ -59,15 +149,12 @@ pub async fn log_in(
     password: &str,
     params: &[(String, String)],
 ) -> Result<TargetSession, TargetError> {
-    let place = format!("{}:{}", address.host, address.port);
-    let mut stream =
-        TcpStream::connect(&place).await.map_err(|source| TargetError::Connect { address: place, source })?;
-    stream.set_nodelay(true).map_err(|e| TargetError::Protocol(e.to_string()))?;
+    let mut stream = open(address).await?;
     let mut out = BytesMut::new();
     let mut startup = vec![("user", user), ("database", address.database.as_str())];
     startup.extend(params.iter().map(|(name, value)| (name.as_str(), value.as_str())));
     frontend::startup_message(startup, &mut out).map_err(protocol)?;
-    stream.write_all(&out).await.map_err(protocol)?;
+    wire::send(&mut stream, &out).await.map_err(protocol)?;
 
     let mut input = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramSha256> = None;
@@ -108,7 +195,7 @@ pub async fn log_in(
             Message::NoticeResponse(_) => continue,
             _ => return Err(TargetError::Method("an unknown authentication request".into())),
         };
-        stream.write_all(&reply).await.map_err(protocol)?;
+        wire::send(&mut stream, &reply).await.map_err(protocol)?;
     }
 }
 
@@ -123,7 +210,7 @@ fn protocol(error: impl std::fmt::Display) -> TargetError {
 }
 
 /// The next whole message from the server during login.
-async fn next_message(stream: &mut TcpStream, input: &mut BytesMut) -> Result<Message, TargetError> {
+async fn next_message(stream: &mut TargetStream, input: &mut BytesMut) -> Result<Message, TargetError> {
     loop {
         if input.len() >= 5 {
             let length = i32::from_be_bytes([input[1], input[2], input[3], input[4]]);
@@ -154,12 +241,13 @@ pub fn error_fields(body: &postgres_protocol::message::backend::ErrorResponseBod
     (sqlstate, message)
 }
 
-/// Asks the target to cancel the statement running on backend `process_id`.
-pub async fn cancel(address: &TargetAddress, process_id: i32, secret_key: i32) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
+/// Asks the target to cancel the statement running on backend `process_id` (over TLS like the
+/// session's own connection: PostgreSQL takes a cancel request after an `SSLRequest` too).
+pub async fn cancel(address: &TargetAddress, process_id: i32, secret_key: i32) -> Result<(), TargetError> {
+    let mut stream = open(address).await?;
     let mut out = BytesMut::new();
     frontend::cancel_request(process_id, secret_key, &mut out);
-    stream.write_all(&out).await?;
+    wire::send(&mut stream, &out).await.map_err(protocol)?;
     // The server closes the connection once it has read the request.
     let _ = stream.read(&mut [0; 1]).await;
     Ok(())

@@ -2,14 +2,20 @@
 //! ([`airlock_testkit::gateway`]): a throwaway cluster managed by the connector, a broker on the
 //! quickstart policies (system clock: PostgreSQL and the credentials check times against the real
 //! clock), the gateway on a random port with a generated TLS certificate, and tokio-postgres over
-//! rustls as the client.
+//! rustls as the client. The TLS tests give the database a certificate from a test CA.
 
 use std::time::Duration;
 
+use airlock_core::catalog::TlsMode;
 use airlock_core::values::Reason;
 use airlock_gateway::gateway::Settings;
-use airlock_testkit::gateway::{DATABASE, GatewayHarness};
-use airlock_testkit::{caller, eventually};
+use airlock_gateway::target::{self, TargetAddress, TargetError};
+use airlock_postgres::tls::TargetTls;
+use airlock_testkit::gateway::{DATABASE, GatewayHarness, Setup};
+use airlock_testkit::{DatabaseTls, caller, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -384,4 +390,120 @@ async fn portals_with_row_limits_and_pinned_parsing_settings() {
         runs == [4, 6]
     })
     .await;
+}
+
+#[tokio::test]
+async fn sessions_reach_a_verified_tls_target_encrypted_and_so_do_cancel_requests() {
+    let h = GatewayHarness::start_with(Setup { tls: DatabaseTls::VERIFIED, ..Setup::default() }).await;
+    let grant = h.read_grant("30m").await;
+    let (client, _) = h.connect("dana", &h.token(&grant).await).await.expect("the credential logs in");
+    let ssl = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
+    assert!(ssl.get::<_, bool>(0), "the database sees the gateway's session over TLS");
+    let count: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    assert_eq!(count, 3);
+
+    let cancel = client.cancel_token();
+    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
+    let superuser = h.cluster().connect(DATABASE).await.unwrap();
+    eventually(|| async {
+        let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'";
+        superuser.query_one(sleeping, &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
+    cancel.cancel_query(h.tls.clone()).await.expect("the cancel request is sent");
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), running).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(code(&cancelled), Some(&SqlState::QUERY_CANCELED));
+}
+
+/// Fail closed: a certificate that does not verify, or a database that does not speak TLS, turns
+/// the session away with the reason.
+#[tokio::test]
+async fn a_target_that_fails_verification_or_refuses_tls_is_refused() {
+    for (tls, expect) in [
+        (DatabaseTls { server: true, catalog: r#"ca_file = "other-ca.pem""# }, "TLS with the database at 127.0.0.1:"),
+        (DatabaseTls { server: false, catalog: r#"ca_file = "ca.pem""# }, "does not accept TLS"),
+    ] {
+        let h = GatewayHarness::start_with(Setup { tls, ..Setup::default() }).await;
+        let grant = h.read_grant("30m").await;
+        let error = h.connect("dana", &h.token(&grant).await).await.err().expect("refused");
+        assert_eq!(code(&error), Some(&SqlState::CONNECTION_FAILURE), "{error:?}");
+        assert!(message(&error).contains(expect), "{tls:?}: {}", message(&error));
+        eventually(|| async { h.audit("session.refused").await.len() == 1 }).await;
+    }
+}
+
+/// A TCP relay for one connection to `port` on 127.0.0.1; it hands back every byte its client
+/// sent once the client is gone.
+async fn recording_relay(port: u16) -> (u16, JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let relaying = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let ((mut from_client, mut to_client), (mut from_server, mut to_server)) =
+            (client.into_split(), server.into_split());
+        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+        let (mut sent, mut buffer) = (Vec::new(), [0; 4096]);
+        while let Ok(read @ 1..) = from_client.read(&mut buffer).await {
+            sent.extend_from_slice(&buffer[..read]);
+            if to_server.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+        sent
+    });
+    (relay_port, relaying)
+}
+
+/// PostgreSQL's SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+
+/// The database behind a relay on `port`, its certificate verified against the CA in `ca`.
+fn verified_at(port: u16, ca: std::path::PathBuf) -> TargetAddress {
+    let tls = TargetTls::new(&TlsMode::VerifyFull { ca_file: Some(ca) }, "127.0.0.1").unwrap();
+    TargetAddress { host: "127.0.0.1".into(), port, database: DATABASE.into(), tls }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// What the gateway sends a database when TLS is asked for, seen on the wire: after the
+/// SSLRequest, only TLS records — and nothing at all when TLS is not agreed.
+#[tokio::test]
+async fn nothing_goes_to_the_target_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = airlock_testkit::managed_database_with(dir.path(), DatabaseTls::VERIFIED).await;
+    let (user, password) = (cluster.superuser(), cluster.superuser_password());
+    let in_plaintext = |sent: &[u8]| contains(sent, password.as_bytes()) || contains(sent, b"database");
+    let tls_follows = |sent: &[u8]| sent.starts_with(&SSL_REQUEST) && sent.get(8) == Some(&0x16);
+
+    let (port, relaying) = recording_relay(cluster.port()).await;
+    let session = target::log_in(&verified_at(port, dir.path().join("ca.pem")), user, password, &[]).await;
+    drop(session.expect("the right CA logs in through the relay"));
+    let sent = relaying.await.unwrap();
+    assert!(tls_follows(&sent) && !in_plaintext(&sent), "the startup message and the password are encrypted");
+
+    let (port, relaying) = recording_relay(cluster.port()).await;
+    let error = target::log_in(&verified_at(port, dir.path().join("other-ca.pem")), user, password, &[]).await;
+    let error = error.err().expect("another CA's certificate is refused");
+    assert!(matches!(error, TargetError::Tls { .. }), "{error:?}");
+    assert!(error.to_string().contains("invalid peer certificate: UnknownIssuer"), "{error}");
+    let sent = relaying.await.unwrap();
+    assert!(tls_follows(&sent) && !in_plaintext(&sent), "after a failed handshake nothing follows in plaintext");
+
+    let (port, relaying) = recording_relay(cluster.port()).await;
+    target::cancel(&verified_at(port, dir.path().join("ca.pem")), 1, 2).await.expect("the cancel request is sent");
+    let sent = relaying.await.unwrap();
+    assert!(tls_follows(&sent) && !contains(&sent, &[0, 0, 0, 16, 4, 210, 22, 46]), "the cancel request is encrypted");
+    drop(cluster);
+
+    let plain_dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = airlock_testkit::managed_database_with(plain_dir.path(), DatabaseTls::OFF).await;
+    let (port, relaying) = recording_relay(cluster.port()).await;
+    let address = verified_at(port, dir.path().join("ca.pem"));
+    let error = target::log_in(&address, cluster.superuser(), cluster.superuser_password(), &[]).await;
+    let error = error.err().expect("a database without TLS is refused");
+    assert!(matches!(error, TargetError::TlsRefused { .. }), "{error:?}");
+    assert_eq!(relaying.await.unwrap(), SSL_REQUEST, "the server said no: only the request was sent");
 }

@@ -3,6 +3,7 @@
 //! [`LocalCluster::start`] runs `initdb` into `<dir>/data` with a random superuser password and
 //! `scram-sha-256` authentication for every connection (so role passwords are really checked), then
 //! `pg_ctl start` on a free port of 127.0.0.1. Tests and the demo database of `airlock serve` use it.
+//! [`LocalCluster::start_with_tls`] also turns `ssl` on, with a given certificate and key.
 //! The cluster stops in [`LocalCluster::stop`] or, failing that, when it is dropped, so a panicking
 //! test leaves no server behind.
 //!
@@ -61,6 +62,12 @@ pub enum ClusterError {
     },
 }
 
+/// A certificate (chain) and its private key, in PEM, that a cluster presents to TLS clients.
+pub struct ServerCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// A running PostgreSQL cluster on 127.0.0.1, stopped when dropped.
 pub struct LocalCluster {
     pg_ctl: PathBuf,
@@ -77,6 +84,17 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Creates a cluster in `<dir>/data`, logging to `<dir>/server.log`, and starts it.
     pub async fn start(dir: &Path) -> Result<LocalCluster, ClusterError> {
+        Self::start_with(dir, None).await
+    }
+
+    /// Like [`LocalCluster::start`], with `ssl = on`: the server presents `certificate`, written
+    /// into the data directory (`server.crt`, and `server.key` with mode 0600). Clients may still
+    /// connect without TLS.
+    pub async fn start_with_tls(dir: &Path, certificate: &ServerCertificate) -> Result<LocalCluster, ClusterError> {
+        Self::start_with(dir, Some(certificate)).await
+    }
+
+    async fn start_with(dir: &Path, certificate: Option<&ServerCertificate>) -> Result<LocalCluster, ClusterError> {
         let binaries = Binaries::find()?;
         let run_as = RunAs::detect().await?;
         fs::create_dir_all(dir).await.map_err(io_error(format!("create {}", dir.display())))?;
@@ -107,6 +125,9 @@ impl LocalCluster {
         };
         run_as.hand_over(&[&cluster.data_dir, &cluster.log_path, &socket_dir]).await?;
         init(&binaries.initdb, run_as, &dir, &cluster.data_dir, &cluster.password).await?;
+        if let Some(certificate) = certificate {
+            enable_tls(run_as, &cluster.data_dir, certificate).await?;
+        }
         cluster.port = cluster.start_server(&socket_dir).await?;
         cluster.running = true;
         tracing::debug!(port = cluster.port, log = %cluster.log_path.display(), "local PostgreSQL cluster started");
@@ -340,13 +361,7 @@ fn stop_command(run_as: RunAs, pg_ctl: &Path, data_dir: &Path) -> std::process::
 
 async fn init(initdb: &Path, run_as: RunAs, dir: &Path, data_dir: &Path, password: &str) -> Result<(), ClusterError> {
     let pwfile = dir.join("superuser-password");
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
-    let written = async {
-        let mut file = options.open(&pwfile).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut file, password.as_bytes()).await
-    };
-    written.await.map_err(io_error(format!("write {}", pwfile.display())))?;
+    write_new(&pwfile, password, 0o600).await?;
 
     let result = async {
         run_as.hand_over(&[&pwfile]).await?;
@@ -362,6 +377,33 @@ async fn init(initdb: &Path, run_as: RunAs, dir: &Path, data_dir: &Path, passwor
     .await;
     let removed = fs::remove_file(&pwfile).await.map_err(io_error(format!("remove {}", pwfile.display())));
     result.and(removed)
+}
+
+/// Writes the server's certificate and key where PostgreSQL looks for them by default (the data
+/// directory, which `initdb` needs empty before), gives them to the server's user, and turns
+/// `ssl` on. PostgreSQL refuses a key that others may read.
+async fn enable_tls(run_as: RunAs, data_dir: &Path, certificate: &ServerCertificate) -> Result<(), ClusterError> {
+    let (cert, key) = (data_dir.join("server.crt"), data_dir.join("server.key"));
+    write_new(&cert, &certificate.cert_pem, 0o644).await?;
+    write_new(&key, &certificate.key_pem, 0o600).await?;
+    run_as.hand_over(&[&cert, &key]).await?;
+    let conf = data_dir.join("postgresql.conf");
+    let appended = async {
+        let mut file = fs::OpenOptions::new().append(true).open(&conf).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, b"\nssl = on\n").await
+    };
+    appended.await.map_err(io_error(format!("turn ssl on in {}", conf.display())))
+}
+
+/// Creates the file `path` (it must not exist) with `mode`, holding `contents`.
+async fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), ClusterError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true).mode(mode);
+    let written = async {
+        let mut file = options.open(path).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, contents.as_bytes()).await
+    };
+    written.await.map_err(io_error(format!("write {}", path.display())))
 }
 
 /// The socket directory, and whether it is a fresh one under /tmp that the cluster must remove.

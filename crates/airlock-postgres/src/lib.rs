@@ -4,9 +4,11 @@
 //! - [`reconciler`]: converges every target on the live grants, at start, on each grant change
 //!   and periodically;
 //! - [`standing`]: the standing-privilege report (privileges no live grant explains);
+//! - [`tls`]: the TLS to a target that its catalog settings ask for, shared with the gateway;
 //! - [`cluster`]: a throwaway local PostgreSQL cluster started from the installed binaries (for
 //!   the quickstart's `demo-db` and for tests).
 pub mod cluster;
 pub mod reconciler;
 pub mod roles;
 pub mod standing;
+pub mod tls;

@@ -6,8 +6,8 @@
 //! process (`airlock admin user disable`) all converge the same way: at the next pass. Passes
 //! run at start, whenever a grant starts or ends in this process, and every [`Reconciler::every`].
 //! Each role created or dropped is an audit record; so is a target that could not be reached.
-//! Each pass opens its own connection, so a restarted or failed-over database needs nothing
-//! special. At start and every [`STANDING_EVERY`] it also reads each target's standing privileges
+//! Each pass opens its own connection (over TLS when the catalog asks for it, see [`crate::tls`]),
+//! so a restarted or failed-over database needs nothing special. At start and every [`STANDING_EVERY`] it also reads each target's standing privileges
 //! ([`crate::standing`]) and records them (`target.standing`) whenever they differ from what it
 //! recorded last, so reports show what was found and since when.
 
@@ -20,18 +20,23 @@ use airlock_core::catalog::{Catalog, PostgresTarget};
 use airlock_core::ids::{ResourceName, RoleName};
 use airlock_core::lifecycle::Grant;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Connection, NoTls, Socket};
 
 use crate::roles::{RoleError, RoleKey, TargetRoles, describe, grant_of_role, role_name};
 use crate::standing::{Finding, standing};
+use crate::tls::{TargetTls, TlsError};
 
 /// Why a target could not be reconciled.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("resource `{resource}`: the connector's password: {message}")]
     Secret { resource: ResourceName, message: String },
+    #[error("resource `{resource}`: tls: {source}")]
+    Tls { resource: ResourceName, source: TlsError },
     #[error("resource `{resource}`: cannot connect to {address}: {message}")]
     Connect { resource: ResourceName, address: String, message: String },
     #[error("resource `{resource}`: {source}")]
@@ -46,11 +51,14 @@ pub struct Target {
     pub resource: ResourceName,
     /// The connector's own login (it needs CREATEROLE and the mapped roles WITH ADMIN OPTION).
     pub connection: tokio_postgres::Config,
+    /// TLS to the target; none for plaintext (`tls = "disable"`, or a throwaway cluster).
+    pub tls: Option<TargetTls>,
     pub database_roles: BTreeMap<RoleName, Vec<String>>,
 }
 
 impl Target {
-    /// The catalog's `postgres` resources that name an address, with their secrets read now.
+    /// The catalog's `postgres` resources that name an address, with their secrets read and
+    /// their TLS configured now.
     pub fn from_catalog(catalog: &Catalog) -> Result<Vec<Target>, ReconcileError> {
         let mut targets = Vec::new();
         for resource in catalog.resources() {
@@ -61,15 +69,21 @@ impl Target {
             let Some((host, port)) = postgres.host_and_port() else { continue };
             let password = airlock_broker::secrets::read_named(secret)
                 .map_err(|e| ReconcileError::Secret { resource: resource.name.clone(), message: e.to_string() })?;
-            targets.push(Target::new(resource, connection(host, port, database, user, &password)));
+            let tls = TargetTls::new(&postgres.tls, host)
+                .map_err(|source| ReconcileError::Tls { resource: resource.name.clone(), source })?;
+            targets.push(Target::new(resource, connection(host, port, database, user, &password), tls));
         }
         Ok(targets)
     }
 
-    /// A target for `resource` reached with `connection`.
-    pub fn new(resource: &airlock_core::catalog::Resource, connection: tokio_postgres::Config) -> Self {
+    /// A target for `resource` reached with `connection`, over `tls` when given.
+    pub fn new(
+        resource: &airlock_core::catalog::Resource,
+        connection: tokio_postgres::Config,
+        tls: Option<TargetTls>,
+    ) -> Self {
         let database_roles = resource.roles.values().map(|r| (r.name.clone(), r.database_roles.clone())).collect();
-        Self { resource: resource.name.clone(), connection, database_roles }
+        Self { resource: resource.name.clone(), connection, tls, database_roles }
     }
 
     /// The TCP host and port of the target, when it is reached over TCP.
@@ -87,13 +101,21 @@ impl Target {
     }
 
     /// Logs in to the target as the connector; the connection runs until the client is dropped.
-    pub async fn connect(&self) -> Result<(tokio_postgres::Client, JoinHandle<()>), ReconcileError> {
-        let (client, connection) = self.connection.connect(NoTls).await.map_err(|source| ReconcileError::Connect {
+    /// With TLS, a server that does not agree to it is refused, never spoken to in plaintext.
+    pub async fn connect(&self) -> Result<(Client, JoinHandle<()>), ReconcileError> {
+        let connected = match &self.tls {
+            None => self.connection.connect(NoTls).await.map(drive),
+            Some(tls) => {
+                let mut config = self.connection.clone();
+                config.ssl_mode(SslMode::Require);
+                config.connect(tls.postgres()).await.map(drive)
+            }
+        };
+        connected.map_err(|source| ReconcileError::Connect {
             resource: self.resource.clone(),
             address: self.address(),
             message: describe(&source),
-        })?;
-        Ok((client, tokio::spawn(async move { drop(connection.await) })))
+        })
     }
 
     fn address(&self) -> String {
@@ -102,6 +124,14 @@ impl Target {
             None => "?".to_owned(),
         }
     }
+}
+
+/// Drives `connection` on a task until its client is dropped.
+fn drive<T>((client, connection): (Client, Connection<Socket, T>)) -> (Client, JoinHandle<()>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    (client, tokio::spawn(async move { drop(connection.await) }))
 }
 
 /// How the connector logs in to a target.

@@ -35,12 +35,19 @@ pub(crate) fn database(what: impl Into<String>) -> impl FnOnce(tokio_postgres::E
     move |source| RoleError::Database { what, message: describe(&source) }
 }
 
-/// A database error as the server said it (tokio-postgres's own `Display` says only "db error").
+/// A database error as the server said it, or any other error with its causes (tokio-postgres's
+/// own `Display` says only "db error" or "error performing TLS handshake").
 pub fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => error.to_string(),
+    if let Some(db) = error.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text.push_str(&format!(": {error}"));
+        cause = error.source();
+    }
+    text
 }
 
 /// The login role of `grant` on its target.

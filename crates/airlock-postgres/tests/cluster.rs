@@ -78,3 +78,16 @@ async fn a_failed_start_says_why() {
     assert!(message.contains("is not empty"), "{message}");
     assert_eq!(select_one(&cluster.connect("postgres").await.unwrap()).await, 1);
 }
+
+#[tokio::test]
+async fn with_tls_the_server_turns_ssl_on_and_keeps_its_key_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = airlock_testkit::TestCa::new("airlock test CA");
+    let cluster = LocalCluster::start_with_tls(dir.path(), &ca.server_certificate()).await.unwrap();
+    let client = cluster.connect("postgres").await.unwrap();
+    let ssl: String = client.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert_eq!(ssl, "on");
+    let key = std::fs::metadata(dir.path().join("data/server.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}

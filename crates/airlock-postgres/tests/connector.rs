@@ -1,7 +1,7 @@
 //! The connector against a real PostgreSQL: a throwaway cluster, a connector login with only
 //! CREATEROLE and the mapped roles WITH ADMIN OPTION (not a superuser), and a broker on the
 //! quickstart policies whose clock starts at the real time (PostgreSQL checks `VALID UNTIL`
-//! against its own clock).
+//! against its own clock). The TLS tests give the cluster a certificate from a test CA.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use airlock_postgres::cluster::LocalCluster;
 use airlock_postgres::reconciler::{Pass, Reconciler, Target};
 use airlock_postgres::roles::{RoleKey, role_name};
 use airlock_postgres::standing::standing;
-use airlock_testkit::{CONNECTOR_PASSWORD, caller, eventually};
+use airlock_testkit::{CONNECTOR_PASSWORD, DatabaseTls, caller, eventually};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio_postgres::{Client, NoTls};
@@ -31,8 +31,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(DatabaseTls::OFF).await
+}
+
+async fn setup_with(tls: DatabaseTls) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, catalog) = airlock_testkit::managed_database(dir.path()).await;
+    let (cluster, catalog) = airlock_testkit::managed_database_with(dir.path(), tls).await;
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
     let broker = airlock_testkit::broker(dir.path(), &catalog, clock.clone() as Arc<dyn Clock>).await;
     let targets = Target::from_catalog(&broker.policies().catalog).unwrap();
@@ -208,4 +212,53 @@ async fn the_standing_report_names_privileges_no_live_grant_explains() {
     s.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
     let found = standing(&s.targets[0], &s.broker.live_grants().await.unwrap()).await.unwrap();
     assert!(found.iter().any(|f| f.database_role == role_name(&grant.id) && f.kind == "ended_grant_role"), "{found:?}");
+}
+
+/// Whether the connector's own connection to the target is encrypted, as the server sees it.
+async fn connector_uses_tls(target: &Target) -> bool {
+    let (client, _connection) = target.connect().await.expect("the connector logs in");
+    let ssl = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
+    ssl.get(0)
+}
+
+#[tokio::test]
+async fn over_verified_tls_a_grant_role_is_created_and_dropped() {
+    let s = setup_with(DatabaseTls::VERIFIED).await;
+    assert!(s.targets[0].tls.is_some());
+    assert!(connector_uses_tls(&s.targets[0]).await, "the connector's login is encrypted");
+    let grant = s.grant("read", "30m").await;
+    assert_eq!(s.pass().await, Pass { created: 1, ..Pass::default() });
+    assert_eq!(s.grant_roles().await, [role_name(&grant.id)]);
+
+    s.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
+    assert_eq!(s.pass().await.dropped, 1);
+    assert!(s.grant_roles().await.is_empty());
+    assert_eq!(s.audit_kinds().await, ["target.role_created", "target.role_dropped"]);
+}
+
+#[tokio::test]
+async fn require_encrypts_without_checking_the_certificate() {
+    // The catalog names no CA: only `require` accepts a certificate nobody vouches for.
+    let s = setup_with(DatabaseTls { server: true, catalog: r#"tls = "require""# }).await;
+    assert!(connector_uses_tls(&s.targets[0]).await);
+    s.grant("read", "30m").await;
+    assert_eq!(s.pass().await, Pass { created: 1, ..Pass::default() });
+}
+
+/// Fail closed: a target whose certificate does not verify, or that does not speak TLS, is not
+/// reconciled (and audited as such), and no role is made on it.
+#[tokio::test]
+async fn a_target_that_fails_verification_or_refuses_tls_is_not_used() {
+    for (tls, expect) in [
+        (DatabaseTls { server: true, catalog: r#"ca_file = "other-ca.pem""# }, "invalid peer certificate"),
+        (DatabaseTls { server: false, catalog: r#"ca_file = "ca.pem""# }, "server does not support TLS"),
+    ] {
+        let s = setup_with(tls).await;
+        s.grant("read", "30m").await;
+        assert_eq!(s.pass().await, Pass { failed: 1, ..Pass::default() }, "{tls:?}");
+        assert!(s.grant_roles().await.is_empty());
+        let records = s.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+        let failed = records.iter().find(|r| r.kind == "target.failed").expect("the failure is audited");
+        assert!(failed.details.contains(expect), "{tls:?}: {}", failed.details);
+    }
 }

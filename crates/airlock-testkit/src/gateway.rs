@@ -2,7 +2,8 @@
 //! process: a throwaway cluster managed by the connector ([`managed_database`]), a broker on the
 //! quickstart policies with the system clock (PostgreSQL and the credentials check times against
 //! the real clock), the connector's reconciler, and the gateway on a random port of 127.0.0.1
-//! with a generated TLS certificate. Clients are tokio-postgres, over rustls trusting that
+//! with a generated TLS certificate; the database is reached in plaintext or over TLS, as
+//! [`Setup::tls`] says. Clients are tokio-postgres, over rustls trusting that
 //! certificate ([`client_tls`]) or in plain text when the settings allow it.
 //!
 //! Dropping the harness tells the reconciler and the gateway to stop and stops the cluster;
@@ -33,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::{broker, caller, managed_database};
+use crate::{DatabaseTls, broker, caller, managed_database_with};
 
 /// The database the gateway serves `demo-db` from.
 pub const DATABASE: &str = "postgres";
@@ -45,6 +46,8 @@ pub struct Setup {
     /// The cluster's `max_connections`, when more sessions than PostgreSQL's default of 100 are
     /// needed at once (set before anything connects; the cluster restarts for it).
     pub max_connections: Option<u32>,
+    /// How the database uses TLS, for the connector and the gateway alike.
+    pub tls: DatabaseTls,
 }
 
 /// A cluster, a broker, a reconciler and a gateway; see the module documentation.
@@ -67,19 +70,21 @@ impl GatewayHarness {
 
     pub async fn start_with(setup: Setup) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (cluster, catalog) = managed_database(dir.path()).await;
+        let (cluster, catalog) = managed_database_with(dir.path(), setup.tls).await;
         if let Some(connections) = setup.max_connections {
             set_max_connections(&cluster, &dir.path().join("pg").join("data"), connections).await;
         }
         let broker = broker(dir.path(), &catalog, Arc::new(SystemClock) as Arc<dyn Clock>).await;
         let role_key = RoleKey::new([42; 32]);
         let targets = Target::from_catalog(&broker.policies().catalog).expect("the catalog's targets");
+        let target_tls = targets[0].tls.clone();
         let (stop, stopped) = watch::channel(false);
         let reconciler = Reconciler::new(broker.clone(), targets, role_key.clone(), Duration::from_secs(1));
         tokio::spawn(reconciler.run(stopped.clone()));
 
         let identity = Identity::Generated { dir: dir.path().to_owned() };
-        let address = TargetAddress { host: "127.0.0.1".into(), port: cluster.port(), database: DATABASE.into() };
+        let (host, port, database) = ("127.0.0.1".into(), cluster.port(), DATABASE.into());
+        let address = TargetAddress { host, port, database, tls: target_tls };
         let roles = ["read", "write"].map(|role| (role.parse().expect("a role name"), Allowed::default()));
         let resource = ResourceTarget { address, roles: HashMap::from(roles) };
         let parts = Parts {

@@ -1,6 +1,7 @@
 //! Dev-only helpers shared by the test suites: a caller with groups, a broker over a catalog and
-//! the quickstart policies, and waiting for a condition to hold; [`gateway`] runs the whole
-//! gateway against a throwaway cluster, for the gateway's tests and its bench.
+//! the quickstart policies, a throwaway database for the connector (with or without TLS, and
+//! certificates from a [`TestCa`]), and waiting for a condition to hold; [`gateway`] runs the
+//! whole gateway against a throwaway cluster, for the gateway's tests and its bench.
 
 pub mod gateway;
 
@@ -17,8 +18,9 @@ use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, Caller};
 use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
-use airlock_postgres::cluster::LocalCluster;
+use airlock_postgres::cluster::{LocalCluster, ServerCertificate};
 use airlock_store::Store;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// A person named `name` in `groups`, calling from 127.0.0.1.
 pub fn caller(name: &str, groups: &[&str]) -> Caller {
@@ -69,11 +71,78 @@ const PREPARE: &str = "
     GRANT app_writer TO airlock_connector WITH ADMIN OPTION;
 ";
 
+/// A certificate authority of a test's own.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::new()).expect("no names to check");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a key");
+        let pem = params.self_signed(&key).expect("a CA certificate").pem();
+        Self { issuer: Issuer::new(params, key), pem }
+    }
+
+    /// The CA's own certificate, in PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1 signed by this CA, and its key.
+    pub fn server_certificate(&self) -> ServerCertificate {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("valid names");
+        params.distinguished_name.push(DnType::CommonName, "localhost");
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("a server certificate");
+        ServerCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+}
+
+/// How a [`managed_database`] uses TLS: whether the server has it, and what the catalog asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseTls {
+    /// The server has `ssl = on`, with a certificate for 127.0.0.1 and localhost signed by the CA
+    /// in `dir/ca.pem`; `dir/other-ca.pem` holds a CA that signed nothing.
+    pub server: bool,
+    /// The `tls` and `ca_file` lines of the catalog's `[resource.postgres]`.
+    pub catalog: &'static str,
+}
+
+impl DatabaseTls {
+    /// No TLS on either side.
+    pub const OFF: Self = Self { server: false, catalog: r#"tls = "disable""# };
+    /// The server's certificate is verified against the CA that signed it.
+    pub const VERIFIED: Self = Self { server: true, catalog: "tls = \"verify-full\"\nca_file = \"ca.pem\"" };
+}
+
+impl Default for DatabaseTls {
+    fn default() -> Self {
+        Self::OFF
+    }
+}
+
 /// A throwaway cluster in `dir/pg`, prepared for a connector that is not a superuser, and the
 /// catalog naming it as `demo-db` (`read` → `pg_read_all_data`; `write`, two approvals →
-/// `app_writer`). The connector's password is in `dir/connector.password`.
+/// `app_writer`), reached in plaintext. The connector's password is in `dir/connector.password`.
 pub async fn managed_database(dir: &Path) -> (LocalCluster, String) {
-    let cluster = LocalCluster::start(&dir.join("pg")).await.expect("a throwaway cluster");
+    managed_database_with(dir, DatabaseTls::OFF).await
+}
+
+/// A [`managed_database`] using TLS as `tls` says.
+pub async fn managed_database_with(dir: &Path, tls: DatabaseTls) -> (LocalCluster, String) {
+    let (ca, other) = (TestCa::new("airlock test CA"), TestCa::new("another test CA"));
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("the CA's certificate is written");
+    std::fs::write(dir.join("other-ca.pem"), other.pem()).expect("the other CA's certificate is written");
+    let started = match tls.server {
+        true => LocalCluster::start_with_tls(&dir.join("pg"), &ca.server_certificate()).await,
+        false => LocalCluster::start(&dir.join("pg")).await,
+    };
+    let cluster = started.expect("a throwaway cluster");
     let superuser = cluster.connect("postgres").await.expect("the superuser connects");
     superuser.batch_execute(PREPARE).await.expect("the target is prepared");
     std::fs::write(dir.join("connector.password"), format!("{CONNECTOR_PASSWORD}\n")).expect("a password file");
@@ -88,6 +157,7 @@ pub async fn managed_database(dir: &Path) -> (LocalCluster, String) {
         database = "postgres"
         admin_user = "airlock_connector"
         admin_password_file = "connector.password"
+        {tls}
         [resource.roles.read]
         max_duration = "1h"
         database_roles = ["pg_read_all_data"]
@@ -96,7 +166,8 @@ pub async fn managed_database(dir: &Path) -> (LocalCluster, String) {
         approvals = 2
         database_roles = ["app_writer"]
         "#,
-        port = cluster.port()
+        port = cluster.port(),
+        tls = tls.catalog,
     );
     (cluster, catalog)
 }

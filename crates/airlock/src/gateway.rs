@@ -18,6 +18,7 @@ use airlock_gateway::target::TargetAddress;
 use airlock_gateway::tls::{self, Identity};
 use airlock_http::api::KeyView;
 use airlock_postgres::roles::RoleKey;
+use airlock_postgres::tls::TargetTls;
 use anyhow::{Context, anyhow};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,16 +64,18 @@ pub fn parts<A: Authority>(
     Ok(Parts { authority, settings, tls: Some(tls), targets, verifier: Verifier { public_key }, role_key })
 }
 
-/// The catalog's databases that have an address (throwaway ones live inside `serve`).
-fn catalog_addresses(catalog: &Catalog) -> Vec<(ResourceName, TargetAddress)> {
+/// The catalog's databases that have an address (throwaway ones live inside `serve`), with the
+/// TLS each asks for.
+fn catalog_addresses(catalog: &Catalog) -> anyhow::Result<Vec<(ResourceName, TargetAddress)>> {
     let mut addresses = Vec::new();
     for resource in catalog.resources() {
         let Some(postgres) = &resource.postgres else { continue };
         let Some((host, port)) = postgres.host_and_port() else { continue };
-        let address = TargetAddress { host: host.to_owned(), port, database: postgres.database.clone() };
+        let tls = TargetTls::new(&postgres.tls, host).with_context(|| format!("resource `{}`: tls", resource.name))?;
+        let address = TargetAddress { host: host.to_owned(), port, database: postgres.database.clone(), tls };
         addresses.push((resource.name.clone(), address));
     }
-    addresses
+    Ok(addresses)
 }
 
 /// `airlock gateway`: serves the catalog's databases, asking the broker at `remote.url` (as the
@@ -94,7 +97,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, remote: &Remote) -> 
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .ok_or_else(|| anyhow!("the broker's public key is not 32 bytes of hex"))?;
-    let addresses = catalog_addresses(&bundle.catalog);
+    let addresses = catalog_addresses(&bundle.catalog)?;
     if addresses.is_empty() {
         return Err(anyhow!("the catalog names no PostgreSQL database with an address to serve").into());
     }
@@ -125,7 +128,8 @@ pub fn in_serve(
         .iter()
         .filter_map(|target| {
             let (host, port) = target.endpoint()?;
-            Some((target.resource.clone(), TargetAddress { host, port, database: target.database().to_owned() }))
+            let database = target.database().to_owned();
+            Some((target.resource.clone(), TargetAddress { host, port, database, tls: target.tls.clone() }))
         })
         .collect();
     parts(broker.clone(), section, data_dir, &broker.policies().catalog, public_key, role_key, addresses)

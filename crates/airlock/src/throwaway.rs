@@ -3,7 +3,8 @@
 //!
 //! Each cluster lives in `<data dir>/postgres/<resource>`, starts empty at every `serve` (a server
 //! left running by a killed `serve` is stopped, and the old contents deleted), gets the catalog's database with a small `orders` table to
-//! read, and is stopped when `serve` ends. The connector manages it through its superuser.
+//! read, and is stopped when `serve` ends. The connector manages it through its superuser, and
+//! it is reached in plaintext: it listens on loopback only.
 
 use std::path::Path;
 
@@ -51,7 +52,7 @@ pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
                     cluster.superuser(),
                     cluster.superuser_password(),
                 );
-                started.targets.push(Target::new(resource, login));
+                started.targets.push(Target::new(resource, login, None));
                 started.clusters.push(cluster);
             }
             Err(error) => eprintln!(

@@ -1177,7 +1177,7 @@ async fn app_on_a_cluster(root: &Path) -> (airlock_postgres::cluster::LocalClust
         "[resource.postgres]\ndatabase = \"demo\"\n",
         &format!(
             "[resource.postgres]\naddress = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\n\
-             admin_user = \"postgres\"\nadmin_password_file = \"connector.password\"\n",
+             admin_user = \"postgres\"\nadmin_password_file = \"connector.password\"\ntls = \"disable\"\n",
             cluster.port()
         ),
     );
