@@ -125,12 +125,24 @@ impl Notifying {
     }
 
     async fn ask(&self, who: &Caller, resource: &str, role: &str, duration: &str) -> AccessRequest {
+        self.ask_for(who, resource, role, duration, None).await
+    }
+
+    /// A request, made for `incident` when one is named.
+    async fn ask_for(
+        &self,
+        who: &Caller,
+        resource: &str,
+        role: &str,
+        duration: &str,
+        incident: Option<&str>,
+    ) -> AccessRequest {
         let input = RequestInput {
             resource: resource.parse().unwrap(),
             role: role.parse().unwrap(),
             duration: GrantDuration::parse(duration).unwrap(),
             reason: Reason::parse("INC-7: fix the orders table").unwrap(),
-            incident: None,
+            incident: incident.map(|i| i.parse().unwrap()),
         };
         self.broker.create_request(who, input).await.expect("the request opens").0
     }
@@ -412,14 +424,7 @@ async fn incidents_are_told_opened_and_closed_with_what_closing_ended() {
         responders: vec!["alice".parse().unwrap()],
     };
     app.broker.open_incident(&bob(), new).await.unwrap();
-    let input = RequestInput {
-        resource: "demo-db".parse().unwrap(),
-        role: "write".parse().unwrap(),
-        duration: GrantDuration::parse("20m").unwrap(),
-        reason: Reason::parse("INC-7: fix the orders table").unwrap(),
-        incident: Some("INC-7".parse().unwrap()),
-    };
-    app.broker.create_request(&dana(), input).await.unwrap();
+    app.ask_for(&dana(), "demo-db", "write", "20m", Some("INC-7")).await;
     app.broker.close_incident(&bob(), "INC-7").await.unwrap();
     app.finish().await;
 

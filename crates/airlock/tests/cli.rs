@@ -1236,6 +1236,21 @@ async fn serve_gives_a_grant_a_database_role_and_takes_it_away_on_revoke() {
     );
 }
 
+/// `psql` on `conninfo`, kept open, with `first` sent; more statements go to the returned input.
+fn psql_session(conninfo: &str, first: &str) -> (Child, std::process::ChildStdin) {
+    let mut session = Command::new("psql")
+        .args([conninfo, "-XAt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    let mut input = session.stdin.take().unwrap();
+    writeln!(input, "{first}").unwrap();
+    input.flush().unwrap();
+    (session, input)
+}
+
 #[test]
 fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_revoked() {
     let app = spawn_app();
@@ -1263,16 +1278,7 @@ fn the_quickstart_database_is_reached_through_the_gateway_until_the_grant_is_rev
     assert_exit(&credentials, 0);
     let conninfo = stdout(&credentials).trim().to_owned();
     assert!(conninfo.contains("sslmode=require") && conninfo.contains("password=v4.public."), "{conninfo}");
-    let mut open = Command::new("psql")
-        .args([conninfo.as_str(), "-XAt"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    let mut input = open.stdin.take().unwrap();
-    input.write_all(b"SELECT 'before';\n").unwrap();
-    input.flush().unwrap();
+    let (open, mut input) = psql_session(&conninfo, "SELECT 'before';");
     thread::sleep(Duration::from_millis(500));
     let (status, metrics) = app.scrape(Some("bob"));
     assert_eq!(status, 200, "{metrics}");
@@ -1400,16 +1406,8 @@ async fn an_incident_arms_its_responders_through_a_playbook_until_it_closes() {
 
     let credentials = app.airlock("alice", &["credentials", &grant_id]);
     assert_exit(&credentials, 0);
-    let mut session = Command::new("psql")
-        .args([stdout(&credentials).trim(), "-XAt"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    let mut input = session.stdin.take().unwrap();
-    input.write_all(b"UPDATE orders SET status = 'retried' WHERE status = 'stuck';\n").unwrap();
-    input.flush().unwrap();
+    let (session, mut input) =
+        psql_session(stdout(&credentials).trim(), "UPDATE orders SET status = 'retried' WHERE status = 'stuck';");
     eventually("the update in the audit chain", || {
         app.json("bob", &["audit", "tail", "-n", "10"]).to_string().contains("'retried'").then_some(())
     });
