@@ -49,10 +49,7 @@ impl Broker {
         let (resource, role) = self.resource_and_role(&input.resource, &input.role)?;
         let now = self.clock().now();
         let asked = input.duration.unwrap_or(role.break_glass_max);
-        let incident = match &input.incident {
-            Some(id) => Some(self.incident_to_name(id).await?.reference()),
-            None => None,
-        };
+        let incident = self.incident_named(input.incident.as_ref()).await?.map(|i| i.reference());
         let new = NewRequest {
             id: RequestId::from_uuid(Uuid::now_v7()),
             requester: caller.principal.name.clone(),
@@ -83,7 +80,7 @@ impl Broker {
         if let Some(grant) = tx.breakglass_bar(&caller.principal.name).await? {
             return Err(BrokerError::BreakGlassBarred { grant });
         }
-        Self::ensure_incident_open(&mut tx, request.incident.as_ref().map(|i| &i.id)).await?;
+        Self::ensure_incident_open(&mut tx, &request).await?;
         tx.insert_request(&request).await?;
         tx.insert_grant(&grant).await?;
         tx.insert_review(&review).await?;

@@ -373,10 +373,7 @@ impl Broker {
     ) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
         let (resource, role) = self.resource_and_role(&input.resource, &input.role)?;
         let now = self.clock.now();
-        let incident = match &input.incident {
-            Some(id) => Some(self.incident_to_name(id).await?),
-            None => None,
-        };
+        let incident = self.incident_named(input.incident.as_ref()).await?;
         let playbooks = &self.settings.incidents.playbooks;
         let playbook = incident
             .as_ref()
@@ -422,7 +419,7 @@ impl Broker {
         };
         let mut tx = self.store.begin().await?;
         Self::ensure_enabled(&mut tx, caller).await?;
-        Self::ensure_incident_open(&mut tx, request.incident.as_ref().map(|i| &i.id)).await?;
+        Self::ensure_incident_open(&mut tx, &request).await?;
         tx.insert_request(&request).await?;
         if let Some(grant) = &outcome.grant {
             tx.insert_grant(grant).await?;

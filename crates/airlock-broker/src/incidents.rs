@@ -4,7 +4,7 @@
 //! request still waiting, in the same commit, so gateways cut the sessions at once.
 
 use airlock_core::incident::{Incident, IncidentId, NewIncident};
-use airlock_core::lifecycle::GrantState;
+use airlock_core::lifecycle::{AccessRequest, GrantState};
 use airlock_store::Tx;
 use serde_json::json;
 
@@ -112,19 +112,20 @@ impl Broker {
         Ok(self.store().incidents(open_only, limit.clamp(1, MAX_LIST_LIMIT)).await?)
     }
 
-    /// The open incident a new request names: unknown and closed ones are refused.
-    pub(crate) async fn incident_to_name(&self, id: &IncidentId) -> Result<Incident, BrokerError> {
+    /// The open incident a new request names, if it names one: unknown and closed ones are refused.
+    pub(crate) async fn incident_named(&self, id: Option<&IncidentId>) -> Result<Option<Incident>, BrokerError> {
+        let Some(id) = id else { return Ok(None) };
         match self.store().incident(id.as_str()).await? {
-            Some(incident) if incident.is_open() => Ok(incident),
+            Some(incident) if incident.is_open() => Ok(Some(incident)),
             Some(_) => Err(BrokerError::IncidentNotOpen(id.clone())),
             None => Err(BrokerError::UnknownIncident(id.clone())),
         }
     }
 
-    /// Refuses, inside the transaction that would record a request made for `incident`, when the
-    /// incident closed since it was read: a grant made for it would outlive its close.
-    pub(crate) async fn ensure_incident_open(tx: &mut Tx, incident: Option<&IncidentId>) -> Result<(), BrokerError> {
-        let Some(id) = incident else { return Ok(()) };
+    /// Refuses, inside the transaction that would record `request`, when the incident it was made
+    /// for closed since it was read: a grant made for it would outlive its close.
+    pub(crate) async fn ensure_incident_open(tx: &mut Tx, request: &AccessRequest) -> Result<(), BrokerError> {
+        let Some(id) = request.incident.as_ref().map(|i| &i.id) else { return Ok(()) };
         match tx.incident(id.as_str()).await? {
             Some(incident) if incident.is_open() => Ok(()),
             _ => Err(BrokerError::IncidentNotOpen(id.clone())),

@@ -15,7 +15,7 @@ use airlock_broker::{Broker, BrokerError};
 use airlock_core::audit::checkpoint::Checkpoint;
 use airlock_core::audit::export::{Line, Report, Verifier};
 use airlock_core::audit::redaction::{RedactionRules, markers};
-use airlock_core::audit::{AuditEvent, ChainHead, EventKind, chain};
+use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_store::{BROKER_CHAIN, Store};
 use serde_json::json;
 use time::macros::datetime;
@@ -124,31 +124,16 @@ async fn a_rewrite_of_the_whole_table_is_caught() {
     // Behind the broker's back: drop the guards and write a whole new chain with valid hashes.
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("airlock.db"));
     let raw = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query("DROP TRIGGER audit_events_no_delete").execute(&raw).await.unwrap();
-    sqlx::query("DELETE FROM audit_events").execute(&raw).await.unwrap();
-    let mut head = ChainHead::genesis();
-    for i in 0..4 {
+    let forged = (0..4).map(|i| {
         let event = AuditEvent {
             kind: EventKind::UserAdded,
             actor: "test".into(),
             at: datetime!(2026-11-23 10:00 UTC),
             details: json!({"user": format!("someone-else{i}")}),
         };
-        let record = chain(&head, BROKER_CHAIN, &event);
-        sqlx::query("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&record.chain_id)
-            .bind(record.seq)
-            .bind(&record.prev_hash)
-            .bind(&record.hash)
-            .bind(record.at_ms)
-            .bind(&record.kind)
-            .bind(&record.actor)
-            .bind(&record.details)
-            .execute(&raw)
-            .await
-            .unwrap();
-        head = ChainHead { seq: record.seq, hash: record.hash };
-    }
+        (BROKER_CHAIN.to_owned(), event)
+    });
+    let head = airlock_testkit::rewrite_chain(&raw, forged).await;
     raw.close().await;
 
     let report = broker.verify_chain().await.unwrap();

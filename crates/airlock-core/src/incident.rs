@@ -135,6 +135,16 @@ pub struct NewIncident {
     pub responders: Vec<UserName>,
 }
 
+impl NewIncident {
+    /// The responders as an incident keeps them: sorted, each once.
+    fn sorted_responders(&self) -> Vec<UserName> {
+        let mut responders = self.responders.clone();
+        responders.sort();
+        responders.dedup();
+        responders
+    }
+}
+
 /// An incident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incident {
@@ -166,14 +176,11 @@ pub struct AlreadyClosed(pub IncidentId);
 impl Incident {
     /// Opens an incident on `actor`'s word; returns it with its `incident.opened` record.
     pub fn open(new: NewIncident, actor: &str, now: OffsetDateTime) -> (Self, AuditEvent) {
-        let mut responders = new.responders;
-        responders.sort();
-        responders.dedup();
         let incident = Self {
+            responders: new.sorted_responders(),
             id: new.id,
             severity: new.severity,
             title: new.title,
-            responders,
             state: IncidentState::Open,
             opened_by: actor.to_owned(),
             opened_at: now,
@@ -187,13 +194,10 @@ impl Incident {
     /// Whether opening `new` again would change nothing: an incident tool may send the same
     /// webhook twice.
     pub fn is_same_as(&self, new: &NewIncident) -> bool {
-        let mut responders = new.responders.clone();
-        responders.sort();
-        responders.dedup();
         self.state == IncidentState::Open
             && self.severity == new.severity
             && self.title == new.title
-            && self.responders == responders
+            && self.responders == new.sorted_responders()
     }
 
     /// Closes the incident. `ended` says what closing it ended (grants revoked, requests

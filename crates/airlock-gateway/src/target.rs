@@ -9,8 +9,6 @@
 //! connector).
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use airlock_postgres::tls::TargetTls;
 use bytes::BytesMut;
@@ -19,9 +17,10 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::wire::{self, WireError};
 
@@ -70,44 +69,9 @@ impl TargetError {
     }
 }
 
-/// A connection to the target: plain TCP, or TLS over it. Writers must flush (`wire::send`): a
-/// TLS stream may hold the tail of a write until then.
-pub enum TargetStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for TargetStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TargetStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for TargetStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TargetStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TargetStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TargetStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection to the target: plain TCP (left), or TLS over it (right). Writers must flush
+/// (`wire::send`): a TLS stream may hold the tail of a write until then.
+pub type TargetStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Connects to the database at `address`, over TLS when its resource asks for it.
 async fn open(address: &TargetAddress) -> Result<TargetStream, TargetError> {
@@ -117,7 +81,7 @@ async fn open(address: &TargetAddress) -> Result<TargetStream, TargetError> {
         Err(source) => return Err(TargetError::Connect { address: place, source }),
     };
     stream.set_nodelay(true).map_err(protocol)?;
-    let Some(tls) = &address.tls else { return Ok(TargetStream::Plain(stream)) };
+    let Some(tls) = &address.tls else { return Ok(Either::Left(stream)) };
     let mut out = BytesMut::new();
     frontend::ssl_request(&mut out);
     wire::send(&mut stream, &out).await.map_err(protocol)?;
@@ -129,7 +93,7 @@ async fn open(address: &TargetAddress) -> Result<TargetStream, TargetError> {
         other => return Err(TargetError::Protocol(format!("answer {:?} to a TLS request", char::from(other)))),
     }
     match tls.handshake(stream).await {
-        Ok(stream) => Ok(TargetStream::Tls(Box::new(stream))),
+        Ok(stream) => Ok(Either::Right(Box::new(stream))),
         Err(source) => Err(TargetError::Tls { address: place, source }),
     }
 }

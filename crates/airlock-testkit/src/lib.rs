@@ -1,6 +1,7 @@
 //! Dev-only helpers shared by the test suites: a caller with groups, a broker over a catalog and
 //! the quickstart policies, a throwaway database for the connector (with or without TLS, and
-//! certificates from a [`TestCa`]), and waiting for a condition to hold; [`gateway`] runs the
+//! certificates from a [`TestCa`]), an audit chain rewritten behind the broker's back
+//! ([`rewrite_chain`]), and waiting for a condition to hold; [`gateway`] runs the
 //! whole gateway against a throwaway cluster, for the gateway's tests and its bench.
 
 pub mod gateway;
@@ -16,6 +17,7 @@ use airlock_broker::clock::Clock;
 use airlock_broker::config::PolicySection;
 use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, Caller};
+use airlock_core::audit::{AuditEvent, ChainHead, chain};
 use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
 use airlock_postgres::cluster::{LocalCluster, ServerCertificate};
@@ -54,6 +56,36 @@ pub async fn broker(dir: &Path, catalog: &str, clock: Arc<dyn Clock>) -> Broker 
     };
     let key = load_or_create_key(&dir.join("data")).expect("the broker's key");
     Broker::new(store, bundle, clock, settings, key)
+}
+
+/// Replaces the whole audit chain in the SQLite database behind `pool` with `events` (each with
+/// its chain id), as someone holding the database file could: the delete guard dropped, every
+/// record chained afresh from genesis so that every hash checks out. Returns the forged head.
+pub async fn rewrite_chain(
+    pool: &sqlx::SqlitePool,
+    events: impl IntoIterator<Item = (String, AuditEvent)>,
+) -> ChainHead {
+    for statement in ["DROP TRIGGER audit_events_no_delete", "DELETE FROM audit_events"] {
+        sqlx::query(statement).execute(pool).await.expect("the guard is dropped and the chain emptied");
+    }
+    let mut head = ChainHead::genesis();
+    for (chain_id, event) in events {
+        let record = chain(&head, &chain_id, &event);
+        sqlx::query("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&record.chain_id)
+            .bind(record.seq)
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .bind(record.at_ms)
+            .bind(&record.kind)
+            .bind(&record.actor)
+            .bind(&record.details)
+            .execute(pool)
+            .await
+            .expect("a forged record is written");
+        head = ChainHead { seq: record.seq, hash: record.hash };
+    }
+    head
 }
 
 /// The connector's password on a [`managed_database`].

@@ -869,8 +869,8 @@ async fn editing_the_audit_chain_is_refused_and_then_detected() {
 
 #[tokio::test]
 async fn exports_verify_offline_and_a_rewrite_by_the_key_holder_is_caught_by_the_sink() {
+    use airlock_core::audit::AuditEvent;
     use airlock_core::audit::checkpoint::Checkpoint;
-    use airlock_core::audit::{AuditEvent, ChainHead, chain};
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     let root = tempfile::tempdir().unwrap();
@@ -926,37 +926,19 @@ async fn exports_verify_offline_and_a_rewrite_by_the_key_holder_is_caught_by_the
             .fetch_all(&pool)
             .await
             .unwrap();
-    for statement in [
-        "DROP TRIGGER audit_events_no_delete",
-        "DROP TRIGGER audit_checkpoints_no_delete",
-        "DELETE FROM audit_events",
-        "DELETE FROM audit_checkpoints",
-    ] {
+    for statement in ["DROP TRIGGER audit_checkpoints_no_delete", "DELETE FROM audit_checkpoints"] {
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
-    let mut head_now = ChainHead::genesis();
-    for (_, chain_id, at_ms, kind, actor, details) in records {
+    let forged = records.into_iter().map(|(_, chain_id, at_ms, kind, actor, details)| {
         let event = AuditEvent {
             kind: serde_json::from_value(json!(kind)).unwrap(),
             actor,
             at: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000).unwrap(),
             details: serde_json::from_str(&details.replace("\"carol\"", "\"mallory\"")).unwrap(),
         };
-        let record = chain(&head_now, &chain_id, &event);
-        sqlx::query("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&record.chain_id)
-            .bind(record.seq)
-            .bind(&record.prev_hash)
-            .bind(&record.hash)
-            .bind(record.at_ms)
-            .bind(&record.kind)
-            .bind(&record.actor)
-            .bind(&record.details)
-            .execute(&pool)
-            .await
-            .unwrap();
-        head_now = ChainHead { seq: record.seq, hash: record.hash };
-    }
+        (chain_id, event)
+    });
+    let head_now = airlock_testkit::rewrite_chain(&pool, forged).await;
     let resigned = Checkpoint::sign(&signing.keypair(), "broker", head_now.seq, &head_now.hash, 1).unwrap();
     sqlx::query("INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?)")
         .bind(&resigned.chain_id)

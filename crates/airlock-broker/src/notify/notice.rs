@@ -259,12 +259,14 @@ impl Notices<'_> {
         let auto_approved = request["auto_approved"].as_bool() == Some(true);
         let break_glass = request["break_glass"].as_bool() == Some(true);
         let approvers = strings(&request["approvals"], "approver");
-        let playbook = request["decision"]["policies"][0].as_str().and_then(|p| p.strip_prefix("playbook:"));
+        let approved_by = match request["decision"]["policies"][0].as_str().and_then(|p| p.strip_prefix("playbook:")) {
+            Some(playbook) => format!("incident playbook {playbook}"),
+            None => "policy".to_owned(),
+        };
         notice.summary = match record.kind {
-            EventKind::RequestApproved if auto_approved && playbook.is_some() => {
-                format!("{whose} was approved by incident playbook {}, without review", playbook.unwrap_or_default())
+            EventKind::RequestApproved if auto_approved => {
+                format!("{whose} was approved by {approved_by}, without review")
             }
-            EventKind::RequestApproved if auto_approved => format!("{whose} was approved by policy, without review"),
             EventKind::RequestApproved if break_glass => {
                 format!("{whose} was granted at once by break-glass; its review is owed")
             }
