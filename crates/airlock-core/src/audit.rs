@@ -94,6 +94,45 @@ pub enum EventKind {
     /// An incident was closed; every grant tied to it ended with it.
     #[serde(rename = "incident.closed")]
     IncidentClosed,
+    /// An API token was made for a user (its secret is never recorded).
+    #[serde(rename = "token.created")]
+    TokenCreated,
+    /// An API token was replaced by a new one; the old one stopped working at once.
+    #[serde(rename = "token.rotated")]
+    TokenRotated,
+    /// An API token was revoked.
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
+    /// A user logged in and a broker session began.
+    #[serde(rename = "login.started")]
+    LoginStarted,
+    /// A broker session ended: logout, inactivity, its time, a disabled user, a reused refresh.
+    #[serde(rename = "login.ended")]
+    LoginEnded,
+    /// The identity provider said a user's groups changed (at login or refresh).
+    #[serde(rename = "user.groups_changed")]
+    UserGroupsChanged,
+    /// A user confirmed a TOTP authenticator (its seed is never recorded).
+    #[serde(rename = "mfa.enrolled")]
+    MfaEnrolled,
+    /// A user proved a second factor for their session.
+    #[serde(rename = "mfa.verified")]
+    MfaVerified,
+    /// A second factor was refused: a wrong or replayed code, or too many attempts.
+    #[serde(rename = "mfa.refused")]
+    MfaRefused,
+    /// A user registered a device key; it is not trusted until approved.
+    #[serde(rename = "device.enrolled")]
+    DeviceEnrolled,
+    /// An administrator approved a device: it is now trusted.
+    #[serde(rename = "device.approved")]
+    DeviceApproved,
+    /// A device was disabled; every grant bound to it ended.
+    #[serde(rename = "device.disabled")]
+    DeviceDisabled,
+    /// The broker started with a policy bundle (its version, and the one before when it changed).
+    #[serde(rename = "policy.loaded")]
+    PolicyLoaded,
     /// A notification reached its channel.
     #[serde(rename = "notification.delivered")]
     NotificationDelivered,
@@ -133,6 +172,19 @@ impl EventKind {
             EventKind::BreakGlassReviewOverdue => "breakglass.review_overdue",
             EventKind::IncidentOpened => "incident.opened",
             EventKind::IncidentClosed => "incident.closed",
+            EventKind::TokenCreated => "token.created",
+            EventKind::TokenRotated => "token.rotated",
+            EventKind::TokenRevoked => "token.revoked",
+            EventKind::LoginStarted => "login.started",
+            EventKind::LoginEnded => "login.ended",
+            EventKind::UserGroupsChanged => "user.groups_changed",
+            EventKind::MfaEnrolled => "mfa.enrolled",
+            EventKind::MfaVerified => "mfa.verified",
+            EventKind::MfaRefused => "mfa.refused",
+            EventKind::DeviceEnrolled => "device.enrolled",
+            EventKind::DeviceApproved => "device.approved",
+            EventKind::DeviceDisabled => "device.disabled",
+            EventKind::PolicyLoaded => "policy.loaded",
             EventKind::NotificationDelivered => "notification.delivered",
             EventKind::NotificationFailed => "notification.failed",
         }
