@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod gateways;
+pub mod identity;
 pub mod incidents;
 pub mod metrics;
 pub mod notify;
