@@ -67,6 +67,8 @@ async fn broker(dir: &std::path::Path) -> Broker {
         auditors: Vec::new(),
         breakglass: Default::default(),
         incidents: Default::default(),
+        identity: Default::default(),
+        mfa: Default::default(),
     };
     Broker::new(store, bundle, Arc::new(SystemClock), settings, load_or_create_key(dir).unwrap())
 }

@@ -37,6 +37,8 @@ fn caller(name: &str, groups: &[&str]) -> Caller {
             service: false,
         },
         source_ip: [10, 0, 0, 7].into(),
+        mfa_at: None,
+        token: None,
     }
 }
 

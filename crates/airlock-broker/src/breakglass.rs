@@ -4,6 +4,8 @@
 //! configured, bars the holder from break-glass until an administrator lifts the bar. Reviews
 //! still open when due are escalated by the scheduler's sweep.
 
+use std::sync::Arc;
+
 use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_core::breakglass::{Review, ReviewState, Verdict};
 use airlock_core::ids::{GrantId, IncidentId, RequestId, ResourceName, RoleName, UserName};
@@ -15,7 +17,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::broker::{Broker, BrokerError, Caller, MAX_LIST_LIMIT, first_visible};
+use crate::broker::{Broker, BrokerError, Caller, MAX_LIST_LIMIT, ask, first_visible};
+use crate::bundle::PolicyBundle;
 
 /// What an emergency asks for, as the caller typed it. Without a duration, the role's
 /// break-glass ceiling.
@@ -46,7 +49,26 @@ impl Broker {
     /// Grants emergency access at once, when a `break_glass` policy allows it and the caller is
     /// not barred; the grant owes a review. A refusal is recorded like a refused request.
     pub async fn break_glass(&self, caller: &Caller, input: BreakGlassInput) -> Result<BrokenGlass, BrokerError> {
-        let (resource, role) = self.resource_and_role(&input.resource, &input.role)?;
+        if self.settings.mfa.breakglass {
+            self.require_fresh_mfa(caller, self.clock().now(), "break-glass")?;
+        }
+        loop {
+            if let Some(broken) = self.break_glass_with(&self.policies(), caller, input.clone()).await? {
+                return Ok(broken);
+            }
+            // The policies were replaced while the glass was being broken: decide again.
+        }
+    }
+
+    /// Breaks the glass as `bundle` decides; `None`, with nothing recorded, when `bundle` was
+    /// replaced before the grant could be recorded.
+    async fn break_glass_with(
+        &self,
+        bundle: &Arc<PolicyBundle>,
+        caller: &Caller,
+        input: BreakGlassInput,
+    ) -> Result<Option<BrokenGlass>, BrokerError> {
+        let (resource, role) = Self::resource_and_role(bundle, &input.resource, &input.role)?;
         let now = self.clock().now();
         let asked = input.duration.unwrap_or(role.break_glass_max);
         let incident = self.incident_named(input.incident.as_ref()).await?.map(|i| i.reference());
@@ -58,13 +80,12 @@ impl Broker {
             duration: asked,
             reason: input.reason,
             incident,
+            source_ip: caller.source_ip,
         };
-        let facts = new.facts(now, caller.source_ip);
-        let decision = self.policies().engine.decide(Action::BreakGlass, &caller.principal, resource, &facts);
-        let version = &self.policies().version;
+        let decision = ask(bundle, Action::BreakGlass, &caller.principal, resource, &new.facts(now), None);
         let grant_id = GrantId::from_uuid(Uuid::now_v7());
         let (request, grant, mut events) =
-            match AccessRequest::break_glass(new.clone(), role, &decision, version, now, grant_id) {
+            match AccessRequest::break_glass(new.clone(), role, &decision, &bundle.version, now, grant_id) {
                 Ok(broken) => broken,
                 Err(error) => {
                     if let OpenError::Refused { decision, .. } = &error {
@@ -76,6 +97,9 @@ impl Broker {
         let (review, used) = Review::open(&request, &grant, self.settings.breakglass.review_within.as_time());
         events.push(used);
         let mut tx = self.store().begin().await?;
+        if !self.policies_are(bundle) {
+            return Ok(None);
+        }
         Self::ensure_enabled(&mut tx, caller).await?;
         if let Some(grant) = tx.breakglass_bar(&caller.principal.name).await? {
             return Err(BrokerError::BreakGlassBarred { grant });
@@ -88,7 +112,7 @@ impl Broker {
         tx.commit().await?;
         self.deadlines().notify_one();
         self.grants_changed();
-        Ok(BrokenGlass { cut_to_ceiling: request.duration < asked, request, grant, review })
+        Ok(Some(BrokenGlass { cut_to_ceiling: request.duration < asked, request, grant, review }))
     }
 
     /// Answers the review that break-glass grant `grant_id` owes. Reviewers are those who may
@@ -109,7 +133,8 @@ impl Broker {
         if !self.may_see(caller, &request, now) {
             return Err(not_found());
         }
-        let allowed = self.is_auditor(caller) || self.decide(Action::Approve, caller, &request, now).allowed;
+        let allowed =
+            self.is_auditor(caller) || Self::decide(&self.policies(), Action::Approve, caller, &request, now).allowed;
         let mut reviewed = review.answer(&caller.principal.name, allowed, verdict, comment, now)?;
         let bars = review.state == ReviewState::Rejected && self.settings.breakglass.reject_bars_holder;
         reviewed.details["bars_holder"] = json!(bars);

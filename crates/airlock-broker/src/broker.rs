@@ -1,18 +1,20 @@
 //! The use cases. Each one authorises its caller, runs the core transition, and writes the new
 //! state with its audit events in one transaction: both land or neither does.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use airlock_core::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
 use airlock_core::breakglass::AnswerError;
 use airlock_core::catalog::{Resource, Role};
-use airlock_core::ids::{GrantId, GroupName, IncidentId, RequestId, ResourceName, RoleName, UserName};
-use airlock_core::incident::arming;
+use airlock_core::ids::{GrantId, GroupName, IncidentId, RequestId, ResourceName, RoleName, TokenId, UserName};
+use airlock_core::incident::{Playbook, arming};
 use airlock_core::lifecycle::{AccessRequest, CancelError, Grant, NewRequest, NotActive, OpenError, ReviewError};
 use airlock_core::policy::{Action, Decision, Facts, Principal};
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::{GrantFilter, RequestFilter, Store, StoreError, Tx};
+use arc_swap::ArcSwap;
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
@@ -21,7 +23,7 @@ use uuid::Uuid;
 use crate::appender::{AppendError, Appender};
 use crate::bundle::PolicyBundle;
 use crate::clock::Clock;
-use crate::config::{BreakGlassSection, Config, IncidentsSection};
+use crate::config::{BreakGlassSection, Config, IdentitySection, IncidentsSection, MfaSection};
 use crate::secrets::{BrokerKey, SecretError};
 
 /// How an error should be reported: the HTTP edge and the CLI map these to codes.
@@ -32,6 +34,10 @@ pub enum ErrorKind {
     Forbidden,
     NotFound,
     Conflict,
+    /// Allowed only with a fresh second factor, which the caller has not proved.
+    MfaRequired,
+    /// Too many attempts: try again later.
+    RateLimited,
     Internal,
 }
 
@@ -78,6 +84,28 @@ pub enum BrokerError {
     IncidentReportForbidden,
     #[error("user `{0}` already exists")]
     UserExists(UserName),
+    #[error("user `{0}` is disabled")]
+    UserDisabled(UserName),
+    #[error("token `{0}` not found")]
+    TokenNotFound(String),
+    #[error("token `{0}` has already ended")]
+    TokenEnded(String),
+    #[error("a token's expiry must be in the future")]
+    TokenExpiryPast,
+    #[error("{0} needs a fresh second factor: run `airlock mfa verify CODE` (or pass --otp CODE) and try again")]
+    MfaRequired(&'static str),
+    #[error("no authenticator is enrolled: run `airlock mfa enroll` first")]
+    MfaNotEnrolled,
+    #[error("an authenticator is already enrolled; an administrator can reset it (`airlock admin user reset-mfa`)")]
+    MfaAlreadyEnrolled,
+    #[error("second factor refused: {0}")]
+    Mfa(airlock_core::mfa::MfaError),
+    #[error("this is an API token, not a login: API tokens end by `airlock admin token revoke`")]
+    NotALogin,
+    #[error("the refresh token is not valid (unknown, ended, or already used)")]
+    RefreshRefused,
+    #[error(transparent)]
+    SignIn(#[from] crate::logins::SignInError),
     #[error(transparent)]
     Open(#[from] OpenError),
     #[error(transparent)]
@@ -138,7 +166,20 @@ impl BrokerError {
             BrokerError::Review(_)
             | BrokerError::Cancel(_)
             | BrokerError::NotActive(_)
-            | BrokerError::UserExists(_) => ErrorKind::Conflict,
+            | BrokerError::UserExists(_)
+            | BrokerError::UserDisabled(_)
+            | BrokerError::TokenEnded(_)
+            | BrokerError::MfaNotEnrolled
+            | BrokerError::MfaAlreadyEnrolled
+            | BrokerError::NotALogin
+            | BrokerError::SignIn(_) => ErrorKind::Conflict,
+            BrokerError::TokenNotFound(_) => ErrorKind::NotFound,
+            BrokerError::TokenExpiryPast => ErrorKind::BadInput,
+            BrokerError::MfaRequired(_) => ErrorKind::MfaRequired,
+            BrokerError::Mfa(airlock_core::mfa::MfaError::TooManyAttempts { .. }) => ErrorKind::RateLimited,
+            BrokerError::Mfa(airlock_core::mfa::MfaError::BadSeed) => ErrorKind::Internal,
+            BrokerError::Mfa(_) => ErrorKind::Forbidden,
+            BrokerError::RefreshRefused => ErrorKind::Unauthenticated,
             BrokerError::Credential(airlock_core::credential::IssueError::GrantNotLive { .. }) => ErrorKind::Conflict,
             BrokerError::Credential(_) => ErrorKind::Internal,
             BrokerError::Secret(_) | BrokerError::Sign(_) | BrokerError::Append(_) | BrokerError::Store(_) => {
@@ -153,6 +194,10 @@ impl BrokerError {
 pub struct Caller {
     pub principal: Principal,
     pub source_ip: IpAddr,
+    /// When the caller last proved a second factor with the token they called with.
+    pub mfa_at: Option<OffsetDateTime>,
+    /// The token they called with; `None` for callers inside the process (administration, tests).
+    pub token: Option<TokenId>,
 }
 
 /// What a new request asks for, as the caller typed it.
@@ -173,6 +218,8 @@ pub struct Settings {
     pub auditors: Vec<GroupName>,
     pub breakglass: BreakGlassSection,
     pub incidents: IncidentsSection,
+    pub identity: IdentitySection,
+    pub mfa: MfaSection,
 }
 
 impl From<&Config> for Settings {
@@ -182,6 +229,8 @@ impl From<&Config> for Settings {
             auditors: config.broker.auditors.clone(),
             breakglass: config.breakglass.clone(),
             incidents: config.incidents.clone(),
+            identity: config.identity.clone(),
+            mfa: config.mfa.clone(),
         }
     }
 }
@@ -191,6 +240,7 @@ impl From<&Config> for Settings {
 pub struct Disabled {
     pub requests_cancelled: usize,
     pub grants_revoked: usize,
+    pub tokens_ended: usize,
 }
 
 /// What one pass of the expiry sweep ended.
@@ -205,7 +255,9 @@ pub struct Swept {
 #[derive(Clone)]
 pub struct Broker {
     store: Store,
-    policies: Arc<PolicyBundle>,
+    /// Replaced as a whole when the policies change ([`Broker::load_policies`]); each decision
+    /// loads it once and decides with that one bundle throughout.
+    pub(crate) policies: Arc<ArcSwap<PolicyBundle>>,
     clock: Arc<dyn Clock>,
     pub(crate) settings: Arc<Settings>,
     /// Woken whenever a new deadline appears, so the scheduler can sleep until the next one.
@@ -218,7 +270,7 @@ pub struct Broker {
     appender: Appender,
 }
 
-fn new_id() -> Uuid {
+pub(crate) fn new_id() -> Uuid {
     Uuid::now_v7()
 }
 
@@ -236,7 +288,7 @@ impl Broker {
             key: Arc::new(key),
             appender: Appender::start(store.clone()),
             store,
-            policies: Arc::new(policies),
+            policies: Arc::new(ArcSwap::from_pointee(policies)),
             clock,
             settings: Arc::new(settings),
             deadlines: Arc::new(Notify::new()),
@@ -291,22 +343,31 @@ impl Broker {
         &*self.clock
     }
 
-    pub fn policies(&self) -> &PolicyBundle {
-        &self.policies
+    /// The policies in force now. Load them once per decision: they may be replaced at any time.
+    pub fn policies(&self) -> Arc<PolicyBundle> {
+        self.policies.load_full()
+    }
+
+    /// Whether `bundle` is still the broker's policies. Checked inside the transaction that
+    /// records a decision made outside it: policies are replaced only inside the transaction
+    /// that re-evaluates the grants ([`Broker::load_policies`]), so a decision that passes this
+    /// check commits either before the re-evaluation reads the grants, or with the new policies.
+    pub(crate) fn policies_are(&self, bundle: &Arc<PolicyBundle>) -> bool {
+        Arc::ptr_eq(&self.policies.load(), bundle)
     }
 
     pub(crate) fn deadlines(&self) -> &Notify {
         &self.deadlines
     }
 
-    /// Finds the user a bearer token belongs to; disabled users and unknown tokens are refused.
-    pub(crate) fn resource_and_role(
-        &self,
+    /// The resource and role a request names, from `bundle`'s catalog.
+    pub(crate) fn resource_and_role<'b>(
+        bundle: &'b PolicyBundle,
         resource: &ResourceName,
         role: &RoleName,
-    ) -> Result<(&Resource, &Role), BrokerError> {
+    ) -> Result<(&'b Resource, &'b Role), BrokerError> {
         let found =
-            self.policies.catalog.resource(resource).ok_or_else(|| BrokerError::UnknownResource(resource.clone()))?;
+            bundle.catalog.resource(resource).ok_or_else(|| BrokerError::UnknownResource(resource.clone()))?;
         let role = found
             .roles
             .get(role)
@@ -314,15 +375,15 @@ impl Broker {
         Ok((found, role))
     }
 
-    /// Asks the policies about `request` on behalf of `caller`.
+    /// Asks `bundle`'s policies about `request` on behalf of `caller`.
     pub(crate) fn decide(
-        &self,
+        bundle: &PolicyBundle,
         action: Action,
         caller: &Caller,
         request: &AccessRequest,
         now: OffsetDateTime,
     ) -> Decision {
-        let Some(resource) = self.policies.catalog.resource(&request.resource) else {
+        let Some(resource) = bundle.catalog.resource(&request.resource) else {
             return Decision { allowed: false, policies: Vec::new(), errors: vec!["resource left the catalog".into()] };
         };
         let facts = Facts {
@@ -334,7 +395,7 @@ impl Broker {
             source_ip: caller.source_ip,
             incident: request.incident.as_ref(),
         };
-        self.policies.engine.decide(action, &caller.principal, resource, &facts)
+        bundle.engine.decide(action, &caller.principal, resource, &facts)
     }
 
     /// Auditors and members of the `monitoring` group (a metrics scraper's service account).
@@ -351,7 +412,7 @@ impl Broker {
     pub(crate) fn may_see(&self, caller: &Caller, request: &AccessRequest, now: OffsetDateTime) -> bool {
         request.requester == caller.principal.name
             || self.is_auditor(caller)
-            || self.decide(Action::Approve, caller, request, now).allowed
+            || Self::decide(&self.policies(), Action::Approve, caller, request, now).allowed
     }
 
     /// Opens a request; an auto-approved one comes back with its grant.
@@ -360,7 +421,23 @@ impl Broker {
         caller: &Caller,
         input: RequestInput,
     ) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
-        let (resource, role) = self.resource_and_role(&input.resource, &input.role)?;
+        loop {
+            if let Some(opened) = self.open_request(&self.policies(), caller, input.clone()).await? {
+                return Ok(opened);
+            }
+            // The policies were replaced while the request was decided: decide again.
+        }
+    }
+
+    /// Opens a request decided by `bundle`; `None`, with nothing recorded, when `bundle` was
+    /// replaced before the request could be recorded.
+    async fn open_request(
+        &self,
+        bundle: &Arc<PolicyBundle>,
+        caller: &Caller,
+        input: RequestInput,
+    ) -> Result<Option<(AccessRequest, Option<Grant>)>, BrokerError> {
+        let (resource, role) = Self::resource_and_role(bundle, &input.resource, &input.role)?;
         let now = self.clock.now();
         let incident = self.incident_named(input.incident.as_ref()).await?;
         let playbooks = &self.settings.incidents.playbooks;
@@ -376,23 +453,17 @@ impl Broker {
             duration: playbook.map_or(input.duration, |p| input.duration.min(p.max)),
             reason: input.reason,
             incident: incident.as_ref().map(|i| i.reference()),
+            source_ip: caller.source_ip,
         };
-        let facts = new.facts(now, caller.source_ip);
-        let engine = &self.policies.engine;
-        let mut request_decision = engine.decide(Action::Request, &caller.principal, resource, &facts);
-        let mut auto_decision = engine.decide(Action::AutoApprove, &caller.principal, resource, &facts);
-        if let Some(playbook) = playbook {
-            request_decision = playbook.stand_in(request_decision);
-            auto_decision = playbook.stand_in(auto_decision);
-        }
-        // A playbook's maximum is the ceiling of the grants it approves, in place of the role's.
-        let playbook_role = playbook.map(|p| Role { max_duration: p.max, ..role.clone() });
+        let facts = new.facts(now);
+        let request_decision = ask(bundle, Action::Request, &caller.principal, resource, &facts, playbook);
+        let auto_decision = ask(bundle, Action::AutoApprove, &caller.principal, resource, &facts, playbook);
         let opened = AccessRequest::open(
             new.clone(),
-            playbook_role.as_ref().unwrap_or(role),
+            &ceiling(role, playbook),
             &request_decision,
             &auto_decision,
-            &self.policies.version,
+            &bundle.version,
             now,
             self.settings.pending_ttl.as_time(),
             GrantId::from_uuid(new_id()),
@@ -407,6 +478,9 @@ impl Broker {
             }
         };
         let mut tx = self.store.begin().await?;
+        if !self.policies_are(bundle) {
+            return Ok(None);
+        }
         Self::ensure_enabled(&mut tx, caller).await?;
         Self::ensure_incident_open(&mut tx, &request).await?;
         tx.insert_request(&request).await?;
@@ -419,7 +493,7 @@ impl Broker {
         if outcome.grant.is_some() {
             self.grants_changed();
         }
-        Ok((request, outcome.grant))
+        Ok(Some((request, outcome.grant)))
     }
 
     /// A refused request changes no state, but the refusal is part of the record.
@@ -495,12 +569,18 @@ impl Broker {
     ) -> Result<(AccessRequest, Option<Grant>), BrokerError> {
         let now = self.clock.now();
         let (mut tx, mut request) = self.request_for_review(caller, id, now).await?;
-        let decision = self.decide(Action::Approve, caller, &request, now);
+        // Loaded inside the transaction: policies are replaced only while holding it.
+        let bundle = self.policies();
+        let sensitive = bundle.catalog.resource(&request.resource).is_some_and(|r| r.sensitive);
+        if sensitive && self.settings.mfa.sensitive_approvals {
+            self.require_fresh_mfa(caller, now, "approving access to a sensitive resource")?;
+        }
+        let decision = Self::decide(&bundle, Action::Approve, caller, &request, now);
         let outcome = request.approve(
             &caller.principal.name,
             &decision,
             comment,
-            &self.policies.version,
+            &bundle.version,
             now,
             GrantId::from_uuid(new_id()),
         )?;
@@ -521,7 +601,7 @@ impl Broker {
     pub async fn deny(&self, caller: &Caller, id: &str, reason: Reason) -> Result<AccessRequest, BrokerError> {
         let now = self.clock.now();
         let (mut tx, mut request) = self.request_for_review(caller, id, now).await?;
-        let decision = self.decide(Action::Approve, caller, &request, now);
+        let decision = Self::decide(&self.policies(), Action::Approve, caller, &request, now);
         let event = request.deny(&caller.principal.name, &decision, &reason, now)?;
         tx.update_request(&request).await?;
         tx.append(vec![event]).await?;
@@ -696,6 +776,33 @@ impl Broker {
             self.grants_changed();
         }
         Ok(swept)
+    }
+}
+
+/// Asks `bundle`'s policies about `action` on a request, with `playbook` (the one that arms the
+/// requester under the incident the request names) standing in for a missing permit. New
+/// requests and the re-evaluation of grants after a policy change ask through here.
+pub(crate) fn ask(
+    bundle: &PolicyBundle,
+    action: Action,
+    principal: &Principal,
+    resource: &Resource,
+    facts: &Facts<'_>,
+    playbook: Option<&Playbook>,
+) -> Decision {
+    let decision = bundle.engine.decide(action, principal, resource, facts);
+    match playbook {
+        Some(playbook) => playbook.stand_in(decision),
+        None => decision,
+    }
+}
+
+/// The role whose ceiling a request meets: a playbook's maximum is the ceiling of the grants it
+/// approves, in place of the role's.
+pub(crate) fn ceiling<'r>(role: &'r Role, playbook: Option<&Playbook>) -> Cow<'r, Role> {
+    match playbook {
+        Some(playbook) => Cow::Owned(Role { max_duration: playbook.max, ..role.clone() }),
+        None => Cow::Borrowed(role),
     }
 }
 

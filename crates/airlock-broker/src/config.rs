@@ -34,6 +34,17 @@
 //! max = "2h"                  # …get these roles approved at once, each grant at most this long,
 //! access = [{ resource = "demo-db", role = "write" }]   # all ending when the incident closes
 //!
+//! [identity]                # broker sessions begun by `airlock login` (docs/identity.md)
+//! session_idle = "30m"        # a login unused this long ends
+//! session_max = "12h"         # a login ends this long after it began, refreshed or not
+//! access_ttl = "15m"          # one access token works this long; the refresh token renews it
+//!
+//! [mfa]                       # TOTP second factor (docs/identity.md)
+//! issuer = "Airlock"          # what authenticator apps show
+//! fresh_for = "15m"           # a code proved this recently counts as fresh (context.mfa)
+//! breakglass = true           # every break-glass needs a fresh code
+//! sensitive_approvals = true  # approving on a resource marked `sensitive` needs one too
+//!
 //! [audit]
 //! checkpoint_every = "1s"     # sign the chain's head this often when it moved
 //! checkpoint_every_records = 10000   # and whenever this many records were appended
@@ -102,6 +113,10 @@ pub struct Config {
     pub incidents: IncidentsSection,
     #[serde(default)]
     pub notify: NotifySection,
+    #[serde(default)]
+    pub identity: IdentitySection,
+    #[serde(default)]
+    pub mfa: MfaSection,
 }
 
 /// Who runs incidents, and the playbooks that arm their responders.
@@ -266,6 +281,80 @@ impl NotifySection {
         }
         Ok(())
     }
+}
+
+/// Broker sessions: how long a login lasts, and how long it may sit unused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// A login unused this long ends (checked to the half minute).
+    #[serde(default = "default_session_idle")]
+    pub session_idle: GrantDuration,
+    /// A login ends this long after it began, however often it was refreshed.
+    #[serde(default = "default_session_max")]
+    pub session_max: GrantDuration,
+    /// How long one access token of a login works before the client must refresh it.
+    #[serde(default = "default_access_ttl")]
+    pub access_ttl: GrantDuration,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self {
+            session_idle: default_session_idle(),
+            session_max: default_session_max(),
+            access_ttl: default_access_ttl(),
+        }
+    }
+}
+
+fn default_session_idle() -> GrantDuration {
+    GrantDuration::from_secs(30 * 60).expect("30 minutes is a valid duration")
+}
+
+fn default_session_max() -> GrantDuration {
+    GrantDuration::from_secs(12 * 3600).expect("12 hours is a valid duration")
+}
+
+fn default_access_ttl() -> GrantDuration {
+    GrantDuration::from_secs(15 * 60).expect("15 minutes is a valid duration")
+}
+
+/// The second factor: TOTP, and when it must be fresh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MfaSection {
+    /// The name authenticator apps show beside the account.
+    #[serde(default = "default_mfa_issuer")]
+    pub issuer: String,
+    /// A second factor proved this recently is fresh (`context.mfa` in policies).
+    #[serde(default = "default_mfa_fresh_for")]
+    pub fresh_for: GrantDuration,
+    /// Every break-glass needs a fresh second factor.
+    #[serde(default = "yes")]
+    pub breakglass: bool,
+    /// Approving a role of a resource marked `sensitive` needs a fresh second factor.
+    #[serde(default = "yes")]
+    pub sensitive_approvals: bool,
+}
+
+impl Default for MfaSection {
+    fn default() -> Self {
+        Self {
+            issuer: default_mfa_issuer(),
+            fresh_for: default_mfa_fresh_for(),
+            breakglass: true,
+            sensitive_approvals: true,
+        }
+    }
+}
+
+fn default_mfa_issuer() -> String {
+    "Airlock".to_owned()
+}
+
+fn default_mfa_fresh_for() -> GrantDuration {
+    GrantDuration::from_secs(15 * 60).expect("15 minutes is a valid duration")
 }
 
 /// What follows an emergency grant: its mandatory review.

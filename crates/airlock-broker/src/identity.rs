@@ -1,28 +1,68 @@
-//! Who is calling: authenticating API tokens, and adding and disabling users.
+//! Who is calling: authenticating bearer tokens, API tokens (made, rotated, revoked by
+//! administrators), and adding and disabling users.
+//!
+//! A bearer token is looked up by its SHA-256. It works while it has not ended, has not expired,
+//! its user is enabled, and — for a login's access token — while the login has been used within
+//! `[identity] session_idle`. Ending anything about a user (disabling them) ends every token
+//! they hold in the same transaction.
 
 use std::net::IpAddr;
 
 use airlock_core::audit::{AuditEvent, EventKind};
-use airlock_core::ids::{GroupName, UserName};
+use airlock_core::ids::{GroupName, TokenId, UserName};
+use airlock_core::lifecycle::GrantState;
 use airlock_core::policy::Principal;
+use airlock_core::scope::Scopes;
+use airlock_store::{NewToken, Token, TokenKind, Tx};
 use serde_json::json;
+use time::{Duration, OffsetDateTime};
 
-use crate::broker::{Broker, BrokerError, Caller, Disabled};
+use crate::broker::{Broker, BrokerError, Caller, Disabled, new_id};
 use crate::secrets;
 
+/// A token is marked used at most this often (a write per call would be a write per call).
+pub const TOUCH_EVERY: Duration = Duration::seconds(30);
+
+/// A new API token: what is stored, and its secret, shown once.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: Token,
+    pub secret: String,
+}
+
+/// Whether `token` works at `now` for a caller enabled or not, given logins' idle limit.
+fn works(token: &Token, now: OffsetDateTime, session_idle: Duration) -> bool {
+    let ended = token.ended_at.is_some();
+    let expired = token.expires_at.is_some_and(|end| end <= now);
+    let login_lapsed = token.kind == TokenKind::Login
+        && (token.access_expires_at.is_none_or(|end| end <= now) || token.last_used_at + session_idle <= now);
+    !(ended || expired || login_lapsed)
+}
+
 impl Broker {
-    pub async fn authenticate(&self, token: &str, source_ip: IpAddr) -> Result<Caller, BrokerError> {
-        let user = self.store().user_by_token_hash(&secrets::token_hash(token)).await?;
-        match user {
-            Some(user) if !user.disabled => Ok(Caller {
-                principal: Principal { name: user.name, groups: user.groups, service: user.service },
-                source_ip,
-            }),
-            _ => Err(BrokerError::Unauthenticated),
+    /// The caller presenting `bearer`, and the scopes their token holds.
+    pub async fn authenticate(&self, bearer: &str, source_ip: IpAddr) -> Result<(Caller, Scopes), BrokerError> {
+        let now = self.clock().now();
+        let Some((token, user)) = self.store().bearer(&secrets::token_hash(bearer)).await? else {
+            return Err(BrokerError::Unauthenticated);
+        };
+        if user.disabled || !works(&token, now, self.settings.identity.session_idle.as_time()) {
+            return Err(BrokerError::Unauthenticated);
         }
+        if token.last_used_at + TOUCH_EVERY <= now {
+            self.store().touch_token(token.id, now, now - TOUCH_EVERY).await?;
+        }
+        let caller = Caller {
+            principal: Principal { name: user.name, groups: user.groups, service: user.service },
+            source_ip,
+            mfa_at: token.mfa_at,
+            token: Some(token.id),
+        };
+        Ok((caller, token.scopes))
     }
 
-    /// Adds a user and returns their API token, which is never stored or shown again.
+    /// Adds a user and returns their first API token (every scope, no expiry), which is never
+    /// stored or shown again.
     pub async fn add_user(
         &self,
         name: &UserName,
@@ -31,19 +71,73 @@ impl Broker {
         actor: &str,
     ) -> Result<String, BrokerError> {
         let now = self.clock().now();
-        let token = secrets::new_token()?;
         let mut tx = self.store().begin().await?;
         if tx.user(name).await?.is_some() {
             return Err(BrokerError::UserExists(name.clone()));
         }
-        tx.insert_user(name, groups, service, &secrets::token_hash(&token), now).await?;
+        tx.insert_user(name, groups, service, None, now).await?;
         let details = json!({ "user": name, "groups": groups, "service": service });
-        tx.append(vec![AuditEvent { kind: EventKind::UserAdded, actor: actor.to_owned(), at: now, details }]).await?;
+        let mut events = vec![AuditEvent { kind: EventKind::UserAdded, actor: actor.to_owned(), at: now, details }];
+        let issued = Self::issue_api_token(&mut tx, name, &Scopes::All, None, now).await?;
+        events.push(token_event(EventKind::TokenCreated, actor, now, &issued.token, None));
+        tx.append(events).await?;
+        tx.commit().await?;
+        Ok(issued.secret)
+    }
+
+    /// Makes another API token for `user`, with `scopes` and, when given, an end.
+    pub async fn create_token(
+        &self,
+        user: &UserName,
+        scopes: &Scopes,
+        expires_at: Option<OffsetDateTime>,
+        actor: &str,
+    ) -> Result<IssuedToken, BrokerError> {
+        let now = self.clock().now();
+        if expires_at.is_some_and(|end| end <= now) {
+            return Err(BrokerError::TokenExpiryPast);
+        }
+        let mut tx = self.store().begin().await?;
+        Self::enabled_user(&mut tx, user).await?;
+        let issued = Self::issue_api_token(&mut tx, user, scopes, expires_at, now).await?;
+        tx.append(vec![token_event(EventKind::TokenCreated, actor, now, &issued.token, None)]).await?;
+        tx.commit().await?;
+        Ok(issued)
+    }
+
+    /// Replaces API token `id` by a new one with the same user and scopes, and as long a life
+    /// as the old one was given. The old token stops working in the same commit.
+    pub async fn rotate_token(&self, id: TokenId, actor: &str) -> Result<IssuedToken, BrokerError> {
+        let now = self.clock().now();
+        let mut tx = self.store().begin().await?;
+        let old = Self::live_api_token(&mut tx, id, now).await?;
+        Self::enabled_user(&mut tx, &old.user).await?;
+        let expires_at = old.expires_at.map(|end| now + (end - old.created_at));
+        let issued = Self::issue_api_token(&mut tx, &old.user, &old.scopes, expires_at, now).await?;
+        tx.end_token(old.id, now, "rotated").await?;
+        tx.append(vec![token_event(EventKind::TokenRotated, actor, now, &issued.token, Some(old.id))]).await?;
+        tx.commit().await?;
+        Ok(issued)
+    }
+
+    /// Ends API token `id` at once.
+    pub async fn revoke_token(&self, id: TokenId, actor: &str) -> Result<Token, BrokerError> {
+        let now = self.clock().now();
+        let mut tx = self.store().begin().await?;
+        let token = Self::live_api_token(&mut tx, id, now).await?;
+        tx.end_token(token.id, now, "revoked").await?;
+        tx.append(vec![token_event(EventKind::TokenRevoked, actor, now, &token, None)]).await?;
         tx.commit().await?;
         Ok(token)
     }
 
-    /// Disables a user and ends, at once, all their pending requests and live grants.
+    /// Every token `user` was given, newest first, ended ones included.
+    pub async fn tokens_of(&self, user: &UserName) -> Result<Vec<Token>, BrokerError> {
+        Ok(self.store().tokens_of(user).await?)
+    }
+
+    /// Disables a user and ends, at once, all their pending requests, live grants, API tokens
+    /// and logins.
     pub async fn disable_user(&self, name: &UserName, actor: &str) -> Result<Disabled, BrokerError> {
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
@@ -58,7 +152,7 @@ impl Broker {
             at: now,
             details: json!({ "user": name }),
         }];
-        let mut done = Disabled { requests_cancelled: 0, grants_revoked: 0 };
+        let mut done = Disabled { requests_cancelled: 0, grants_revoked: 0, tokens_ended: 0 };
         for mut request in tx.pending_requests_of(name).await? {
             if let Some(event) = request.withdraw(actor, reason, now) {
                 tx.update_request(&request).await?;
@@ -70,11 +164,107 @@ impl Broker {
             let event = grant.expire(now).map_or_else(|| grant.revoke(actor, reason, now), Ok)?;
             tx.update_grant(&grant).await?;
             events.push(event);
-            done.grants_revoked += usize::from(grant.state == airlock_core::lifecycle::GrantState::Revoked);
+            done.grants_revoked += usize::from(grant.state == GrantState::Revoked);
+        }
+        for token in tx.live_tokens_of(name).await? {
+            events.push(Self::end_token(&mut tx, &token, actor, reason, now).await?);
+            done.tokens_ended += 1;
         }
         tx.append(events).await?;
         tx.commit().await?;
         self.grants_changed();
         Ok(done)
     }
+
+    /// Ends `token` (an API token or a login) in `tx`, returning its audit event.
+    pub(crate) async fn end_token(
+        tx: &mut Tx,
+        token: &Token,
+        actor: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<AuditEvent, BrokerError> {
+        tx.end_token(token.id, now, reason).await?;
+        let kind = match token.kind {
+            TokenKind::Api => EventKind::TokenRevoked,
+            TokenKind::Login => EventKind::LoginEnded,
+        };
+        let mut event = token_event(kind, actor, now, token, None);
+        event.details["reason"] = json!(reason);
+        Ok(event)
+    }
+
+    async fn enabled_user(tx: &mut Tx, user: &UserName) -> Result<(), BrokerError> {
+        match tx.user(user).await? {
+            Some(found) if !found.disabled => Ok(()),
+            Some(_) => Err(BrokerError::UserDisabled(user.clone())),
+            None => Err(BrokerError::UserNotFound(user.clone())),
+        }
+    }
+
+    /// API token `id`, if it still works: logins end by logout, not by an administrator's
+    /// token commands (disable the user to end those).
+    async fn live_api_token(tx: &mut Tx, id: TokenId, now: OffsetDateTime) -> Result<Token, BrokerError> {
+        match tx.token(id).await? {
+            Some(token) if token.kind == TokenKind::Api && works(&token, now, Duration::MAX) => Ok(token),
+            Some(token) if token.kind == TokenKind::Api => Err(BrokerError::TokenEnded(id.to_string())),
+            _ => Err(BrokerError::TokenNotFound(id.to_string())),
+        }
+    }
+
+    /// Makes and stores an API token in `tx`.
+    async fn issue_api_token(
+        tx: &mut Tx,
+        user: &UserName,
+        scopes: &Scopes,
+        expires_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, BrokerError> {
+        let secret = secrets::new_token()?;
+        let token = Token {
+            id: TokenId::from_uuid(new_id()),
+            user: user.clone(),
+            kind: TokenKind::Api,
+            scopes: scopes.clone(),
+            created_at: now,
+            expires_at,
+            access_expires_at: None,
+            last_used_at: now,
+            ended_at: None,
+            ended_reason: None,
+            mfa_at: None,
+        };
+        tx.insert_token(&NewToken {
+            id: token.id,
+            user,
+            kind: TokenKind::Api,
+            hash: &secrets::token_hash(&secret),
+            scopes,
+            now,
+            expires_at,
+            access_expires_at: None,
+            refresh_hash: None,
+            idp_refresh: None,
+        })
+        .await?;
+        Ok(IssuedToken { token, secret })
+    }
+}
+
+/// The audit record of something done to `token` (never its secret).
+pub(crate) fn token_event(
+    kind: EventKind,
+    actor: &str,
+    at: OffsetDateTime,
+    token: &Token,
+    replaces: Option<TokenId>,
+) -> AuditEvent {
+    let mut details = json!({
+        "token": token.id, "user": token.user, "kind": token.kind.as_str(), "scopes": token.scopes,
+        "expires_at": token.expires_at,
+    });
+    if let Some(old) = replaces {
+        details["replaces"] = json!(old);
+    }
+    AuditEvent { kind, actor: actor.to_owned(), at, details }
 }

@@ -21,6 +21,8 @@
 //!   recorded;
 //! - [`reports`]: the summary of a window and the story of a user, resource or incident;
 //! - [`outbound`]: HTTP clients for webhooks and the CLI;
+//! - [`reevaluate`]: a policy change asks every live grant again, and revokes those the new
+//!   policies would no longer allow;
 //! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
 
 mod appender;
@@ -35,9 +37,13 @@ pub mod credentials;
 pub mod gateways;
 pub mod identity;
 pub mod incidents;
+pub mod logins;
 pub mod metrics;
+pub mod mfa;
 pub mod notify;
+pub mod oidc;
 pub mod outbound;
+pub mod reevaluate;
 pub mod reports;
 pub mod scheduler;
 pub mod secrets;

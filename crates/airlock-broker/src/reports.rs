@@ -59,7 +59,8 @@ impl Broker {
         let grants = self.grants_in(&window, scope).await?;
         let activity = self.activity(&grants, 0).await?;
         let refused = self.store().refused_requests(since, until).await?;
-        let catalog = &self.policies().catalog;
+        let policies = self.policies();
+        let catalog = &policies.catalog;
         let facts = Facts {
             requests,
             refused: refused.iter().filter_map(RefusedRequest::from_record).collect(),

@@ -1,6 +1,7 @@
 //! The expiry scheduler: sleeps until the next deadline (a pending request's expiry, a grant's
 //! end, or a break-glass review coming due) and ends or escalates whatever is due. Its first
-//! pass, at start, ends everything that fell due while the broker was down.
+//! pass, at start, ends everything that fell due while the broker was down. Each pass also
+//! ends logins that lapsed (idle or past their end), at most [`IDLE_RECHECK`] late.
 
 use tokio::sync::watch;
 
@@ -24,6 +25,11 @@ pub async fn run(broker: Broker, mut shutdown: watch::Receiver<bool>) {
             }
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "expiry sweep failed; retrying"),
+        }
+        match broker.end_lapsed_logins().await {
+            Ok(0) => {}
+            Ok(ended) => tracing::info!(ended, "ended idle and expired logins"),
+            Err(error) => tracing::error!(%error, "ending lapsed logins failed; retrying"),
         }
         let now = broker.clock().now();
         let next = match broker.store().next_deadline().await {

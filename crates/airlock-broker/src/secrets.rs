@@ -2,6 +2,9 @@
 //! data directory (file mode 0600); and secrets the configuration names (an environment variable
 //! or a file), read where they are needed.
 //!
+//! Secrets the store must keep readable (TOTP seeds, an identity provider's refresh tokens) are
+//! sealed with a key derived from the signing key.
+//!
 //! An API token is 32 random bytes, shown once; only its SHA-256 is stored. A slow password hash
 //! (argon2) would add nothing here: the token has 256 bits of entropy, so it cannot be guessed
 //! from its hash, and a fast hash lets every request be authenticated by an indexed lookup.
@@ -12,6 +15,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use airlock_core::catalog::SecretSource;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
@@ -26,6 +31,8 @@ pub enum SecretError {
     KeyFile { path: String, source: std::io::Error },
     #[error("secret file `{path}` does not hold a 32-byte hex secret")]
     KeyFormat { path: String },
+    #[error("a sealed secret does not open with this broker's key (another key, or tampered with)")]
+    Sealed,
     #[error("environment variable `{var}` is not set or not UTF-8")]
     MissingEnv { var: String },
 }
@@ -76,6 +83,41 @@ impl BrokerKey {
     pub fn keypair(&self) -> [u8; 64] {
         self.signing.to_keypair_bytes()
     }
+
+    /// The key that seals secrets the store keeps (TOTP seeds, identity-provider refresh
+    /// tokens): derived from the signing key's seed under its own label, so a copy of the
+    /// database alone opens nothing.
+    fn sealing_key(&self) -> Key {
+        let mut hasher = Sha256::new();
+        hasher.update(b"airlock sealing key v1\0");
+        hasher.update(self.signing.to_bytes());
+        Key::from(<[u8; 32]>::from(hasher.finalize()))
+    }
+
+    /// Encrypts `plain` (ChaCha20-Poly1305, random nonce), bound to `context` (what it belongs
+    /// to, such as the user's name: a sealed value moved to another row does not open). The
+    /// result is hex: nonce, then ciphertext and tag.
+    pub fn seal(&self, context: &str, plain: &[u8]) -> Result<String, SecretError> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| SecretError::Random(e.to_string()))?;
+        let sealed = ChaCha20Poly1305::new(&self.sealing_key())
+            .encrypt(&Nonce::from(nonce), Payload { msg: plain, aad: context.as_bytes() })
+            .map_err(|_| SecretError::Sealed)?;
+        Ok(hex::encode([nonce.as_slice(), &sealed].concat()))
+    }
+
+    /// Opens what [`BrokerKey::seal`] made for the same `context`.
+    pub fn unseal(&self, context: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
+        let bytes = hex::decode(sealed).map_err(|_| SecretError::Sealed)?;
+        if bytes.len() < 12 {
+            return Err(SecretError::Sealed);
+        }
+        let (nonce, sealed) = bytes.split_at(12);
+        let nonce = Nonce::from(<[u8; 12]>::try_from(nonce).map_err(|_| SecretError::Sealed)?);
+        ChaCha20Poly1305::new(&self.sealing_key())
+            .decrypt(&nonce, Payload { msg: sealed, aad: context.as_bytes() })
+            .map_err(|_| SecretError::Sealed)
+    }
 }
 
 /// Reads the 32-byte secret at `path`, which must exist.
@@ -123,6 +165,22 @@ mod tests {
         let again = load_or_create_key(dir.path()).unwrap();
         assert_eq!(first.public_hex(), again.public_hex());
         assert_eq!(first.key_id.len(), 16);
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_the_same_key_and_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_or_create_key(dir.path()).unwrap();
+        let sealed = key.seal("alice", b"seed").unwrap();
+        assert_ne!(sealed, key.seal("alice", b"seed").unwrap(), "a fresh nonce each time");
+        assert_eq!(key.unseal("alice", &sealed).unwrap(), b"seed");
+        assert!(matches!(key.unseal("mallory", &sealed), Err(SecretError::Sealed)));
+        let other = load_or_create_key(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(matches!(other.unseal("alice", &sealed), Err(SecretError::Sealed)));
+        let mut tampered = sealed.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
+        assert!(matches!(key.unseal("alice", std::str::from_utf8(&tampered).unwrap()), Err(SecretError::Sealed)));
     }
 
     #[test]

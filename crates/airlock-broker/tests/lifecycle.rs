@@ -508,9 +508,9 @@ async fn disabling_a_user_ends_their_access_at_once() {
     assert_ne!(alice_token, bob_token);
     assert_err!(app.broker.add_user(&"alice".parse().unwrap(), &[], false, "admin").await, BrokerError::UserExists(_));
 
-    let as_alice = app.broker.authenticate(&alice_token, localhost).await.unwrap();
+    let (as_alice, _) = app.broker.authenticate(&alice_token, localhost).await.unwrap();
     assert_eq!(as_alice.principal, alice().principal);
-    let as_bob = app.broker.authenticate(&bob_token, localhost).await.unwrap();
+    let (as_bob, _) = app.broker.authenticate(&bob_token, localhost).await.unwrap();
     assert_eq!(as_bob.principal, bob().principal);
     assert_err!(app.broker.authenticate("airlock_not-a-token", localhost).await, BrokerError::Unauthenticated);
 
@@ -520,7 +520,7 @@ async fn disabling_a_user_ends_their_access_at_once() {
 
     app.clock.advance(minutes(5));
     let done = app.broker.disable_user(&"alice".parse().unwrap(), "admin").await.unwrap();
-    assert_eq!((done.requests_cancelled, done.grants_revoked), (1, 1));
+    assert_eq!((done.requests_cancelled, done.grants_revoked, done.tokens_ended), (1, 1, 1));
 
     let cancelled = app.stored_request(pending.id).await;
     assert_eq!(cancelled.state, RequestState::Cancelled);
@@ -546,7 +546,10 @@ async fn disabling_a_user_ends_their_access_at_once() {
 
     let kinds = app.audit_kinds().await;
     let alice_disabled = kinds.iter().position(|k| k == "user.disabled").expect("the disable is recorded");
-    assert_eq!(kinds[alice_disabled..alice_disabled + 3], ["user.disabled", "request.cancelled", "grant.revoked"]);
+    assert_eq!(
+        kinds[alice_disabled..alice_disabled + 4],
+        ["user.disabled", "request.cancelled", "grant.revoked", "token.revoked"]
+    );
     intact(app.broker.verify_chain().await.unwrap());
 }
 

@@ -121,6 +121,9 @@ pub enum EventKind {
     /// A second factor was refused: a wrong or replayed code, or too many attempts.
     #[serde(rename = "mfa.refused")]
     MfaRefused,
+    /// An administrator removed a user's authenticator (a lost phone); they must enroll again.
+    #[serde(rename = "mfa.reset")]
+    MfaReset,
     /// A user registered a device key; it is not trusted until approved.
     #[serde(rename = "device.enrolled")]
     DeviceEnrolled,
@@ -130,7 +133,8 @@ pub enum EventKind {
     /// A device was disabled; every grant bound to it ended.
     #[serde(rename = "device.disabled")]
     DeviceDisabled,
-    /// The broker started with a policy bundle (its version, and the one before when it changed).
+    /// `serve` put a policy bundle of a new version in force, at start or on SIGHUP: its version,
+    /// the one before, and the grants it no longer allowed, revoked in the same commit.
     #[serde(rename = "policy.loaded")]
     PolicyLoaded,
     /// A notification reached its channel.
@@ -181,6 +185,7 @@ impl EventKind {
             EventKind::MfaEnrolled => "mfa.enrolled",
             EventKind::MfaVerified => "mfa.verified",
             EventKind::MfaRefused => "mfa.refused",
+            EventKind::MfaReset => "mfa.reset",
             EventKind::DeviceEnrolled => "device.enrolled",
             EventKind::DeviceApproved => "device.approved",
             EventKind::DeviceDisabled => "device.disabled",

@@ -201,6 +201,7 @@ mod tests {
             duration: GrantDuration::parse(duration).unwrap(),
             reason: Reason::parse("INC-9 orders stuck").unwrap(),
             incident: None,
+            source_ip: [10, 0, 0, 7].into(),
         };
         AccessRequest::break_glass(new, &role(), &decision(true), "v1", T0, GrantId::from_uuid(Uuid::from_u128(2)))
     }
@@ -237,6 +238,7 @@ mod tests {
             duration: GrantDuration::parse("1h").unwrap(),
             reason: Reason::parse("just because").unwrap(),
             incident: None,
+            source_ip: [10, 0, 0, 7].into(),
         };
         let refused =
             AccessRequest::break_glass(new, &role(), &decision(false), "v1", T0, GrantId::from_uuid(Uuid::nil()));

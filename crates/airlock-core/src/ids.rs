@@ -154,6 +154,10 @@ id_type!(
     /// One grant, the time-bound permission an approved request produces.
     GrantId
 );
+id_type!(
+    /// One bearer token for the API: an API token, or a broker session's (a login's). Not secret.
+    TokenId
+);
 
 #[cfg(test)]
 mod tests {

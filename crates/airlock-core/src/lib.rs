@@ -10,6 +10,8 @@
 //! - [`breakglass`]: the review every emergency grant owes, and its escalation;
 //! - [`incident`]: incidents, and the playbooks that pre-approve access for their responders;
 //! - [`audit`]: audit events and the hash chain that makes edits, deletions and reorders visible;
+//! - [`scope`]: what a bearer token may be used for;
+//! - [`mfa`]: TOTP codes, accepted once each, with wrong codes rate-limited;
 //! - [`credential`]: the signed, grant-bound token a user gives the gateway as their password;
 //! - [`policy_test`]: policy test cases that run like unit tests.
 //!
@@ -22,7 +24,9 @@ pub mod credential;
 pub mod ids;
 pub mod incident;
 pub mod lifecycle;
+pub mod mfa;
 pub mod policy;
 pub mod policy_test;
 pub mod report;
+pub mod scope;
 pub mod values;

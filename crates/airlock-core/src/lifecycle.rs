@@ -134,6 +134,10 @@ pub struct AccessRequest {
     /// The open incident the request was made for: its grant ends when the incident closes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<IncidentRef>,
+    /// The address the request was made from, as the policies were told; none on requests
+    /// recorded before addresses were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<IpAddr>,
     /// Set once the request is denied, cancelled or expired.
     pub closure: Option<Closure>,
 }
@@ -166,18 +170,20 @@ pub struct NewRequest {
     pub reason: Reason,
     /// The open incident it is made for, if any.
     pub incident: Option<IncidentRef>,
+    /// Where the requester asks from.
+    pub source_ip: IpAddr,
 }
 
 impl NewRequest {
-    /// What the policies are told about this ask, made at `now` from `source_ip`.
-    pub fn facts(&self, now: OffsetDateTime, source_ip: IpAddr) -> Facts<'_> {
+    /// What the policies are told about this ask, made at `now`.
+    pub fn facts(&self, now: OffsetDateTime) -> Facts<'_> {
         Facts {
             role: &self.role,
             duration: self.duration,
             reason: self.reason.as_str(),
             requester: &self.requester,
             now,
-            source_ip,
+            source_ip: self.source_ip,
             incident: self.incident.as_ref(),
         }
     }
@@ -309,8 +315,25 @@ impl AccessRequest {
             auto_approved: false,
             break_glass: false,
             incident: new.incident,
+            source_ip: Some(new.source_ip),
             closure: None,
         })
+    }
+
+    /// What the policies were told about this request, told again at `now` (when a policy
+    /// change asks whether its grant may stay). A request recorded without its address gives
+    /// the unspecified address `0.0.0.0`, which no caller has: a policy that permits only some
+    /// networks does not permit it.
+    pub fn facts(&self, now: OffsetDateTime) -> Facts<'_> {
+        Facts {
+            role: &self.role,
+            duration: self.duration,
+            reason: self.reason.as_str(),
+            requester: &self.requester,
+            now,
+            source_ip: self.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            incident: self.incident.as_ref(),
+        }
     }
 
     /// Whether the request has outlived its pending time.
@@ -536,6 +559,7 @@ mod tests {
             duration: GrantDuration::parse(duration).unwrap(),
             reason: Reason::parse("INC-7").unwrap(),
             incident: None,
+            source_ip: [10, 0, 0, 7].into(),
         };
         let auto = if auto { allow() } else { deny() };
         AccessRequest::open(new, &role(approvals), &allow(), &auto, "v1", T0, time::Duration::HOUR, gid(9))

@@ -12,7 +12,9 @@ use uuid::Uuid;
 /// An error: what was wrong, and a stable code.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// One of `bad_input`, `unauthenticated`, `forbidden`, `not_found`, `conflict`, `internal`.
+    /// One of `bad_input`, `unauthenticated`, `forbidden`, `mfa_required` (prove a second factor
+    /// with `POST /v1/mfa/verify` and try again), `not_found`, `conflict`, `rate_limited`,
+    /// `internal`.
     pub code: String,
     pub error: String,
 }
@@ -24,7 +26,35 @@ pub struct WhoAmI {
     pub groups: Vec<String>,
     pub service: bool,
     pub source_ip: String,
+    /// When this token last proved a second factor.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub mfa_at: Option<OffsetDateTime>,
+    /// Whether that proof is still fresh (`context.mfa` in policies).
+    pub mfa_fresh: bool,
 }
+
+/// A TOTP code from the caller's authenticator app.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeBody {
+    pub code: String,
+}
+
+/// A new enrollment: add it to an authenticator app, then confirm with a first code.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrollmentView {
+    /// `otpauth://totp/…`, holding the seed: shown this once.
+    pub otpauth_uri: String,
+}
+
+/// A proved second factor.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MfaView {
+    /// The second factor counts as fresh until then.
+    #[serde(with = "time::serde::rfc3339")]
+    pub fresh_until: OffsetDateTime,
+}
+
 
 /// A new access request.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

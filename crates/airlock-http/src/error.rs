@@ -24,6 +24,10 @@ impl ApiError {
         Self { kind: ErrorKind::NotFound, message: message.into() }
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Forbidden, message: message.into() }
+    }
+
     pub fn unauthenticated() -> Self {
         Self::from(BrokerError::Unauthenticated)
     }
@@ -49,6 +53,8 @@ fn status_and_code(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
         ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+        ErrorKind::MfaRequired => (StatusCode::FORBIDDEN, "mfa_required"),
+        ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }

@@ -1,8 +1,14 @@
 //! Extractors whose failures are JSON errors: the authenticated caller, a JSON body, a query.
+//!
+//! A handler names the scope its route needs in its caller's type, `Authenticated<scope::Review>`:
+//! there is no way to take a caller without saying which scope the token must hold, so no route
+//! can forget the check.
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use airlock_broker::Caller;
+use airlock_core::scope::Scope;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
 use axum::http::header::AUTHORIZATION;
@@ -12,10 +18,43 @@ use serde::de::DeserializeOwned;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// The caller, authenticated by `Authorization: Bearer <token>`.
-pub struct Authenticated(pub Caller);
+/// The scope a route needs, as a type (`None`: any token, for what a caller does to themselves).
+pub trait RouteScope {
+    const SCOPE: Option<Scope>;
+}
 
-impl FromRequestParts<AppState> for Authenticated {
+/// The scopes routes need.
+pub mod scope {
+    use airlock_core::scope::Scope;
+
+    use super::RouteScope;
+
+    macro_rules! route_scopes {
+        ($($(#[$doc:meta])* $name:ident => $scope:expr;)*) => {$(
+            $(#[$doc])*
+            pub struct $name;
+            impl RouteScope for $name {
+                const SCOPE: Option<Scope> = $scope;
+            }
+        )*};
+    }
+
+    route_scopes! {
+        /// Any token: who am I, the broker's public key, one's own second factor and login.
+        Own => None;
+        Read => Some(Scope::Read);
+        Request => Some(Scope::Request);
+        Review => Some(Scope::Review);
+        Incidents => Some(Scope::Incidents);
+        Audit => Some(Scope::Audit);
+        Gateway => Some(Scope::Gateway);
+    }
+}
+
+/// The caller, authenticated by `Authorization: Bearer <token>`, whose token holds scope `S`.
+pub struct Authenticated<S: RouteScope>(pub Caller, pub PhantomData<S>);
+
+impl<S: RouteScope> FromRequestParts<AppState> for Authenticated<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -32,7 +71,13 @@ impl FromRequestParts<AppState> for Authenticated {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .ok_or_else(|| ApiError::bad_input("the caller's address is unknown"))?;
-        Ok(Self(state.broker.authenticate(token, source_ip).await?))
+        let (caller, scopes) = state.broker.authenticate(token, source_ip).await?;
+        match S::SCOPE {
+            Some(needed) if !scopes.allows(needed) => Err(ApiError::forbidden(format!(
+                "this token does not hold the `{needed}` scope this route needs (it holds: {scopes})"
+            ))),
+            _ => Ok(Self(caller, PhantomData)),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::Authenticated;
+use crate::extract::{Authenticated, scope};
 
 /// How often recorded histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -42,7 +42,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         (status = 404, body = crate::api::ErrorBody)))]
 pub async fn metrics(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
 ) -> Result<axum::response::Response, ApiError> {
     state.broker.may_read_metrics(&caller)?;
     let Some(handle) = &state.metrics else {

@@ -12,6 +12,7 @@ use crate::routes;
     info(title = "Airlock broker API", description = "Just-in-time, time-bound access: requests, reviews, grants and their audit chain."),
     paths(
         routes::health, routes::openapi_document, routes::whoami, routes::keys,
+        routes::enroll_mfa, routes::confirm_mfa, routes::verify_mfa, routes::logout,
         routes::create_request, routes::list_requests, routes::get_request,
         routes::approve, routes::deny, routes::cancel, routes::break_glass, routes::list_reviews, routes::review,
         routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export, routes::audit_prove,
@@ -25,6 +26,7 @@ use crate::routes;
         RequestView, GrantView, AuditRecordView, VerifyView, KeyView, HealthView, CredentialView,
         LiveGrantsView, GatewayEventView, RecordedView, BreakGlassBody, BreakGlassView, ReviewBody, ReviewView, AnswerView,
         IncidentBody, IncidentView, ClosedIncidentView, IncidentRefView,
+        CodeBody, EnrollmentView, MfaView,
     )),
     modifiers(&BearerToken),
 )]

@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use crate::AppState;
 use crate::api::*;
 use crate::error::ApiError;
-use crate::extract::{Authenticated, Body, Params};
+use crate::extract::{Authenticated, Body, Params, scope};
 use crate::openapi;
 
 /// The whole API.
@@ -32,6 +32,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi_document))
         .route("/v1/whoami", get(whoami))
         .route("/v1/keys", get(keys))
+        .route("/v1/mfa/enroll", post(enroll_mfa))
+        .route("/v1/mfa/confirm", post(confirm_mfa))
+        .route("/v1/mfa/verify", post(verify_mfa))
+        .route("/v1/logout", post(logout))
         .route("/v1/requests", post(create_request).get(list_requests))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/approve", post(approve))
@@ -88,18 +92,74 @@ async fn openapi_document() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/v1/whoami", security(("token" = [])),
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
-async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
+async fn whoami(State(state): State<AppState>, Authenticated(caller, _): Authenticated<scope::Own>) -> Json<WhoAmI> {
+    let mfa_fresh = state.broker.has_fresh_mfa(&caller, state.broker.clock().now());
     Json(WhoAmI {
         name: caller.principal.name.to_string(),
         groups: caller.principal.groups.iter().map(ToString::to_string).collect(),
         service: caller.principal.service,
         source_ip: caller.source_ip.to_string(),
+        mfa_at: caller.mfa_at,
+        mfa_fresh,
     })
+}
+
+#[utoipa::path(post, path = "/v1/mfa/enroll", security(("token" = [])),
+    responses((status = 200, body = EnrollmentView), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "an authenticator is already enrolled")))]
+async fn enroll_mfa(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Own>,
+) -> Result<Json<EnrollmentView>, ApiError> {
+    let otpauth_uri = state.broker.enroll_mfa(&caller).await?;
+    Ok(Json(EnrollmentView { otpauth_uri }))
+}
+
+#[utoipa::path(post, path = "/v1/mfa/confirm", security(("token" = [])), request_body = CodeBody,
+    responses((status = 200, body = MfaView, description = "enrolled; the code also counts as a fresh second factor"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "wrong or replayed code"),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn confirm_mfa(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Own>,
+    Body(body): Body<CodeBody>,
+) -> Result<Json<MfaView>, ApiError> {
+    state.broker.confirm_mfa(&caller, &body.code).await?;
+    Ok(Json(mfa_view(&state)))
+}
+
+#[utoipa::path(post, path = "/v1/mfa/verify", security(("token" = [])), request_body = CodeBody,
+    responses((status = 200, body = MfaView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "wrong or replayed code"),
+        (status = 409, body = ErrorBody, description = "no authenticator enrolled"),
+        (status = 429, body = ErrorBody, description = "too many wrong codes")))]
+async fn verify_mfa(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Own>,
+    Body(body): Body<CodeBody>,
+) -> Result<Json<MfaView>, ApiError> {
+    state.broker.verify_mfa(&caller, &body.code).await?;
+    Ok(Json(mfa_view(&state)))
+}
+
+fn mfa_view(state: &AppState) -> MfaView {
+    MfaView { fresh_until: state.broker.mfa_fresh_until(state.broker.clock().now()) }
+}
+
+#[utoipa::path(post, path = "/v1/logout", security(("token" = [])),
+    responses((status = 204, description = "the login ended"), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "an API token, not a login")))]
+async fn logout(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Own>,
+) -> Result<StatusCode, ApiError> {
+    state.broker.logout(&caller).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/keys", security(("token" = [])),
     responses((status = 200, body = KeyView), (status = 401, body = ErrorBody)))]
-async fn keys(State(state): State<AppState>, Authenticated(_): Authenticated) -> Json<KeyView> {
+async fn keys(State(state): State<AppState>, Authenticated(_, _): Authenticated<scope::Own>) -> Json<KeyView> {
     Json(KeyView {
         algorithm: "ed25519".into(),
         key_id: state.broker.key().key_id.clone(),
@@ -115,7 +175,7 @@ async fn keys(State(state): State<AppState>, Authenticated(_): Authenticated) ->
         (status = 409, body = ErrorBody, description = "the incident it names is closed")))]
 async fn create_request(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Request>,
     Body(body): Body<CreateRequest>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
     let input = RequestInput {
@@ -134,7 +194,7 @@ async fn create_request(
     responses((status = 200, body = Vec<RequestView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_requests(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Read>,
     Params(query): Params<RequestsQuery>,
 ) -> Result<Json<Vec<RequestView>>, ApiError> {
     let broker = &state.broker;
@@ -156,7 +216,7 @@ async fn list_requests(
     responses((status = 200, body = RequestView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_request(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Read>,
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let (request, grant) = state.broker.request(&caller, &id).await?;
@@ -171,7 +231,7 @@ async fn get_request(
         (status = 409, body = ErrorBody)))]
 async fn approve(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Review>,
     Path(id): Path<String>,
     Body(body): Body<ApproveBody>,
 ) -> Result<Json<RequestView>, ApiError> {
@@ -189,7 +249,7 @@ async fn approve(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn deny(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Review>,
     Path(id): Path<String>,
     Body(body): Body<ReasonBody>,
 ) -> Result<Json<RequestView>, ApiError> {
@@ -203,7 +263,7 @@ async fn deny(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Request>,
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let request = state.broker.cancel(&caller, &id).await?;
@@ -218,7 +278,7 @@ async fn cancel(
         (status = 409, body = ErrorBody, description = "the incident it names is closed")))]
 async fn break_glass(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Request>,
     Body(body): Body<BreakGlassBody>,
 ) -> Result<(StatusCode, Json<BreakGlassView>), ApiError> {
     let input = BreakGlassInput {
@@ -249,7 +309,7 @@ async fn break_glass(
         (status = 409, body = ErrorBody, description = "the id is taken by an incident with another body, or a closed one")))]
 async fn open_incident(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Incidents>,
     Body(body): Body<IncidentBody>,
 ) -> Result<(StatusCode, Json<IncidentView>), ApiError> {
     let new = NewIncident {
@@ -271,7 +331,7 @@ async fn open_incident(
     responses((status = 200, body = Vec<IncidentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_incidents(
     State(state): State<AppState>,
-    Authenticated(_caller): Authenticated,
+    Authenticated(_caller, _): Authenticated<scope::Read>,
     Params(query): Params<IncidentsQuery>,
 ) -> Result<Json<Vec<IncidentView>>, ApiError> {
     let incidents = state.broker.incidents(query.open, query.limit.unwrap_or(100)).await?;
@@ -282,7 +342,7 @@ async fn list_incidents(
     responses((status = 200, body = IncidentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_incident(
     State(state): State<AppState>,
-    Authenticated(_caller): Authenticated,
+    Authenticated(_caller, _): Authenticated<scope::Read>,
     Path(id): Path<String>,
 ) -> Result<Json<IncidentView>, ApiError> {
     Ok(Json(IncidentView::new(&state.broker.incident(&id).await?)))
@@ -295,7 +355,7 @@ async fn get_incident(
         (status = 409, body = ErrorBody, description = "closed already")))]
 async fn close_incident(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Incidents>,
     Path(id): Path<String>,
 ) -> Result<Json<ClosedIncidentView>, ApiError> {
     let closed = state.broker.close_incident(&caller, &id).await?;
@@ -310,7 +370,7 @@ async fn close_incident(
     responses((status = 200, body = Vec<ReviewView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_reviews(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Read>,
     Params(query): Params<ReviewsQuery>,
 ) -> Result<Json<Vec<ReviewView>>, ApiError> {
     let reviews = state.broker.reviews(&caller, query.open, query.limit.unwrap_or(100)).await?;
@@ -327,7 +387,7 @@ async fn list_reviews(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already answered")))]
 async fn review(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Review>,
     Path(grant): Path<String>,
     Body(body): Body<ReviewBody>,
 ) -> Result<Json<ReviewView>, ApiError> {
@@ -345,7 +405,7 @@ async fn review(
     responses((status = 200, body = Vec<GrantView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_grants(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Read>,
     Params(query): Params<GrantsQuery>,
 ) -> Result<Json<Vec<GrantView>>, ApiError> {
     let grants = state.broker.grants(&caller, query.active, query.mine, query.limit.unwrap_or(100)).await?;
@@ -359,11 +419,12 @@ async fn list_grants(
         (status = 409, body = ErrorBody, description = "the grant is not live")))]
 async fn issue_credential(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Request>,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
     let (credential, token) = state.broker.issue_credential(&caller, &id).await?;
-    let resource = state.broker.policies().catalog.resource(&credential.resource);
+    let policies = state.broker.policies();
+    let resource = policies.catalog.resource(&credential.resource);
     let database = resource.and_then(|r| r.postgres.as_ref()).map(|postgres| postgres.database.clone());
     Ok(Json(CredentialView {
         grant: credential.grant.to_string(),
@@ -386,7 +447,7 @@ const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(25);
         (status = 403, body = ErrorBody, description = "not a service account in the `gateways` group")))]
 async fn gateway_live_grants(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Gateway>,
     Params(query): Params<LiveGrantsQuery>,
 ) -> Result<Json<LiveGrantsView>, ApiError> {
     let live = state.broker.gateway_live_grants(&caller, query.changed_since, LONG_POLL).await?;
@@ -400,7 +461,7 @@ async fn gateway_live_grants(
         (status = 404, body = ErrorBody, description = "no such grant, or it is not live")))]
 async fn gateway_grant(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Gateway>,
     Path(id): Path<String>,
 ) -> Result<Json<GrantView>, ApiError> {
     let grant_id: GrantId = id.parse().map_err(|_| ApiError::not_found(format!("grant `{id}` not found")))?;
@@ -414,7 +475,7 @@ async fn gateway_grant(
         (status = 403, body = ErrorBody)))]
 async fn gateway_events(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Gateway>,
     Body(events): Body<Vec<GatewayEventView>>,
 ) -> Result<Json<RecordedView>, ApiError> {
     let events = events
@@ -435,7 +496,7 @@ async fn gateway_events(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn revoke(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Review>,
     Path(id): Path<String>,
     Body(body): Body<ReasonBody>,
 ) -> Result<Json<GrantView>, ApiError> {
@@ -448,7 +509,7 @@ async fn revoke(
     responses((status = 200, body = Vec<AuditRecordView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn audit_tail(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
     Params(query): Params<AuditQuery>,
 ) -> Result<Json<Vec<AuditRecordView>>, ApiError> {
     let records = state.broker.audit_tail(&caller, query.n.unwrap_or(20)).await?;
@@ -459,7 +520,7 @@ async fn audit_tail(
     responses((status = 200, body = VerifyView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn audit_verify(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
 ) -> Result<Json<VerifyView>, ApiError> {
     Ok(Json(verify_view(state.broker.audit_verify(&caller).await?)))
 }
@@ -483,7 +544,7 @@ pub fn verify_view(report: Report) -> VerifyView {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn audit_prove(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
     Body(body): Body<ProveBody>,
 ) -> Result<Json<ProveView>, ApiError> {
     let matches = state.broker.audit_prove(&caller, &body.commitment, &body.value).await?;
@@ -496,7 +557,7 @@ async fn audit_prove(
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn audit_export(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
     Params(query): Params<ExportQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     let export = state.broker.audit_export(&caller, query.since, query.until).await?;
@@ -519,7 +580,7 @@ fn report_window(state: &AppState, query: &ReportQuery) -> Window {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn report_summary(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
     Params(query): Params<ReportQuery>,
 ) -> Result<Json<Summary>, ApiError> {
     let window = report_window(&state, &query);
@@ -532,7 +593,7 @@ async fn report_summary(
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn report_user(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
     Path(name): Path<String>,
     Params(query): Params<ReportQuery>,
 ) -> Result<Json<Story>, ApiError> {
@@ -548,7 +609,7 @@ async fn report_user(
         (status = 404, body = ErrorBody)))]
 async fn report_incident(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
     Path(id): Path<String>,
     Params(query): Params<ReportQuery>,
 ) -> Result<Json<IncidentReport>, ApiError> {
@@ -565,7 +626,7 @@ async fn report_incident(
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn report_resource(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, _): Authenticated<scope::Audit>,
     Path(name): Path<String>,
     Params(query): Params<ReportQuery>,
 ) -> Result<Json<Story>, ApiError> {

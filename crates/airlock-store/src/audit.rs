@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use tokio::sync::watch;
 
-use crate::{Store, StoreError, rows};
+use crate::{BROKER_CHAIN, Store, StoreError, Tx, rows};
 
 fn checkpoint(row: &SqliteRow) -> Checkpoint {
     Checkpoint {
@@ -146,5 +146,23 @@ impl Store {
     /// commit that appended records (appends by other processes are seen by reading the store).
     pub fn watch_audit_head(&self) -> watch::Receiver<i64> {
         self.committed_head.subscribe()
+    }
+}
+
+impl Tx {
+    /// The broker chain's last record of `kind` (such as `policy.loaded`), read inside the
+    /// transaction, so that nothing of that kind is appended before it commits. No index names
+    /// kinds: the chain is read backwards from its head until one is found, which suits kinds
+    /// read rarely (once at start, once per reload).
+    pub async fn last_audit_record_of(&mut self, kind: &str) -> Result<Option<ChainRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, chain_id, prev_hash, hash, at_ms, kind, actor, details FROM audit_events
+             WHERE chain_id = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(BROKER_CHAIN)
+        .bind(kind)
+        .fetch_optional(&mut *self.inner)
+        .await?;
+        Ok(row.as_ref().map(rows::chain_record))
     }
 }

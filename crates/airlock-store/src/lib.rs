@@ -12,6 +12,7 @@
 
 mod audit;
 mod breakglass;
+mod identity;
 mod incident;
 mod report;
 mod rows;
@@ -31,6 +32,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
 pub use breakglass::OpenReviews;
+pub use identity::{NewToken, RefreshLookup, Renewal, StoredMfa, Token, TokenKind};
 pub use report::{ReportScope, StatementCount};
 pub use rows::User;
 pub use tx::Tx;
@@ -164,11 +166,6 @@ impl Store {
             self.redaction.clone(),
             self.observers.clone(),
         ))
-    }
-
-    pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(rows::USER_COLUMNS_BY_TOKEN).bind(token_hash).fetch_optional(&self.pool).await?;
-        row.map(|r| rows::user(&r)).transpose()
     }
 
     pub async fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {

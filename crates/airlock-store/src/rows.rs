@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use crate::StoreError;
 
-/// A principal as stored (without the token hash).
+/// A principal as stored (their tokens are apart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub name: UserName,
@@ -20,8 +20,6 @@ pub struct User {
     pub created_at: OffsetDateTime,
 }
 
-pub(crate) const USER_COLUMNS_BY_TOKEN: &str =
-    "SELECT name, groups_json, service, disabled, created_ms FROM users WHERE token_hash = ?";
 pub(crate) const USER_COLUMNS_BY_NAME: &str =
     "SELECT name, groups_json, service, disabled, created_ms FROM users WHERE name = ?";
 
@@ -33,6 +31,11 @@ pub(crate) fn ms(at: OffsetDateTime) -> i64 {
 }
 
 pub(crate) fn user(row: &SqliteRow) -> Result<User, StoreError> {
+    user_from(row, "created_ms")
+}
+
+/// A user from a row whose creation time is in column `created` (joins rename it).
+pub(crate) fn user_from(row: &SqliteRow, created: &str) -> Result<User, StoreError> {
     let name: String = row.get("name");
     let corrupt = |message: String| StoreError::Corrupt { id: name.clone(), message };
     let groups_json: String = row.get("groups_json");
@@ -41,8 +44,13 @@ pub(crate) fn user(row: &SqliteRow) -> Result<User, StoreError> {
         groups: serde_json::from_str(&groups_json).map_err(|e| corrupt(e.to_string()))?,
         service: row.get("service"),
         disabled: row.get("disabled"),
-        created_at: time_of_ms(row.get("created_ms")),
+        created_at: time_of_ms(row.get(created)),
     })
+}
+
+/// How a user's groups are stored.
+pub(crate) fn groups_json(groups: &[GroupName]) -> String {
+    to_body(&groups.iter().map(GroupName::as_str).collect::<Vec<_>>())
 }
 
 /// Reads the JSON `body` column of a request or grant row.

@@ -60,25 +60,24 @@ impl Tx {
         row.map(|r| rows::user(&r)).transpose()
     }
 
+    /// Adds a user; `subject` is the identity provider's id for users signed in by single
+    /// sign-on.
     pub async fn insert_user(
         &mut self,
         name: &UserName,
         groups: &[GroupName],
         service: bool,
-        token_hash: &str,
+        subject: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let groups: Vec<&str> = groups.iter().map(GroupName::as_str).collect();
-        sqlx::query(
-            "INSERT INTO users (name, groups_json, service, disabled, token_hash, created_ms) VALUES (?, ?, ?, 0, ?, ?)",
-        )
-        .bind(name.as_str())
-        .bind(to_body(&groups))
-        .bind(service)
-        .bind(token_hash)
-        .bind(ms(now))
-        .execute(&mut *self.inner)
-        .await?;
+        sqlx::query("INSERT INTO users (name, groups_json, service, disabled, created_ms, subject) VALUES (?, ?, ?, 0, ?, ?)")
+            .bind(name.as_str())
+            .bind(rows::groups_json(groups))
+            .bind(service)
+            .bind(ms(now))
+            .bind(subject)
+            .execute(&mut *self.inner)
+            .await?;
         Ok(())
     }
 
@@ -125,6 +124,12 @@ impl Tx {
             .bind(user.as_str())
             .fetch_all(&mut *self.inner)
             .await?;
+        rows.iter().map(rows::body).collect()
+    }
+
+    /// Every grant in state `active` (some may be past their end until the next sweep).
+    pub async fn active_grants(&mut self) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query("SELECT id, body FROM grants WHERE state = 'active'").fetch_all(&mut *self.inner).await?;
         rows.iter().map(rows::body).collect()
     }
 

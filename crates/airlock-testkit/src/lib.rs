@@ -5,6 +5,7 @@
 //! whole gateway against a throwaway cluster, for the gateway's tests and its bench.
 
 pub mod gateway;
+pub mod oidc;
 
 use std::future::Future;
 use std::path::Path;
@@ -33,6 +34,8 @@ pub fn caller(name: &str, groups: &[&str]) -> Caller {
             service: false,
         },
         source_ip: [127, 0, 0, 1].into(),
+        mfa_at: None,
+        token: None,
     }
 }
 
@@ -53,6 +56,8 @@ pub async fn broker(dir: &Path, catalog: &str, clock: Arc<dyn Clock>) -> Broker 
         auditors: vec!["sre".parse().expect("a group name")],
         breakglass: Default::default(),
         incidents: Default::default(),
+        identity: Default::default(),
+        mfa: Default::default(),
     };
     let key = load_or_create_key(&dir.join("data")).expect("the broker's key");
     Broker::new(store, bundle, clock, settings, key)

@@ -45,10 +45,17 @@ pub async fn open_serving_broker(files: &Files) -> Result<(Broker, Config, Optio
     open(files, Notifications::AsConfigured).await
 }
 
-async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Config, Option<Notifier>), Failure> {
-    let config = Config::load(&files.config)?;
+/// The configuration's policy bundle, with the incident playbooks checked against its catalog:
+/// at start, and when `serve` reads the policies again.
+pub fn load_bundle(config: &Config) -> anyhow::Result<PolicyBundle> {
     let bundle = PolicyBundle::load(&config.policy)?;
     check_playbooks(&config.incidents.playbooks, &bundle.catalog).map_err(|e| anyhow!("[incidents] {e}"))?;
+    Ok(bundle)
+}
+
+async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Config, Option<Notifier>), Failure> {
+    let config = Config::load(&files.config)?;
+    let bundle = load_bundle(&config)?;
     // Before the store: channels whose URL or secret cannot be read stop `serve` from starting.
     let notifier = match notifications {
         Notifications::Off => None,

@@ -6,6 +6,7 @@
 //! - [`audit`]: `airlock audit`: tail, verify (by the broker, or offline from an export), export, key;
 //! - [`local`]: commands that work on files (the config, policies, the data directory);
 //! - [`serve`]: the broker process: store, scheduler, HTTP API and PostgreSQL connector;
+//! - [`reload`]: the policies `serve` puts in force at start and reads again on SIGHUP;
 //! - [`gateway`]: the PostgreSQL gateway's parts from the configuration;
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
@@ -28,6 +29,7 @@ mod gateway;
 mod incident;
 mod local;
 mod output;
+mod reload;
 mod remote;
 mod remote_authority;
 mod report;

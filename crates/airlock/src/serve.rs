@@ -1,7 +1,8 @@
 //! `airlock serve`: the store, the signing key, the policies, the expiry scheduler, the audit
 //! checkpointer, the API, the PostgreSQL connector when the catalog names PostgreSQL targets, the
 //! gateway when the configuration has a `[gateway]` section, and webhook notifications when
-//! `[notify]` has channels; and the Prometheus recorder that `/metrics` renders.
+//! `[notify]` has channels; and the Prometheus recorder that `/metrics` renders. The policies are
+//! recorded before anything serves, and read again on SIGHUP ([`crate::reload`]).
 
 use std::net::SocketAddr;
 
@@ -13,11 +14,13 @@ use airlock_postgres::reconciler::{Reconciler, Target};
 use airlock_postgres::roles::RoleKey;
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::Outcome;
 use crate::cli::Files;
 use crate::local::open_serving_broker;
+use crate::reload::{self, Targets};
 use crate::{gateway, throwaway};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
@@ -26,6 +29,11 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     // First: what happens before the recorder is installed is not counted.
     let metrics = airlock_http::metrics::install().context("cannot set up the metrics")?;
     let (broker, config, notifier) = open_serving_broker(files).await?;
+    // Before anything serves: grants the policies no longer allow end before they can be used.
+    let loaded = broker.load_policies(broker.policies()).await.context("cannot put the policies in force")?;
+    reload::log_loaded(&loaded);
+    // Watched from now on: SIGHUP's default action would end the process.
+    let hangups = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let listen =
         listen.or(config.broker.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -67,6 +75,8 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
         }
         None => None,
     };
+    let built_from = Targets::of(&broker.policies().catalog);
+    let reloader = tokio::spawn(reload::run(broker.clone(), config.clone(), built_from, hangups, stopped.clone()));
     let connector = if targets.is_empty() {
         None
     } else {
@@ -85,6 +95,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     let state = AppState { broker, gateway: gateway.as_ref().map(|(address, _)| *address), metrics: Some(metrics) };
     airlock_http::serve(listener, state, shutdown_signal()).await.context("the HTTP server failed")?;
     let _ = stop.send(true);
+    let _ = reloader.await;
     let _ = scheduler.await;
     if let Some((_, gateway)) = gateway {
         let _ = gateway.await;

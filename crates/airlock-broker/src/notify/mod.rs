@@ -44,6 +44,7 @@ pub use format::Format;
 pub use notice::NoticeKind;
 
 use crate::Broker;
+use crate::bundle::PolicyBundle;
 use crate::config::{ChannelSection, NotifySection, RouteSection, UrlSource, is_http_url};
 use crate::metrics::{NOTIFICATION_QUEUE_DROPPED, NOTIFICATIONS};
 use crate::outbound;
@@ -240,19 +241,7 @@ impl Route {
         let name = &section.channel;
         let channel =
             channels.iter().position(|c| &c.name == name).ok_or_else(|| NotifyError::UnknownChannel(name.clone()))?;
-        for resource in section.resources.iter().flatten() {
-            if catalog.resource(resource).is_none() {
-                return Err(NotifyError::UnknownResource { channel: name.clone(), resource: resource.clone() });
-            }
-        }
-        for environment in section.environments.iter().flatten() {
-            if !catalog.resources().any(|r| &r.environment == environment) {
-                return Err(NotifyError::UnknownEnvironment {
-                    channel: name.clone(),
-                    environment: environment.clone(),
-                });
-            }
-        }
+        check_places(section, catalog)?;
         Ok(Self {
             channel,
             kinds: section.events.clone(),
@@ -276,6 +265,31 @@ impl Route {
     }
 }
 
+/// Refuses a route that names a resource or an environment `catalog` does not have.
+fn check_places(section: &RouteSection, catalog: &Catalog) -> Result<(), NotifyError> {
+    let name = &section.channel;
+    for resource in section.resources.iter().flatten() {
+        if catalog.resource(resource).is_none() {
+            return Err(NotifyError::UnknownResource { channel: name.clone(), resource: resource.clone() });
+        }
+    }
+    for environment in section.environments.iter().flatten() {
+        if !catalog.resources().any(|r| &r.environment == environment) {
+            return Err(NotifyError::UnknownEnvironment { channel: name.clone(), environment: environment.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Checks `[notify]`'s routes against a catalog about to replace the one they were checked
+/// against at start, as [`Notifier::from_config`] did (without reading channels' secrets again).
+pub fn check_routes(section: &NotifySection, catalog: &Catalog) -> Result<(), NotifyError> {
+    if section.channels.is_empty() {
+        return Ok(());
+    }
+    section.routes.iter().try_for_each(|route| check_places(route, catalog))
+}
+
 /// Where notices go: shared by the commit loop and the `grant_ending` pass.
 #[derive(Clone)]
 struct Router(Arc<Routing>);
@@ -294,18 +308,21 @@ struct ChannelQueue {
 }
 
 impl Router {
-    fn notices(&self) -> Notices<'_> {
-        Notices { catalog: &self.0.broker.policies().catalog, base_url: self.0.base_url.as_deref() }
+    /// Notices made with `policies`' catalog (the broker's, loaded once per use: it may be replaced).
+    fn notices<'a>(&'a self, policies: &'a PolicyBundle) -> Notices<'a> {
+        Notices { catalog: &policies.catalog, base_url: self.0.base_url.as_deref() }
     }
 
     fn committed(&self, records: &[AuditEvent]) {
-        for notice in self.notices().of_commit(records) {
+        let policies = self.0.broker.policies();
+        for notice in self.notices(&policies).of_commit(records) {
             self.send(&notice);
         }
     }
 
     fn grant_ending(&self, grant: &Grant, now: OffsetDateTime) {
-        self.send(&self.notices().grant_ending(grant, now));
+        let policies = self.0.broker.policies();
+        self.send(&self.notices(&policies).grant_ending(grant, now));
     }
 
     /// Hands `notice` to every channel one of whose routes matches it, once per channel.

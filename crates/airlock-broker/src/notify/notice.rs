@@ -514,6 +514,7 @@ mod tests {
             duration: GrantDuration::parse("30m").unwrap(),
             reason: Reason::parse("INC-7").unwrap(),
             incident: None,
+            source_ip: [10, 0, 0, 7].into(),
         };
         let catalog = catalog();
         let role = &catalog.resource(&new.resource).unwrap().roles[&new.role];

@@ -14,7 +14,7 @@ use std::time::Duration;
 use airlock_broker::broker::Settings;
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::clock::{Clock, ManualClock};
-use airlock_broker::config::Config;
+use airlock_broker::config::{Config, MfaSection};
 use airlock_broker::{Broker, Caller};
 use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
@@ -100,13 +100,16 @@ pub fn quickstart_bundle() -> PolicyBundle {
 }
 
 /// Pending requests expire after an hour, `sre` audits, and the quickstart's incident managers and
-/// playbooks.
+/// playbooks. Break-glass needs no second factor here: `tests/identity.rs` tests that it does by
+/// default, so the other tests can break the glass with plain callers.
 pub fn quickstart_settings() -> Settings {
     Settings {
         pending_ttl: GrantDuration::parse("1h").unwrap(),
         auditors: vec!["sre".parse().unwrap()],
         breakglass: Default::default(),
         incidents: quickstart_config().incidents,
+        identity: Default::default(),
+        mfa: MfaSection { breakglass: false, ..Default::default() },
     }
 }
 
@@ -126,6 +129,8 @@ pub fn caller(name: &str, groups: &[&str]) -> Caller {
             service: false,
         },
         source_ip: IpAddr::from([10, 0, 0, 7]),
+        mfa_at: None,
+        token: None,
     }
 }
 

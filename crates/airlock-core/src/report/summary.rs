@@ -415,6 +415,7 @@ mod tests {
             auto_approved: auto,
             break_glass: false,
             incident: None,
+            source_ip: None,
             closure: None,
         }
     }
