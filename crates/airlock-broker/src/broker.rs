@@ -366,8 +366,7 @@ impl Broker {
         resource: &ResourceName,
         role: &RoleName,
     ) -> Result<(&'b Resource, &'b Role), BrokerError> {
-        let found =
-            bundle.catalog.resource(resource).ok_or_else(|| BrokerError::UnknownResource(resource.clone()))?;
+        let found = bundle.catalog.resource(resource).ok_or_else(|| BrokerError::UnknownResource(resource.clone()))?;
         let role = found
             .roles
             .get(role)
@@ -571,11 +570,11 @@ impl Broker {
         let (mut tx, mut request) = self.request_for_review(caller, id, now).await?;
         // Loaded inside the transaction: policies are replaced only while holding it.
         let bundle = self.policies();
+        let decision = Self::decide(&bundle, Action::Approve, caller, &request, now);
         let sensitive = bundle.catalog.resource(&request.resource).is_some_and(|r| r.sensitive);
-        if sensitive && self.settings.mfa.sensitive_approvals {
+        if decision.allowed && sensitive && self.settings.mfa.sensitive_approvals {
             self.require_fresh_mfa(caller, now, "approving access to a sensitive resource")?;
         }
-        let decision = Self::decide(&bundle, Action::Approve, caller, &request, now);
         let outcome = request.approve(
             &caller.principal.name,
             &decision,

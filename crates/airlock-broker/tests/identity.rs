@@ -39,9 +39,10 @@ async fn spawn_with(settings: Settings, catalog_sensitive: bool) -> App {
     let clock = Arc::new(ManualClock::new(T0));
     let mut bundle = quickstart_bundle();
     if catalog_sensitive {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart/catalog.toml"))
-            .unwrap()
-            .replace("environment = \"prod\"", "environment = \"prod\"\nsensitive = true");
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart/catalog.toml"))
+                .unwrap()
+                .replace("environment = \"prod\"", "environment = \"prod\"\nsensitive = true");
         bundle.catalog = airlock_core::catalog::Catalog::parse(&text).unwrap();
     }
     let key = airlock_broker::secrets::load_or_create_key(dir.path()).unwrap();
@@ -161,7 +162,8 @@ async fn a_login_provisions_follows_the_providers_groups_and_refreshes_once_per_
     // The access token lives 15 minutes; the refresh gives a new pair and new groups.
     app.advance(Duration::minutes(16));
     assert!(matches!(refused(app.broker.authenticate(&login.access_token, IP).await), BrokerError::Unauthenticated));
-    let next = app.broker.refresh_login(&login.refresh_token, idp_says("sub-1", "frank", &["eng", "sre"])).await.unwrap();
+    let next =
+        app.broker.refresh_login(&login.refresh_token, idp_says("sub-1", "frank", &["eng", "sre"])).await.unwrap();
     let (frank, _) = app.broker.authenticate(&next.access_token, IP).await.unwrap();
     assert_eq!(frank.principal.groups, groups(&["eng", "sre"]));
     assert_eq!((next.login, next.expires_at), (login.login, login.expires_at));
@@ -170,7 +172,10 @@ async fn a_login_provisions_follows_the_providers_groups_and_refreshes_once_per_
     let replay = app.broker.refresh_login(&login.refresh_token, no_idp).await;
     assert!(matches!(refused(replay), BrokerError::RefreshRefused));
     assert!(matches!(refused(app.broker.authenticate(&next.access_token, IP).await), BrokerError::Unauthenticated));
-    assert!(matches!(refused(app.broker.refresh_login(&next.refresh_token, no_idp).await), BrokerError::RefreshRefused));
+    assert!(matches!(
+        refused(app.broker.refresh_login(&next.refresh_token, no_idp).await),
+        BrokerError::RefreshRefused
+    ));
 
     // Signing in again finds the same person by subject, whatever name the provider sends now.
     let again = app.broker.sign_in(signed_in("sub-1", "frank2", &["eng"], None), IP).await.unwrap();
@@ -199,12 +204,18 @@ async fn logins_end_at_logout_when_idle_at_their_end_and_when_the_provider_refus
     let (frank, _) = app.broker.authenticate(&first.access_token, IP).await.unwrap();
     app.broker.logout(&frank).await.unwrap();
     assert!(matches!(refused(app.broker.authenticate(&first.access_token, IP).await), BrokerError::Unauthenticated));
-    assert!(matches!(refused(app.broker.refresh_login(&first.refresh_token, no_idp).await), BrokerError::RefreshRefused));
+    assert!(matches!(
+        refused(app.broker.refresh_login(&first.refresh_token, no_idp).await),
+        BrokerError::RefreshRefused
+    ));
 
     // Idle: unused for 30 minutes, the login ends, and the scheduler's pass records it.
     let idle = app.broker.sign_in(signed_in("sub-1", "frank", &["eng"], None), IP).await.unwrap();
     app.advance(Duration::minutes(31));
-    assert!(matches!(refused(app.broker.refresh_login(&idle.refresh_token, no_idp).await), BrokerError::RefreshRefused));
+    assert!(matches!(
+        refused(app.broker.refresh_login(&idle.refresh_token, no_idp).await),
+        BrokerError::RefreshRefused
+    ));
     assert_eq!(app.broker.end_lapsed_logins().await.unwrap(), 1);
     assert_eq!(app.broker.end_lapsed_logins().await.unwrap(), 0);
 

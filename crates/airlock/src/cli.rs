@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::{Outcome, audit, breakglass, connect, gateway, incident, local, remote, report, serve};
+use crate::{Outcome, audit, breakglass, connect, gateway, identity, incident, local, remote, report, serve};
 
 /// A time on the command line: RFC 3339 (`2026-11-01T09:00:00Z`), or a date (midnight UTC).
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -103,6 +103,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Your TOTP second factor: enroll an authenticator app, confirm it, prove a code.
+    Mfa {
+        #[command(subcommand)]
+        command: MfaCommand,
+    },
     /// Show who the API token belongs to.
     Whoami {
         #[command(flatten)]
@@ -134,6 +139,10 @@ pub enum Command {
         id: String,
         #[arg(long)]
         comment: Option<String>,
+        /// A code from your authenticator app, proved first (approving on a sensitive resource
+        /// needs a fresh second factor).
+        #[arg(long, value_name = "CODE")]
+        otp: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -197,6 +206,10 @@ pub enum Command {
         /// An open incident the emergency is part of: the grant ends when the incident closes.
         #[arg(long, value_name = "ID")]
         incident: Option<String>,
+        /// A code from your authenticator app, proved first (break-glass needs a fresh second
+        /// factor).
+        #[arg(long, value_name = "CODE")]
+        otp: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -265,6 +278,60 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage API tokens: more than one per user, with scopes and expiry; rotate and revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make another API token for a user and print it, once, alone on standard output.
+    Create {
+        user: String,
+        /// What the token may be used for (repeatable): read, request, review, incidents,
+        /// audit, gateway. Default: everything.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// How long it works, e.g. `90d` (default: until revoked).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Replace a token with a new one (same user, scopes and lifetime): the old one stops
+    /// working at once. TOKEN is its id, or the name of a user holding exactly one.
+    Rotate { token: String },
+    /// End a token now. TOKEN is its id, or the name of a user holding exactly one.
+    Revoke { token: String },
+    /// A user's tokens, ended ones included.
+    List {
+        user: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MfaCommand {
+    /// Start enrolling an authenticator app: prints a QR code and its otpauth:// URI, once.
+    Enroll {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Finish enrolling with the first code the app shows (it also counts as a step-up).
+    Confirm {
+        code: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Prove a code for your token: for a while (`[mfa] fresh_for`), what needs a fresh second
+    /// factor is allowed, and policies see `context.mfa`.
+    Verify {
+        code: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,8 +346,10 @@ pub enum UserCommand {
         #[arg(long)]
         service: bool,
     },
-    /// Disable a user, ending all their pending requests and live grants at once.
+    /// Disable a user, ending all their pending requests, live grants, tokens and logins at once.
     Disable { name: String },
+    /// Remove a user's authenticator (a lost phone): they enroll again with `airlock mfa enroll`.
+    ResetMfa { name: String },
     /// Lift the bar a rejected break-glass review put on a user.
     AllowBreakglass { name: String },
 }
@@ -459,16 +528,21 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Admin { files, command } => local::admin(&files, command).await,
         Command::Policy { config, command } => local::policy(&config, command),
         Command::Whoami { remote } => remote::whoami(&remote).await,
+        Command::Mfa { command } => identity::mfa(command).await,
         Command::Request { resource, role, duration, reason, wait, incident, remote } => {
             remote::request(&remote, CreateRequest { resource, role, duration, reason, incident }, wait).await
         }
-        Command::Approve { id, comment, remote } => remote::approve(&remote, &id, comment).await,
+        Command::Approve { id, comment, otp, remote } => {
+            identity::step_up(&remote, otp).await?;
+            remote::approve(&remote, &id, comment).await
+        }
         Command::Deny { id, reason, remote } => remote::deny(&remote, &id, reason).await,
         Command::Cancel { id, remote } => remote::cancel(&remote, &id).await,
         Command::Requests { pending, mine, remote } => remote::requests(&remote, pending, mine).await,
         Command::Grants { active, mine, remote } => remote::grants(&remote, active, mine).await,
         Command::Revoke { grant_id, reason, remote } => remote::revoke(&remote, &grant_id, reason).await,
-        Command::Breakglass { resource, role, reason, duration, incident, remote } => {
+        Command::Breakglass { resource, role, reason, duration, incident, otp, remote } => {
+            identity::step_up(&remote, otp).await?;
             breakglass::break_glass(&remote, BreakGlassBody { resource, role, reason, duration, incident }).await
         }
         Command::Incident { command } => incident::run(command).await,

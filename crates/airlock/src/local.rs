@@ -21,7 +21,7 @@ use crate::cli::{AdminCommand, Files, PolicyCommand, UserCommand};
 use crate::{Failure, Outcome};
 
 /// The actor recorded for changes made with `airlock admin`.
-fn admin_actor() -> String {
+pub(crate) fn admin_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     format!("admin:{user}")
 }
@@ -75,7 +75,7 @@ async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Co
     Ok((Broker::new(store, bundle, Arc::new(SystemClock), settings, key), config, notifier))
 }
 
-fn refused_or_usage(error: BrokerError) -> Failure {
+pub(crate) fn refused_or_usage(error: BrokerError) -> Failure {
     match error.kind() {
         airlock_broker::ErrorKind::Internal => Failure::Usage(error.into()),
         _ => Failure::Refused(error.to_string()),
@@ -83,7 +83,10 @@ fn refused_or_usage(error: BrokerError) -> Failure {
 }
 
 pub async fn admin(files: &Files, command: AdminCommand) -> Outcome {
-    let AdminCommand::User { command } = command;
+    let command = match command {
+        AdminCommand::User { command } => command,
+        AdminCommand::Token { command } => return crate::identity::token(files, command).await,
+    };
     match command {
         UserCommand::Add { name, groups, service } => {
             let name = UserName::parse(&name).map_err(|e| anyhow!("{e}"))?;
@@ -102,11 +105,12 @@ pub async fn admin(files: &Files, command: AdminCommand) -> Outcome {
             let (broker, _) = open_broker(files).await?;
             let done = broker.disable_user(&name, &admin_actor()).await.map_err(refused_or_usage)?;
             println!(
-                "disabled `{name}`: {} pending request(s) cancelled, {} grant(s) revoked",
-                done.requests_cancelled, done.grants_revoked
+                "disabled `{name}`: {} pending request(s) cancelled, {} grant(s) revoked, {} token(s) and login(s) ended",
+                done.requests_cancelled, done.grants_revoked, done.tokens_ended
             );
             Ok(())
         }
+        UserCommand::ResetMfa { name } => crate::identity::reset_mfa(files, &name).await,
         UserCommand::AllowBreakglass { name } => {
             let name = UserName::parse(&name).map_err(|e| anyhow!("{e}"))?;
             let (broker, _) = open_broker(files).await?;

@@ -10,6 +10,7 @@
 //! - [`gateway`]: the PostgreSQL gateway's parts from the configuration;
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
+//! - [`identity`]: API tokens (`admin token`) and the TOTP second factor (`mfa`, `--otp`);
 //! - [`breakglass`]: emergency access and the reviews it owes;
 //! - [`incident`]: incidents opened and closed, and their post-mortem report;
 //! - [`connect`]: gateway credentials and `psql` through the gateway;
@@ -26,6 +27,7 @@ mod cli;
 mod client;
 mod connect;
 mod gateway;
+mod identity;
 mod incident;
 mod local;
 mod output;

@@ -299,10 +299,35 @@ fn deny_and_cancel() {
     assert_eq!(app.request_as("bob", second_id)["state"], "cancelled");
 }
 
+/// Enrolls an authenticator for `user` through the CLI, as a person with a phone would: the
+/// enrollment's URI goes into the "app" (totp-rs here), whose first code confirms it. Returns the
+/// app.
+fn enroll_mfa(app: &TestApp, user: &str) -> totp_rs::Totp {
+    let enrollment = app.json(user, &["mfa", "enroll"]);
+    let phone = totp_rs::Totp::from_url(str_of(&enrollment, "otpauth_uri")).expect("an otpauth URI");
+    let code = phone.generate(time::OffsetDateTime::now_utc().unix_timestamp() as u64).to_string();
+    let confirmed = app.airlock(user, &["mfa", "confirm", &code]);
+    assert_exit(&confirmed, 0);
+    assert!(stdout(&confirmed).contains("enrolled; fresh until"), "{}", stdout(&confirmed));
+    // The same code again is a replay.
+    let replayed = app.airlock(user, &["mfa", "verify", &code]);
+    assert_exit(&replayed, 1);
+    assert!(stderr(&replayed).contains("already used"), "{}", stderr(&replayed));
+    assert_exit(&app.airlock(user, &["mfa", "verify", "12345"]), 2);
+    assert_eq!(app.json(user, &["whoami"])["mfa_fresh"], true);
+    phone
+}
+
 #[test]
 fn break_glass_is_granted_at_once_and_answered_for_afterwards() {
     let app = spawn_app();
     let emergency = ["breakglass", "demo-db", "--reason", "INC-77: orders table locked"];
+
+    // Break-glass needs a fresh second factor: dana enrolls an authenticator first.
+    let without = app.airlock("dana", &[&emergency[..], &["--role", "write"]].concat());
+    assert_exit(&without, 1);
+    assert!(stderr(&without).contains("needs a fresh second factor"), "{}", stderr(&without));
+    enroll_mfa(&app, "dana");
 
     let broken = app.json("dana", &[&emergency[..], &["--role", "write", "--for", "4h"]].concat());
     assert_eq!(broken["request"]["state"], "approved");
@@ -353,6 +378,62 @@ fn break_glass_is_granted_at_once_and_answered_for_afterwards() {
     assert!(unreviewed.iter().all(|u| u["holder"] == "dana" && u["overdue"] == false));
     let text = app.airlock("bob", &["report"]);
     assert!(stdout(&text).contains("break-glass grants lacking review: 2"), "{}", stdout(&text));
+}
+
+#[test]
+fn api_tokens_are_scoped_expire_rotate_and_revoke() {
+    let app = spawn_app();
+    let created = app.admin(&["token", "create", "alice", "--scope", "read", "--scope", "request", "--expires", "90d"]);
+    assert_exit(&created, 0);
+    let ci_token = stdout(&created).trim().to_owned();
+    assert!(ci_token.starts_with("airlock_"), "the token alone on stdout: {ci_token:?}");
+    assert!(stderr(&created).contains("scopes read,request, expires"), "{}", stderr(&created));
+
+    let as_ci = |args: &[&str]| app.airlock_with(Some(&ci_token), &app.url, args);
+    assert_exit(&as_ci(&["requests"]), 0);
+    // The attack: a CI token used to approve, or to read the audit trail, is refused by scope.
+    let approve = as_ci(&["approve", &uuid::Uuid::new_v4().to_string()]);
+    assert_exit(&approve, 1);
+    assert!(stderr(&approve).contains("does not hold the `review` scope"), "{}", stderr(&approve));
+    assert_exit(&as_ci(&["audit", "tail"]), 1);
+
+    let listed = json_of(&app.admin(&["token", "list", "alice", "--json"]));
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|t| str_of(t, "id")).collect();
+    assert_eq!(ids.len(), 2, "the first token and the CI one: {listed}");
+    let ci_id = ids[0];
+    assert_eq!(listed[0]["scopes"], json!(["read", "request"]));
+
+    // Rotation: the old token stops working at once, the new one has the same scopes.
+    let rotated = app.admin(&["token", "rotate", ci_id]);
+    assert_exit(&rotated, 0);
+    let new_token = stdout(&rotated).trim().to_owned();
+    let stolen = as_ci(&["whoami"]);
+    assert_exit(&stolen, 1);
+    assert!(stderr(&stolen).contains("invalid API token"), "{}", stderr(&stolen));
+    let as_new = |args: &[&str]| app.airlock_with(Some(&new_token), &app.url, args);
+    assert_eq!(json_of(&as_new(&["whoami", "--json"]))["name"], "alice");
+    assert_exit(&as_new(&["audit", "tail"]), 1);
+    assert_exit(&app.admin(&["token", "rotate", ci_id]), 1);
+
+    // By user name when they hold exactly one live token; ambiguous otherwise.
+    assert_exit(&app.admin(&["token", "revoke", "alice"]), 2);
+    let new_id = str_of(&json_of(&app.admin(&["token", "list", "alice", "--json"]))[0], "id").to_owned();
+    assert_exit(&app.admin(&["token", "revoke", &new_id]), 0);
+    assert_exit(&as_new(&["whoami"]), 1);
+    assert_exit(&app.admin(&["token", "create", "alice", "--scope", "root"]), 2);
+    assert_exit(&app.admin(&["token", "create", "alice", "--expires", "soonish"]), 2);
+    assert_exit(&app.admin(&["token", "create", "nobody"]), 1);
+
+    let kinds: Vec<String> = app
+        .json("bob", &["audit", "tail", "-n", "50"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| str_of(r, "kind").to_owned())
+        .collect();
+    for kind in ["token.created", "token.rotated", "token.revoked"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
 }
 
 #[test]
@@ -635,6 +716,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/openapi.json", "get"),
     ("/v1/whoami", "get"),
     ("/v1/keys", "get"),
+    ("/v1/mfa/enroll", "post"),
+    ("/v1/mfa/confirm", "post"),
+    ("/v1/mfa/verify", "post"),
+    ("/v1/logout", "post"),
     ("/v1/requests", "get"),
     ("/v1/requests", "post"),
     ("/v1/requests/{id}", "get"),
