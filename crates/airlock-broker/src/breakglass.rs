@@ -79,6 +79,7 @@ impl Broker {
             reason: input.reason,
             incident,
             source_ip: caller.source_ip,
+            mfa: self.has_fresh_mfa(caller, now),
         };
         let decision = ask(bundle, Action::BreakGlass, &caller.principal, resource, &new.facts(now), None);
         let grant_id = GrantId::from_uuid(Uuid::now_v7());
@@ -137,7 +138,7 @@ impl Broker {
             return Err(not_found());
         }
         let allowed =
-            self.is_auditor(caller) || Self::decide(&self.policies(), Action::Approve, caller, &request, now).allowed;
+            self.is_auditor(caller) || self.decide(&self.policies(), Action::Approve, caller, &request, now).allowed;
         let mut reviewed = review.answer(&caller.principal.name, allowed, verdict, comment, now)?;
         let bars = review.state == ReviewState::Rejected && self.settings.breakglass.reject_bars_holder;
         reviewed.details["bars_holder"] = json!(bars);

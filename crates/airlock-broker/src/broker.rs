@@ -376,6 +376,7 @@ impl Broker {
 
     /// Asks `bundle`'s policies about `request` on behalf of `caller`.
     pub(crate) fn decide(
+        &self,
         bundle: &PolicyBundle,
         action: Action,
         caller: &Caller,
@@ -393,6 +394,7 @@ impl Broker {
             now,
             source_ip: caller.source_ip,
             incident: request.incident.as_ref(),
+            mfa: self.has_fresh_mfa(caller, now),
         };
         bundle.engine.decide(action, &caller.principal, resource, &facts)
     }
@@ -411,7 +413,7 @@ impl Broker {
     pub(crate) fn may_see(&self, caller: &Caller, request: &AccessRequest, now: OffsetDateTime) -> bool {
         request.requester == caller.principal.name
             || self.is_auditor(caller)
-            || Self::decide(&self.policies(), Action::Approve, caller, request, now).allowed
+            || self.decide(&self.policies(), Action::Approve, caller, request, now).allowed
     }
 
     /// Opens a request; an auto-approved one comes back with its grant.
@@ -453,6 +455,7 @@ impl Broker {
             reason: input.reason,
             incident: incident.as_ref().map(|i| i.reference()),
             source_ip: caller.source_ip,
+            mfa: self.has_fresh_mfa(caller, now),
         };
         let facts = new.facts(now);
         let request_decision = ask(bundle, Action::Request, &caller.principal, resource, &facts, playbook);
@@ -570,7 +573,7 @@ impl Broker {
         let (mut tx, mut request) = self.request_for_review(caller, id, now).await?;
         // Loaded inside the transaction: policies are replaced only while holding it.
         let bundle = self.policies();
-        let decision = Self::decide(&bundle, Action::Approve, caller, &request, now);
+        let decision = self.decide(&bundle, Action::Approve, caller, &request, now);
         let sensitive = bundle.catalog.resource(&request.resource).is_some_and(|r| r.sensitive);
         if decision.allowed && sensitive && self.settings.mfa.sensitive_approvals {
             self.require_fresh_mfa(caller, now, "approving access to a sensitive resource")?;
@@ -600,7 +603,7 @@ impl Broker {
     pub async fn deny(&self, caller: &Caller, id: &str, reason: Reason) -> Result<AccessRequest, BrokerError> {
         let now = self.clock.now();
         let (mut tx, mut request) = self.request_for_review(caller, id, now).await?;
-        let decision = Self::decide(&self.policies(), Action::Approve, caller, &request, now);
+        let decision = self.decide(&self.policies(), Action::Approve, caller, &request, now);
         let event = request.deny(&caller.principal.name, &decision, &reason, now)?;
         tx.update_request(&request).await?;
         tx.append(vec![event]).await?;

@@ -332,7 +332,8 @@ async fn break_glass_and_sensitive_approvals_need_a_fresh_second_factor() {
     let phone = app_of(&app.broker.enroll_mfa(&dana).await.unwrap());
     app.broker.confirm_mfa(&dana, &code(&phone, app.clock.now())).await.unwrap();
     let (dana, _) = app.broker.authenticate(&dana_token, IP).await.unwrap();
-    app.broker.break_glass(&dana, emergency()).await.expect("fresh: allowed");
+    let broken = app.broker.break_glass(&dana, emergency()).await.expect("fresh: allowed");
+    assert!(broken.request.mfa, "the policies were told, and the request records, a fresh factor");
 
     // Fifteen minutes later the proof is stale again.
     app.advance(Duration::minutes(15));

@@ -119,6 +119,7 @@ fn main() {
             now: time::macros::datetime!(2026-11-23 10:00 UTC),
             source_ip: "10.0.0.1".parse().unwrap(),
             incident: None,
+            mfa: false,
         };
         let iterations = 20_000;
         let (one_p50, one_p99, _) =

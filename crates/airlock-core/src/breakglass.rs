@@ -202,6 +202,7 @@ mod tests {
             reason: Reason::parse("INC-9 orders stuck").unwrap(),
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
+            mfa: false,
         };
         AccessRequest::break_glass(new, &role(), &decision(true), "v1", T0, GrantId::from_uuid(Uuid::from_u128(2)))
     }
@@ -239,6 +240,7 @@ mod tests {
             reason: Reason::parse("just because").unwrap(),
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
+            mfa: false,
         };
         let refused =
             AccessRequest::break_glass(new, &role(), &decision(false), "v1", T0, GrantId::from_uuid(Uuid::nil()));

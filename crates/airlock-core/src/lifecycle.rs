@@ -138,6 +138,9 @@ pub struct AccessRequest {
     /// recorded before addresses were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<IpAddr>,
+    /// Whether the requester had proved a fresh second factor when they asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mfa: bool,
     /// Set once the request is denied, cancelled or expired.
     pub closure: Option<Closure>,
 }
@@ -172,6 +175,8 @@ pub struct NewRequest {
     pub incident: Option<IncidentRef>,
     /// Where the requester asks from.
     pub source_ip: IpAddr,
+    /// Whether the requester proved a fresh second factor.
+    pub mfa: bool,
 }
 
 impl NewRequest {
@@ -185,6 +190,7 @@ impl NewRequest {
             now,
             source_ip: self.source_ip,
             incident: self.incident.as_ref(),
+            mfa: self.mfa,
         }
     }
 }
@@ -316,6 +322,7 @@ impl AccessRequest {
             break_glass: false,
             incident: new.incident,
             source_ip: Some(new.source_ip),
+            mfa: new.mfa,
             closure: None,
         })
     }
@@ -333,6 +340,7 @@ impl AccessRequest {
             now,
             source_ip: self.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             incident: self.incident.as_ref(),
+            mfa: self.mfa,
         }
     }
 
@@ -560,6 +568,7 @@ mod tests {
             reason: Reason::parse("INC-7").unwrap(),
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
+            mfa: false,
         };
         let auto = if auto { allow() } else { deny() };
         AccessRequest::open(new, &role(approvals), &allow(), &auto, "v1", T0, time::Duration::HOUR, gid(9))

@@ -110,6 +110,8 @@ pub struct Facts<'a> {
     pub source_ip: IpAddr,
     /// The open incident the request is made for.
     pub incident: Option<&'a IncidentRef>,
+    /// Whether the caller proved a second factor recently.
+    pub mfa: bool,
 }
 
 /// A policy decision and the policies that made it.
@@ -390,6 +392,7 @@ impl PolicyEngine {
                 ("hour".to_owned(), RestrictedExpression::new_long(i64::from(facts.now.hour()))),
                 ("weekday".to_owned(), RestrictedExpression::new_string(weekday)),
                 ("source_ip".to_owned(), source_ip),
+                ("mfa".to_owned(), RestrictedExpression::new_bool(facts.mfa)),
             ]
             .into_iter()
             .chain(incident),
@@ -441,6 +444,7 @@ mod tests {
             now: time::macros::datetime!(2026-11-23 10:00 UTC),
             source_ip: "127.0.0.1".parse().unwrap(),
             incident: None,
+            mfa: false,
         };
         engine.decide(action, &principal, catalog.resource(&resource.parse().unwrap()).unwrap(), &facts)
     }

@@ -14,6 +14,7 @@
 //! expect = "allow"
 //! policies = ["oncall-auto-approve-read"]   # optional: the deciding policies
 //! incident = { id = "INC-7", severity = 1 } # optional: the open incident the request names
+//! mfa = true                  # optional: a fresh second factor (default false)
 //! ```
 
 use std::net::IpAddr;
@@ -68,6 +69,9 @@ pub struct Case {
     expect: Expect,
     policies: Option<Vec<String>>,
     incident: Option<IncidentRef>,
+    /// Whether the principal proved a second factor recently (`context.mfa`; default false).
+    #[serde(default)]
+    mfa: bool,
 }
 
 fn default_reason() -> String {
@@ -112,6 +116,7 @@ pub fn run_case(case: &Case, engine: &PolicyEngine, catalog: &Catalog) -> Result
         now: case.at,
         source_ip: case.source_ip,
         incident: case.incident.as_ref(),
+        mfa: case.mfa,
     };
     let decision = engine.decide(action, &principal, resource, &facts);
     let got = if decision.allowed { Expect::Allow } else { Expect::Deny };
@@ -152,7 +157,9 @@ mod tests {
                 file: "p.cedar".into(),
                 text: r#"@id("eng") permit(principal in Group::"eng", action == Action::"request", resource);
                     @id("sev1") permit(principal, action == Action::"auto_approve", resource)
-                      when { context has incident && context.incident.severity <= 1 };"#
+                      when { context has incident && context.incident.severity <= 1 };
+                    @id("mfa") permit(principal in Group::"sre", action == Action::"auto_approve", resource)
+                      when { context.mfa };"#
                     .into(),
             }],
             &catalog,
@@ -205,6 +212,26 @@ mod tests {
             role = "read"
             duration = "5m"
             expect = "deny"
+            [[case]]
+            name = "a fresh second factor skips review"
+            principal = "c"
+            groups = ["sre"]
+            action = "auto_approve"
+            resource = "db"
+            role = "read"
+            duration = "5m"
+            mfa = true
+            expect = "allow"
+            policies = ["mfa"]
+            [[case]]
+            name = "without one it does not"
+            principal = "c"
+            groups = ["sre"]
+            action = "auto_approve"
+            resource = "db"
+            role = "read"
+            duration = "5m"
+            expect = "deny"
             "#,
         )
         .unwrap();
@@ -215,6 +242,8 @@ mod tests {
                 Ok(()),
                 Err("expected allow, got deny (no policy permitted)".into()),
                 Err("resource `db` has no role `write`".into()),
+                Ok(()),
+                Ok(()),
                 Ok(()),
                 Ok(()),
             ]

@@ -515,6 +515,7 @@ mod tests {
             reason: Reason::parse("INC-7").unwrap(),
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
+            mfa: false,
         };
         let catalog = catalog();
         let role = &catalog.resource(&new.resource).unwrap().roles[&new.role];

@@ -416,6 +416,7 @@ mod tests {
             break_glass: false,
             incident: None,
             source_ip: None,
+            mfa: false,
             closure: None,
         }
     }
