@@ -61,8 +61,8 @@ impl Broker {
         Ok((caller, token.scopes))
     }
 
-    /// Adds a user and returns their first API token (every scope, no expiry), which is never
-    /// stored or shown again.
+    /// Adds a user and returns their first API token (every scope, no expiry, named in the
+    /// `user.added` record), which is never stored or shown again.
     pub async fn add_user(
         &self,
         name: &UserName,
@@ -76,11 +76,9 @@ impl Broker {
             return Err(BrokerError::UserExists(name.clone()));
         }
         tx.insert_user(name, groups, service, None, now).await?;
-        let details = json!({ "user": name, "groups": groups, "service": service });
-        let mut events = vec![AuditEvent { kind: EventKind::UserAdded, actor: actor.to_owned(), at: now, details }];
         let issued = Self::issue_api_token(&mut tx, name, &Scopes::All, None, now).await?;
-        events.push(token_event(EventKind::TokenCreated, actor, now, &issued.token, None));
-        tx.append(events).await?;
+        let details = json!({ "user": name, "groups": groups, "service": service, "token": issued.token.id });
+        tx.append(vec![AuditEvent { kind: EventKind::UserAdded, actor: actor.to_owned(), at: now, details }]).await?;
         tx.commit().await?;
         Ok(issued.secret)
     }

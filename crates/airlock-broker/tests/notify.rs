@@ -96,6 +96,7 @@ async fn spawn(notify: &str, retry: RetryPolicy) -> Notifying {
     let config = format!(
         "[broker]\npending_ttl = \"1h\"\nauditors = [\"sre\"]\n\n\
          [policy]\ncatalog = \"catalog.toml\"\npolicies = \"{}\"\ntests = \"{}\"\n\n\
+         [mfa]\nbreakglass = false\n\n\
          [notify]\nbase_url = \"https://airlock.example.com/\"\n\n{notify}",
         quickstart.join("policies").display(),
         quickstart.join("policy-tests").display(),

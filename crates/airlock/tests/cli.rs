@@ -544,7 +544,10 @@ fn disabling_a_user_ends_their_requests_and_grants_and_their_token() {
 
     let disable = app.admin(&["user", "disable", "alice"]);
     assert_exit(&disable, 0);
-    assert_eq!(stdout(&disable), "disabled `alice`: 1 pending request(s) cancelled, 1 grant(s) revoked\n");
+    assert_eq!(
+        stdout(&disable),
+        "disabled `alice`: 1 pending request(s) cancelled, 1 grant(s) revoked, 1 token(s) and login(s) ended\n"
+    );
 
     let request = app.request_as("bob", pending_id);
     assert_eq!(request["state"], "cancelled");
