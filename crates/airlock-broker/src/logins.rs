@@ -19,6 +19,9 @@ use time::OffsetDateTime;
 use crate::broker::{Broker, BrokerError, Caller, new_id};
 use crate::secrets;
 
+/// The reason recorded on grants revoked because their holder's groups changed.
+pub const GROUPS_CHANGED: &str = "groups changed at the identity provider";
+
 /// Who the identity provider says signed in.
 #[derive(Debug, Clone)]
 pub struct SignedIn {
@@ -62,7 +65,7 @@ impl Broker {
         let name = match tx.user_by_subject(&who.subject).await? {
             Some(user) if user.disabled => return Err(BrokerError::UserDisabled(user.name)),
             Some(user) => {
-                events.extend(groups_change(&mut tx, &user.name, &user.groups, &who.groups, now).await?);
+                events.extend(self.follow_groups(&mut tx, &user.name, &user.groups, &who.groups, now).await?);
                 user.name
             }
             None => {
@@ -110,8 +113,12 @@ impl Broker {
                 "expires_at": tokens.expires_at,
             }),
         });
+        let revoked = events.iter().any(|e| e.kind == EventKind::GrantRevoked);
         tx.append(events).await?;
         tx.commit().await?;
+        if revoked {
+            self.grants_changed();
+        }
         Ok(tokens)
     }
 
@@ -178,7 +185,7 @@ impl Broker {
         let mut events = Vec::new();
         let mut idp_refresh = None;
         if let Some(renewed) = renewed {
-            events.extend(groups_change(&mut tx, &user.name, &user.groups, &renewed.groups, now).await?);
+            events.extend(self.follow_groups(&mut tx, &user.name, &user.groups, &renewed.groups, now).await?);
             idp_refresh = self.seal_idp_refresh(current.id, renewed.idp_refresh)?;
         }
         let mut tokens = self.new_login_tokens(&user.name, now)?;
@@ -197,9 +204,30 @@ impl Broker {
             },
         )
         .await?;
+        let revoked = events.iter().any(|e| e.kind == EventKind::GrantRevoked);
         tx.append(events).await?;
         tx.commit().await?;
+        if revoked {
+            self.grants_changed();
+        }
         Ok(tokens)
+    }
+
+    /// Sets `user`'s groups to what the identity provider says and, when they changed, revokes
+    /// the live grants the policies would no longer give them (reason [`GROUPS_CHANGED`]):
+    /// somebody who left the on-call group keeps nothing it gave. Returns the audit records.
+    async fn follow_groups(
+        &self,
+        tx: &mut Tx,
+        user: &UserName,
+        before: &[GroupName],
+        after: &[GroupName],
+        now: OffsetDateTime,
+    ) -> Result<Vec<AuditEvent>, BrokerError> {
+        let Some(changed) = groups_change(tx, user, before, after, now).await? else { return Ok(Vec::new()) };
+        let mut events = vec![changed];
+        events.extend(self.revoke_refused_grants_of(tx, user, GROUPS_CHANGED, now).await?);
+        Ok(events)
     }
 
     /// Ends the caller's login.

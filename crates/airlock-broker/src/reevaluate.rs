@@ -190,6 +190,33 @@ impl Broker {
         Ok(PoliciesLoaded { version: bundle.version.clone(), previous, changed: true, revoked })
     }
 
+    /// Asks `user`'s live grants again with the policies in force, in `tx`, after their groups
+    /// changed: returns the revocations of those the policies would no longer give (reason
+    /// `reason`), for the caller to append and commit. Its caller tells the grant watchers.
+    pub(crate) async fn revoke_refused_grants_of(
+        &self,
+        tx: &mut Tx,
+        user: &UserName,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<AuditEvent>, BrokerError> {
+        let bundle = self.policies();
+        let mut seen = Seen::default();
+        let mut revocations = Vec::new();
+        for mut grant in tx.active_grants_of(user).await? {
+            if !grant.is_live(now) {
+                continue;
+            }
+            let Err(refusal) = self.ask_again(tx, &mut seen, &bundle, &grant, now).await? else { continue };
+            let mut event = grant.revoke(SYSTEM_ACTOR, reason, now)?;
+            event.details["policy_version"] = json!(bundle.version);
+            event.details["refusal"] = json!(refusal);
+            tx.update_grant(&grant).await?;
+            revocations.push(event);
+        }
+        Ok(revocations)
+    }
+
     /// [`decide_grant`] for `grant`, with its request, its holder and its incident read in `tx`.
     async fn ask_again(
         &self,

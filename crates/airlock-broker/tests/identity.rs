@@ -187,6 +187,33 @@ async fn a_login_provisions_follows_the_providers_groups_and_refreshes_once_per_
 }
 
 #[tokio::test]
+async fn leaving_a_group_at_the_identity_provider_ends_the_grants_it_gave() {
+    let app = spawn().await;
+    let login =
+        app.broker.sign_in(signed_in("sub-1", "frank", &["eng", "oncall"], Some("idp-refresh-1")), IP).await.unwrap();
+    let (frank, _) = app.broker.authenticate(&login.access_token, IP).await.unwrap();
+    let ask = RequestInput {
+        resource: "demo-db".parse().unwrap(),
+        role: "read".parse().unwrap(),
+        duration: GrantDuration::parse("30m").unwrap(),
+        reason: Reason::parse("replication lag").unwrap(),
+        incident: None,
+    };
+    let (_, grant) = app.broker.create_request(&frank, ask).await.unwrap();
+    let grant = grant.expect("on call: read at once");
+    let mut changes = app.broker.watch_grants();
+    changes.borrow_and_update();
+
+    // Moved to sales at the provider: the next refresh follows, and the grant ends with it.
+    app.advance(Duration::minutes(5));
+    app.broker.refresh_login(&login.refresh_token, idp_says("sub-1", "frank", &["sales"])).await.unwrap();
+    let stored = app.broker.store().grant(&grant.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(stored.state, airlock_core::lifecycle::GrantState::Revoked);
+    assert_eq!(stored.closure.and_then(|c| c.reason).as_deref(), Some(airlock_broker::logins::GROUPS_CHANGED));
+    assert!(changes.has_changed().unwrap(), "gateways are told at once");
+}
+
+#[tokio::test]
 async fn single_sign_on_may_not_take_over_a_local_account_or_anothers_name() {
     let app = spawn().await;
     app.user("alice", &["eng"]).await;

@@ -82,7 +82,7 @@ pub fn log_loaded(loaded: &PoliciesLoaded) {
             previous = loaded.previous.as_deref().unwrap_or("none"),
             grants_revoked = revoked.len(),
             revoked = ?revoked,
-            "new policies in force; grants they no longer allow were revoked"
+            "new policy version in force, every live grant asked again"
         );
     } else {
         tracing::info!(policy_version = %loaded.version, "policies unchanged");

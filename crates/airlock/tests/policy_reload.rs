@@ -90,7 +90,7 @@ fn sighup_revokes_grants_the_new_policies_refuse_and_refuses_a_broken_bundle() {
         (&Value::from("system"), &Value::from("policy change"))
     );
     assert_eq!(app.grant_as("alice", &alice_grant)["state"], "active");
-    logged_after(&app, log_length, "new policies in force");
+    logged_after(&app, log_length, "new policy version in force");
     let changed = policy_version(&app);
     assert_ne!(changed, started);
     let loaded = records_of(&app, "policy.loaded");
