@@ -23,7 +23,8 @@ impl Broker {
         let user = &caller.principal.name;
         let mut seed = [0u8; SEED_BYTES];
         getrandom::fill(&mut seed).map_err(|e| SecretError::Random(e.to_string()))?;
-        let authenticator = Authenticator::new(&seed, &self.settings.mfa.issuer, user.as_str()).map_err(BrokerError::Mfa)?;
+        let authenticator =
+            Authenticator::new(&seed, &self.settings.mfa.issuer, user.as_str()).map_err(BrokerError::Mfa)?;
         let sealed = self.key().seal(user.as_str(), &seed)?;
         let mut tx = self.store().begin().await?;
         if tx.mfa(user).await?.is_some_and(|m| m.confirmed_at.is_some()) {
@@ -52,7 +53,12 @@ impl Broker {
         if !tx.delete_mfa(user).await? {
             return Err(BrokerError::MfaNotEnrolled);
         }
-        let event = AuditEvent { kind: EventKind::MfaReset, actor: actor.to_owned(), at: now, details: json!({ "user": user }) };
+        let event = AuditEvent {
+            kind: EventKind::MfaReset,
+            actor: actor.to_owned(),
+            at: now,
+            details: json!({ "user": user }),
+        };
         tx.append(vec![event]).await?;
         tx.commit().await?;
         Ok(())
@@ -94,7 +100,8 @@ impl Broker {
             (Some(stored), _) => stored,
         };
         let seed = self.key().unseal(user.as_str(), &stored.sealed_seed)?;
-        let authenticator = Authenticator::new(&seed, &self.settings.mfa.issuer, user.as_str()).map_err(BrokerError::Mfa)?;
+        let authenticator =
+            Authenticator::new(&seed, &self.settings.mfa.issuer, user.as_str()).map_err(BrokerError::Mfa)?;
         let (attempts, checked) = authenticator.check(code, now, stored.attempts);
         let confirmed_at = matches!((&checked, proof), (Ok(()), Proof::Confirm)).then_some(now);
         tx.update_mfa(user, &attempts, confirmed_at).await?;

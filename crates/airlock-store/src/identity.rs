@@ -148,7 +148,12 @@ impl Store {
 
     /// Marks a token used at `now` when its last use is older than `before`, so that an API
     /// token in constant use costs one write a minute, not one per call.
-    pub async fn touch_token(&self, id: TokenId, now: OffsetDateTime, before: OffsetDateTime) -> Result<(), StoreError> {
+    pub async fn touch_token(
+        &self,
+        id: TokenId,
+        now: OffsetDateTime,
+        before: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE tokens SET last_used_ms = ? WHERE id = ? AND last_used_ms < ?")
             .bind(ms(now))
             .bind(id.to_string())
@@ -160,12 +165,10 @@ impl Store {
 
     /// A user's tokens, newest first, the ended ones too.
     pub async fn tokens_of(&self, user: &UserName) -> Result<Vec<Token>, StoreError> {
-        let rows = sqlx::query(
-            tokens_where!("WHERE user = ? ORDER BY created_ms DESC, id DESC"),
-        )
-        .bind(user.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(tokens_where!("WHERE user = ? ORDER BY created_ms DESC, id DESC"))
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(token).collect()
     }
 }
@@ -194,12 +197,8 @@ impl Tx {
     }
 
     pub async fn token(&mut self, id: TokenId) -> Result<Option<Token>, StoreError> {
-        let row = sqlx::query(
-            tokens_where!("WHERE id = ?"),
-        )
-        .bind(id.to_string())
-        .fetch_optional(&mut *self.inner)
-        .await?;
+        let row =
+            sqlx::query(tokens_where!("WHERE id = ?")).bind(id.to_string()).fetch_optional(&mut *self.inner).await?;
         row.as_ref().map(token).transpose()
     }
 
@@ -218,12 +217,10 @@ impl Tx {
 
     /// The tokens of `user` that have not ended.
     pub async fn live_tokens_of(&mut self, user: &UserName) -> Result<Vec<Token>, StoreError> {
-        let rows = sqlx::query(
-            tokens_where!("WHERE user = ? AND ended_ms IS NULL ORDER BY created_ms"),
-        )
-        .bind(user.as_str())
-        .fetch_all(&mut *self.inner)
-        .await?;
+        let rows = sqlx::query(tokens_where!("WHERE user = ? AND ended_ms IS NULL ORDER BY created_ms"))
+            .bind(user.as_str())
+            .fetch_all(&mut *self.inner)
+            .await?;
         rows.iter().map(token).collect()
     }
 
@@ -233,9 +230,9 @@ impl Tx {
         now: OffsetDateTime,
         idle_before: OffsetDateTime,
     ) -> Result<Vec<Token>, StoreError> {
-        let rows = sqlx::query(
-            tokens_where!("WHERE kind = 'login' AND ended_ms IS NULL AND (expires_ms <= ? OR last_used_ms < ?)"),
-        )
+        let rows = sqlx::query(tokens_where!(
+            "WHERE kind = 'login' AND ended_ms IS NULL AND (expires_ms <= ? OR last_used_ms < ?)"
+        ))
         .bind(ms(now))
         .bind(ms(idle_before))
         .fetch_all(&mut *self.inner)
@@ -245,21 +242,17 @@ impl Tx {
 
     /// The login a refresh token belongs to, now or before its last renewal.
     pub async fn refresh_lookup(&mut self, refresh_hash: &str) -> Result<RefreshLookup, StoreError> {
-        let current = sqlx::query(
-            tokens_where!("WHERE refresh_hash = ?"),
-        )
-        .bind(refresh_hash)
-        .fetch_optional(&mut *self.inner)
-        .await?;
+        let current = sqlx::query(tokens_where!("WHERE refresh_hash = ?"))
+            .bind(refresh_hash)
+            .fetch_optional(&mut *self.inner)
+            .await?;
         if let Some(row) = current {
             return Ok(RefreshLookup::Current(token(&row)?, row.get("idp_refresh")));
         }
-        let reused = sqlx::query(
-            tokens_where!("WHERE used_refresh_hash = ?"),
-        )
-        .bind(refresh_hash)
-        .fetch_optional(&mut *self.inner)
-        .await?;
+        let reused = sqlx::query(tokens_where!("WHERE used_refresh_hash = ?"))
+            .bind(refresh_hash)
+            .fetch_optional(&mut *self.inner)
+            .await?;
         Ok(match reused {
             Some(row) => RefreshLookup::Reused(token(&row)?),
             None => RefreshLookup::Unknown,

@@ -70,14 +70,16 @@ impl Tx {
         subject: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (name, groups_json, service, disabled, created_ms, subject) VALUES (?, ?, ?, 0, ?, ?)")
-            .bind(name.as_str())
-            .bind(rows::groups_json(groups))
-            .bind(service)
-            .bind(ms(now))
-            .bind(subject)
-            .execute(&mut *self.inner)
-            .await?;
+        sqlx::query(
+            "INSERT INTO users (name, groups_json, service, disabled, created_ms, subject) VALUES (?, ?, ?, 0, ?, ?)",
+        )
+        .bind(name.as_str())
+        .bind(rows::groups_json(groups))
+        .bind(service)
+        .bind(ms(now))
+        .bind(subject)
+        .execute(&mut *self.inner)
+        .await?;
         Ok(())
     }
 
@@ -129,7 +131,8 @@ impl Tx {
 
     /// Every grant in state `active` (some may be past their end until the next sweep).
     pub async fn active_grants(&mut self) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query("SELECT id, body FROM grants WHERE state = 'active'").fetch_all(&mut *self.inner).await?;
+        let rows =
+            sqlx::query("SELECT id, body FROM grants WHERE state = 'active'").fetch_all(&mut *self.inner).await?;
         rows.iter().map(rows::body).collect()
     }
 
