@@ -386,16 +386,8 @@ impl Broker {
         let Some(resource) = bundle.catalog.resource(&request.resource) else {
             return Decision { allowed: false, policies: Vec::new(), errors: vec!["resource left the catalog".into()] };
         };
-        let facts = Facts {
-            role: &request.role,
-            duration: request.duration,
-            reason: request.reason.as_str(),
-            requester: &request.requester,
-            now,
-            source_ip: caller.source_ip,
-            incident: request.incident.as_ref(),
-            mfa: self.has_fresh_mfa(caller, now),
-        };
+        // About the caller deciding (a reviewer): their address and second factor.
+        let facts = Facts { source_ip: caller.source_ip, mfa: self.has_fresh_mfa(caller, now), ..request.facts(now) };
         bundle.engine.decide(action, &caller.principal, resource, &facts)
     }
 
