@@ -120,7 +120,7 @@ impl Broker {
     pub async fn load_policies(&self, bundle: Arc<PolicyBundle>) -> Result<PoliciesLoaded, BrokerError> {
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
-        let last = tx.last_audit_record_of(EventKind::PolicyLoaded.as_str()).await?;
+        let last = tx.last_policy_loaded().await?;
         let previous = last.as_ref().and_then(recorded_version);
         if previous.as_deref() == Some(bundle.version.as_str()) {
             if self.policies().version != bundle.version {

@@ -149,20 +149,34 @@ impl Store {
     }
 }
 
+const LAST_POLICY_LOADED: &str = "SELECT seq, chain_id, prev_hash, hash, at_ms, kind, actor, details FROM audit_events
+     WHERE chain_id = ? AND kind = 'policy.loaded' ORDER BY seq DESC LIMIT 1";
+
 impl Tx {
-    /// The broker chain's last record of `kind` (such as `policy.loaded`), read inside the
-    /// transaction, so that nothing of that kind is appended before it commits. No index names
-    /// kinds: the chain is read backwards from its head until one is found, which suits kinds
-    /// read rarely (once at start, once per reload).
-    pub async fn last_audit_record_of(&mut self, kind: &str) -> Result<Option<ChainRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT seq, chain_id, prev_hash, hash, at_ms, kind, actor, details FROM audit_events
-             WHERE chain_id = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(BROKER_CHAIN)
-        .bind(kind)
-        .fetch_optional(&mut *self.inner)
-        .await?;
+    /// The broker chain's last `policy.loaded` record, read inside the transaction, so that no
+    /// other is appended before it commits; found through its own partial index (migration 0008).
+    pub async fn last_policy_loaded(&mut self) -> Result<Option<ChainRecord>, StoreError> {
+        let row = sqlx::query(LAST_POLICY_LOADED).bind(BROKER_CHAIN).fetch_optional(&mut *self.inner).await?;
         Ok(row.as_ref().map(rows::chain_record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_policy_loaded_is_found_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {LAST_POLICY_LOADED}")))
+            .bind(BROKER_CHAIN)
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        let plan: Vec<String> = plan.iter().map(|row| row.get("detail")).collect();
+        assert!(plan.iter().any(|step| step.contains("audit_events_policy_loaded")), "{plan:?}");
     }
 }
