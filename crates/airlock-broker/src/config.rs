@@ -39,6 +39,15 @@
 //! session_max = "12h"         # a login ends this long after it began, refreshed or not
 //! access_ttl = "15m"          # one access token works this long; the refresh token renews it
 //!
+//! [identity.oidc]           # single sign-on: `airlock login`, and the browser flow (docs/sso.md)
+//! issuer = "https://login.example.com/realms/eng"   # discovery: {issuer}/.well-known/openid-configuration
+//! client_id = "airlock"
+//! client_secret_env = "AIRLOCK_OIDC_SECRET"   # or client_secret_file = "oidc.secret"; never inline
+//! redirect_url = "https://airlock.example.com/v1/login/oidc/callback"   # register it at the provider
+//! groups_claim = "groups"                # the ID token claim with the person's groups
+//! username_claim = "preferred_username"  # the claim with their Airlock user name
+//! scopes = ["openid", "profile", "email", "groups", "offline_access"]   # leave out: these
+//!
 //! [mfa]                       # TOTP second factor (docs/identity.md)
 //! issuer = "Airlock"          # what authenticator apps show
 //! fresh_for = "15m"           # a code proved this recently counts as fresh (context.mfa)
@@ -296,6 +305,8 @@ pub struct IdentitySection {
     /// How long one access token of a login works before the client must refresh it.
     #[serde(default = "default_access_ttl")]
     pub access_ttl: GrantDuration,
+    /// Single sign-on through an OpenID Connect provider; none: logins cannot begin.
+    pub oidc: Option<OidcSection>,
 }
 
 impl Default for IdentitySection {
@@ -304,7 +315,110 @@ impl Default for IdentitySection {
             session_idle: default_session_idle(),
             session_max: default_session_max(),
             access_ttl: default_access_ttl(),
+            oidc: None,
         }
+    }
+}
+
+/// The OpenID Connect provider people sign in with (`[identity.oidc]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "OidcEntry")]
+pub struct OidcSection {
+    /// `https://`, or `http://` on a loopback address (a provider for tests).
+    pub issuer: reqwest::Url,
+    pub client_id: String,
+    /// Never written inline.
+    pub client_secret: SecretSource,
+    pub groups_claim: String,
+    pub username_claim: String,
+    /// `None`: the default scopes of [`crate::oidc::OidcSettings::new`].
+    pub scopes: Option<Vec<String>>,
+    /// The broker's public callback URL, ending in `/v1/login/oidc/callback`, registered at the
+    /// provider exactly.
+    pub redirect_url: reqwest::Url,
+}
+
+/// `[identity.oidc]` as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcEntry {
+    issuer: String,
+    client_id: String,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    #[serde(default = "default_username_claim")]
+    username_claim: String,
+    scopes: Option<Vec<String>>,
+    redirect_url: String,
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".to_owned()
+}
+
+/// The path of the broker's callback, which `redirect_url` must end with.
+pub const OIDC_CALLBACK_PATH: &str = "/v1/login/oidc/callback";
+
+/// Parses an `https://` URL, or an `http://` one whose host is a loopback address.
+fn secure_url(field: &str, text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("[identity.oidc] {field} `{text}` is not a URL: {e}"))?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err(format!(
+            "[identity.oidc] {field} `{text}` must be an https:// URL (http:// only on a loopback address)"
+        )),
+    }
+}
+
+impl TryFrom<OidcEntry> for OidcSection {
+    type Error = String;
+
+    fn try_from(entry: OidcEntry) -> Result<Self, String> {
+        let issuer = secure_url("issuer", &entry.issuer)?;
+        let redirect_url = secure_url("redirect_url", &entry.redirect_url)?;
+        if !redirect_url.path().ends_with(OIDC_CALLBACK_PATH) || redirect_url.query().is_some() {
+            return Err(format!(
+                "[identity.oidc] redirect_url `{redirect_url}` must be the broker's public URL ending in `{OIDC_CALLBACK_PATH}`"
+            ));
+        }
+        if entry.client_id.is_empty() {
+            return Err("[identity.oidc] client_id must not be empty".to_owned());
+        }
+        let client_secret = match (entry.client_secret_env, entry.client_secret_file) {
+            (Some(var), None) if !var.is_empty() => SecretSource::Env(var),
+            (None, Some(path)) if !path.as_os_str().is_empty() => SecretSource::File(path),
+            (Some(_), Some(_)) => {
+                return Err("[identity.oidc] give client_secret_env or client_secret_file, not both".to_owned());
+            }
+            _ => return Err("[identity.oidc] needs client_secret_env or client_secret_file".to_owned()),
+        };
+        for (field, claim) in [("groups_claim", &entry.groups_claim), ("username_claim", &entry.username_claim)] {
+            if claim.is_empty() {
+                return Err(format!("[identity.oidc] {field} must name a claim"));
+            }
+        }
+        if let Some(scopes) = &entry.scopes
+            && scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err("[identity.oidc] each of scopes must be one word".to_owned());
+        }
+        Ok(Self {
+            issuer,
+            client_id: entry.client_id,
+            client_secret,
+            groups_claim: entry.groups_claim,
+            username_claim: entry.username_claim,
+            scopes: entry.scopes,
+            redirect_url,
+        })
     }
 }
 
@@ -556,6 +670,9 @@ impl Config {
                 *file = base.join(&*file);
             }
         }
+        if let Some(SecretSource::File(file)) = config.identity.oidc.as_mut().map(|oidc| &mut oidc.client_secret) {
+            *file = base.join(&*file);
+        }
         Ok(config)
     }
 }
@@ -671,5 +788,50 @@ mod tests {
         );
         refused(&format!("{CHANNEL}{env_url}{secret}{ROUTE}resources = [\"Bad Name\"]\n"), "Bad Name");
         refused("[notify]\nbase_url = \"airlock.example.com\"\n", "base_url must be an http:// or https:// URL");
+    }
+
+    const OIDC: &str = "[identity.oidc]\nissuer = \"https://login.example.com/realms/eng\"\nclient_id = \"airlock\"\n\
+                        redirect_url = \"https://airlock.example.com/v1/login/oidc/callback\"\n";
+
+    #[test]
+    fn identity_oidc_loads_with_defaults_and_a_secret_file_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(&path, format!("{OIDC}client_secret_file = \"oidc.secret\"\n")).unwrap();
+        let oidc = Config::load(&path).unwrap().identity.oidc.unwrap();
+        assert_eq!(oidc.issuer.as_str(), "https://login.example.com/realms/eng");
+        assert_eq!(oidc.client_secret, SecretSource::File(dir.path().join("oidc.secret")));
+        assert_eq!((oidc.groups_claim.as_str(), oidc.username_claim.as_str()), ("groups", "preferred_username"));
+        assert_eq!(oidc.scopes, None);
+        std::fs::write(
+            &path,
+            "[identity.oidc]\nissuer = \"http://127.0.0.1:5556\"\nclient_id = \"airlock\"\nclient_secret_env = \"S\"\n\
+             redirect_url = \"http://127.0.0.1:8470/v1/login/oidc/callback\"\ngroups_claim = \"roles\"\n\
+             scopes = [\"openid\", \"groups\"]\n",
+        )
+        .unwrap();
+        let oidc = Config::load(&path).unwrap().identity.oidc.unwrap();
+        assert_eq!((oidc.client_secret, oidc.groups_claim.as_str()), (SecretSource::Env("S".into()), "roles"));
+        assert_eq!(oidc.scopes, Some(vec!["openid".to_owned(), "groups".to_owned()]));
+        std::fs::write(&path, "[identity]\nsession_idle = \"10m\"\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().identity.oidc, None, "no [identity.oidc]: no single sign-on");
+    }
+
+    #[test]
+    fn bad_identity_oidc_sections_are_refused_naming_what_is_wrong() {
+        let env = "client_secret_env = \"S\"\n";
+        refused(OIDC, "needs client_secret_env or client_secret_file");
+        refused(&format!("{OIDC}{env}client_secret_file = \"f\"\n"), "not both");
+        refused(&format!("{OIDC}client_secret = \"inline\"\n"), "unknown field `client_secret`");
+        refused(
+            &(OIDC.replace("https://login.example.com", "http://login.example.com") + env),
+            "issuer `http://login.example.com/realms/eng` must be an https:// URL",
+        );
+        refused(
+            &(OIDC.replace("/v1/login/oidc/callback", "/callback") + env),
+            "must be the broker's public URL ending in `/v1/login/oidc/callback`",
+        );
+        refused(&format!("{OIDC}{env}groups_claim = \"\"\n"), "groups_claim must name a claim");
+        refused(&format!("{OIDC}{env}scopes = [\"openid profile\"]\n"), "each of scopes must be one word");
     }
 }

@@ -23,7 +23,9 @@
 //! - [`outbound`]: HTTP clients for webhooks and the CLI;
 //! - [`reevaluate`]: a policy change asks every live grant again, and revokes those the new
 //!   policies would no longer allow;
-//! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart.
+//! - [`scheduler`]: ends pending requests and grants when their time is up, also after a restart;
+//! - [`oidc`] and [`sso`]: single sign-on through an OpenID Connect provider (browser and device
+//!   sign-ins, handoff to a loopback client, refresh), ending in a login ([`logins`]).
 
 mod appender;
 pub mod audit;
@@ -47,5 +49,6 @@ pub mod reevaluate;
 pub mod reports;
 pub mod scheduler;
 pub mod secrets;
+pub mod sso;
 
 pub use broker::{Broker, BrokerError, Caller, ErrorKind};

@@ -13,3 +13,11 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(timeout).build()
 }
+
+/// Like [`client`], but a redirect is answered as it is, never followed: for talking to an
+/// identity provider, where following one would let an answer send the broker's next request
+/// anywhere (openidconnect's advice against server-side request forgery).
+pub fn client_without_redirects(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()
+}

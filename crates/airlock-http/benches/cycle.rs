@@ -132,7 +132,7 @@ async fn main() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(airlock_http::serve(
         listener,
-        AppState { broker, gateway: None, metrics: None },
+        AppState { broker, gateway: None, metrics: None, sso: None },
         std::future::pending(),
     ));
 

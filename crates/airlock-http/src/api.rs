@@ -14,7 +14,8 @@ use uuid::Uuid;
 pub struct ErrorBody {
     /// One of `bad_input`, `unauthenticated`, `forbidden`, `mfa_required` (prove a second factor
     /// with `POST /v1/mfa/verify` and try again), `not_found`, `conflict`, `rate_limited`,
-    /// `internal`.
+    /// `internal`; and at sign-in, `expired` (start again), `unavailable` (too many sign-ins under
+    /// way) and `bad_gateway` (the identity provider failed).
     pub code: String,
     pub error: String,
 }
@@ -54,7 +55,6 @@ pub struct MfaView {
     #[serde(with = "time::serde::rfc3339")]
     pub fresh_until: OffsetDateTime,
 }
-
 
 /// A new access request.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -629,4 +629,127 @@ impl AuditRecordView {
             details: serde_json::from_str(&record.details).unwrap_or(serde_json::Value::String(record.details.clone())),
         }
     }
+}
+
+/// A login's tokens, from a sign-in or a refresh: shown once, keep them secret.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginView {
+    pub user: String,
+    /// The login's id (`airlock admin token list` shows it; not secret).
+    pub login: Uuid,
+    /// The bearer token for API calls, until `access_expires_at`.
+    pub access_token: String,
+    /// Exchanged, once, for the next pair at `POST /v1/login/refresh`.
+    pub refresh_token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub access_expires_at: OffsetDateTime,
+    /// The login ends then, however often it is refreshed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl LoginView {
+    pub fn new(tokens: &airlock_broker::logins::LoginTokens) -> Self {
+        Self {
+            user: tokens.user.to_string(),
+            login: tokens.login.as_uuid(),
+            access_token: tokens.access_token.clone(),
+            refresh_token: tokens.refresh_token.clone(),
+            access_expires_at: tokens.access_expires_at,
+            expires_at: tokens.expires_at,
+        }
+    }
+}
+
+impl std::fmt::Debug for LoginView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginView")
+            .field("user", &self.user)
+            .field("login", &self.login)
+            .field("access_token", &"<redacted>")
+            .field("refresh_token", &"<redacted>")
+            .field("access_expires_at", &self.access_expires_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// `GET /v1/login/oidc`: where the sign-in ends.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LoginStartQuery {
+    /// A loopback URL (`http://127.0.0.1:PORT/…`, `http://[::1]:PORT/…` or
+    /// `http://localhost:PORT/…`) the callback redirects to with `?code=HANDOFF` (redeem it at
+    /// `POST /v1/login/handoff`) or `?error=…`; without it the callback answers the tokens.
+    pub return_to: Option<String>,
+}
+
+/// `GET /v1/login/oidc/callback`: what the identity provider sends the browser back with.
+#[derive(Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LoginCallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    /// The provider's refusal (`access_denied`, …).
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+impl std::fmt::Debug for LoginCallbackQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginCallbackQuery")
+            .field("code", &self.code.as_ref().map(|_| "<redacted>"))
+            .field("state", &self.state.as_ref().map(|_| "<redacted>"))
+            .field("error", &self.error)
+            .field("error_description", &self.error_description)
+            .finish()
+    }
+}
+
+/// A device sign-in under way: show `user_code` and `verification_uri` to the person, then poll
+/// `POST /v1/login/device/poll` with `handle` every `interval_seconds`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceStartView {
+    /// What the client polls with; secret until the sign-in ends.
+    pub handle: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    /// The verification page with the code filled in, when the provider offers one.
+    pub verification_uri_complete: Option<String>,
+    pub interval_seconds: u64,
+    pub expires_in_seconds: u64,
+}
+
+impl std::fmt::Debug for DeviceStartView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceStartView")
+            .field("handle", &"<redacted>")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("interval_seconds", &self.interval_seconds)
+            .field("expires_in_seconds", &self.expires_in_seconds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/login/device/poll`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePollBody {
+    pub handle: String,
+}
+
+/// A device sign-in the person has not answered yet.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DevicePendingView {
+    /// `pending`: poll again after the interval; `slow_down`: add 5 seconds to the interval first.
+    pub status: String,
+}
+
+/// `POST /v1/login/refresh`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    pub refresh_token: String,
 }

@@ -5,6 +5,7 @@
 //! - [`error`]: every failure becomes a 4xx/5xx JSON error, never a panic or an HTML page;
 //! - [`extract`]: the authenticated caller, and JSON/query extractors with JSON errors;
 //! - [`routes`]: one handler per route, each checking who is asking;
+//! - [`login`]: signing in through the identity provider (`/v1/login/*`), unauthenticated;
 //! - [`metrics`]: `/metrics` in the Prometheus format;
 //! - [`openapi`]: the document served at `/v1/openapi.json`.
 //!
@@ -13,13 +14,16 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use airlock_broker::Broker;
+use airlock_broker::sso::SingleSignOn;
 use tokio::net::TcpListener;
 
 /// What every handler can reach.
@@ -30,6 +34,8 @@ pub struct AppState {
     pub gateway: Option<SocketAddr>,
     /// Renders `/metrics`, when this process records metrics ([`metrics::install`]).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Single sign-on, when `[identity.oidc]` is configured; without it `/v1/login/*` answers 404.
+    pub sso: Option<Arc<SingleSignOn>>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

@@ -20,6 +20,8 @@ use crate::routes;
         routes::open_incident, routes::list_incidents, routes::get_incident, routes::close_incident,
         routes::report_summary, routes::report_user, routes::report_resource, routes::report_incident,
         crate::metrics::metrics,
+        crate::login::start_browser, crate::login::callback, crate::login::handoff,
+        crate::login::start_device, crate::login::poll_device, crate::login::refresh,
     ),
     components(schemas(
         ErrorBody, WhoAmI, CreateRequest, ApproveBody, ReasonBody, ProveBody, ProveView, DecisionView, ApprovalView, ClosureView,
@@ -27,6 +29,7 @@ use crate::routes;
         LiveGrantsView, GatewayEventView, RecordedView, BreakGlassBody, BreakGlassView, ReviewBody, ReviewView, AnswerView,
         IncidentBody, IncidentView, ClosedIncidentView, IncidentRefView,
         CodeBody, EnrollmentView, MfaView,
+        LoginView, DeviceStartView, DevicePollBody, DevicePendingView, RefreshBody,
     )),
     modifiers(&BearerToken),
 )]

@@ -1,5 +1,6 @@
-//! One handler per route. Every route but `/v1/health` and `/v1/openapi.json` authenticates its
-//! caller; the broker then checks what that caller may do.
+//! One handler per route. Every route but `/v1/health`, `/v1/openapi.json` and the sign-in routes
+//! (`crate::login`, which are how one gets a token) authenticates its caller and checks the scope
+//! its token holds; the broker then checks what that caller may do.
 
 use airlock_broker::breakglass::BreakGlassInput;
 use airlock_broker::broker::RequestInput;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports/resources/{name}", get(report_resource))
         .route("/v1/reports/incidents/{id}", get(report_incident))
         .route("/metrics", get(crate::metrics::metrics))
+        .merge(crate::login::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             (

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::{Outcome, audit, breakglass, connect, gateway, identity, incident, local, remote, report, serve};
+use crate::{Outcome, audit, breakglass, connect, gateway, identity, incident, local, login, remote, report, serve};
 
 /// A time on the command line: RFC 3339 (`2026-11-01T09:00:00Z`), or a date (midnight UTC).
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -107,6 +107,23 @@ pub enum Command {
     Mfa {
         #[command(subcommand)]
         command: MfaCommand,
+    },
+    /// Sign in through the identity provider (single sign-on): prints a code to enter on its
+    /// page (the device flow), or with `--browser` signs in in a browser on this machine. The
+    /// login is kept in $AIRLOCK_LOGIN_FILE (default ~/.config/airlock/login.json, mode 0600) and
+    /// used by the other commands when AIRLOCK_TOKEN is not set.
+    Login {
+        /// Sign in in a browser on this machine, which hands the login back to a listener on
+        /// 127.0.0.1.
+        #[arg(long)]
+        browser: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// End the login `airlock login` began, and forget it.
+    Logout {
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Show who the API token belongs to.
     Whoami {
@@ -527,6 +544,8 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Report { command: Some(command), .. } => report_command(command).await,
         Command::Admin { files, command } => local::admin(&files, command).await,
         Command::Policy { config, command } => local::policy(&config, command),
+        Command::Login { browser, remote } => login::login(&remote, browser).await,
+        Command::Logout { remote } => login::logout(&remote).await,
         Command::Whoami { remote } => remote::whoami(&remote).await,
         Command::Mfa { command } => identity::mfa(command).await,
         Command::Request { resource, role, duration, reason, wait, incident, remote } => {

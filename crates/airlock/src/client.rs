@@ -1,5 +1,7 @@
 //! The HTTP client of the user commands: the broker's URL from `AIRLOCK_URL`, the caller's API
-//! token from `AIRLOCK_TOKEN`. Broker refusals become exit code 1; everything else exit code 2.
+//! token from `AIRLOCK_TOKEN`, or when it is not set the login `airlock login` keeps
+//! ([`crate::login::Session`], its access token refreshed when it has expired). Broker refusals
+//! become exit code 1; everything else exit code 2.
 
 use airlock_http::api::ErrorBody;
 use anyhow::{Context, anyhow};
@@ -35,21 +37,35 @@ pub fn time_query(
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: String,
+    bearer: Bearer,
+}
+
+/// What the client calls with.
+enum Bearer {
+    /// `AIRLOCK_TOKEN`.
+    Token(String),
+    /// The login file's.
+    Login(crate::login::Session),
 }
 
 impl Client {
     pub fn new(remote: &Remote) -> Result<Self, Failure> {
-        let token = std::env::var("AIRLOCK_TOKEN").ok().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
-            anyhow!("AIRLOCK_TOKEN is not set: export the API token `airlock admin user add` printed")
-        })?;
         let base = remote.url.trim_end_matches('/').to_owned();
+        let bearer = match std::env::var("AIRLOCK_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+            Some(token) => Bearer::Token(token.trim().to_owned()),
+            None => Bearer::Login(crate::login::Session::load(&base)?.ok_or_else(|| {
+                anyhow!(
+                    "AIRLOCK_TOKEN is not set and nobody is signed in: export the API token `airlock admin user add` \
+                     printed, or run `airlock login`"
+                )
+            })?),
+        };
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!("AIRLOCK_URL `{base}` must start with http:// or https://").into());
         }
         let http = airlock_broker::outbound::client(std::time::Duration::from_secs(30))
             .context("cannot build the HTTP client")?;
-        Ok(Self { http, base, token: token.trim().to_owned() })
+        Ok(Self { http, base, bearer })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
@@ -70,7 +86,8 @@ impl Client {
 
     /// Streams the body of a GET to `out`, however long it takes; returns the bytes written.
     pub async fn download(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Failure> {
-        let request = self.http.get(format!("{}{path}", self.base)).timeout(LONGEST_DOWNLOAD).bearer_auth(&self.token);
+        let token = self.bearer().await?;
+        let request = self.http.get(format!("{}{path}", self.base)).timeout(LONGEST_DOWNLOAD).bearer_auth(token);
         let mut response =
             request.send().await.map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base))?;
         let status = response.status();
@@ -93,13 +110,21 @@ impl Client {
 
     async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Vec<u8>), Failure> {
         let response = request
-            .bearer_auth(&self.token)
+            .bearer_auth(self.bearer().await?)
             .send()
             .await
             .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| anyhow!("the broker's answer was cut off: {e}"))?;
         Ok((status, bytes.to_vec()))
+    }
+
+    /// The token to call with.
+    async fn bearer(&self) -> Result<String, Failure> {
+        match &self.bearer {
+            Bearer::Token(token) => Ok(token.clone()),
+            Bearer::Login(session) => session.access_token(&self.http).await,
+        }
     }
 
     fn decode<T: DeserializeOwned>(&self, status: reqwest::StatusCode, bytes: &[u8]) -> Result<T, Failure> {
@@ -110,7 +135,10 @@ impl Client {
         let message = serde_json::from_slice::<ErrorBody>(bytes)
             .map(|body| body.error)
             .unwrap_or_else(|_| format!("HTTP {status}"));
-        if status.is_client_error() {
+        if let (reqwest::StatusCode::UNAUTHORIZED, Bearer::Login(session)) = (status, &self.bearer) {
+            let file = session.path().display();
+            Err(Failure::Refused(format!("{message}: the login in {file} has ended; run `airlock login` again")))
+        } else if status.is_client_error() {
             Err(Failure::Refused(message))
         } else {
             Err(anyhow!("the broker failed: {message}").into())

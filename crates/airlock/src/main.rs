@@ -10,6 +10,7 @@
 //! - [`gateway`]: the PostgreSQL gateway's parts from the configuration;
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
 //! - [`client`]: the HTTP client of the user commands, and [`remote`]: those commands;
+//! - [`login`]: `airlock login`/`logout` (single sign-on) and the login file the client falls back on;
 //! - [`identity`]: API tokens (`admin token`) and the TOTP second factor (`mfa`, `--otp`);
 //! - [`breakglass`]: emergency access and the reviews it owes;
 //! - [`incident`]: incidents opened and closed, and their post-mortem report;
@@ -30,6 +31,7 @@ mod gateway;
 mod identity;
 mod incident;
 mod local;
+mod login;
 mod output;
 mod reload;
 mod remote;

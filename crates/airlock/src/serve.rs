@@ -29,6 +29,8 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     // First: what happens before the recorder is installed is not counted.
     let metrics = airlock_http::metrics::install().context("cannot set up the metrics")?;
     let (broker, config, notifier) = open_serving_broker(files).await?;
+    // Single sign-on's provider is discovered at start: unreachable, the broker does not start.
+    let sso = crate::login::single_sign_on(&broker, &config).await?;
     // Before anything serves: grants the policies no longer allow end before they can be used.
     let loaded = broker.load_policies(broker.policies()).await.context("cannot put the policies in force")?;
     reload::log_loaded(&loaded);
@@ -92,7 +94,8 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
         "broker started"
     );
     println!("airlock broker listening on http://{address}");
-    let state = AppState { broker, gateway: gateway.as_ref().map(|(address, _)| *address), metrics: Some(metrics) };
+    let state =
+        AppState { broker, gateway: gateway.as_ref().map(|(address, _)| *address), metrics: Some(metrics), sso };
     airlock_http::serve(listener, state, shutdown_signal()).await.context("the HTTP server failed")?;
     let _ = stop.send(true);
     let _ = reloader.await;

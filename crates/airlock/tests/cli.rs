@@ -751,6 +751,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/reports/resources/{name}", "get"),
     ("/v1/reports/incidents/{id}", "get"),
     ("/metrics", "get"),
+    ("/v1/login/oidc", "get"),
+    ("/v1/login/oidc/callback", "get"),
+    ("/v1/login/handoff", "post"),
+    ("/v1/login/device", "post"),
+    ("/v1/login/device/poll", "post"),
+    ("/v1/login/refresh", "post"),
 ];
 
 #[tokio::test]
