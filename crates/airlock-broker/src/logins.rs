@@ -113,12 +113,7 @@ impl Broker {
                 "expires_at": tokens.expires_at,
             }),
         });
-        let revoked = events.iter().any(|e| e.kind == EventKind::GrantRevoked);
-        tx.append(events).await?;
-        tx.commit().await?;
-        if revoked {
-            self.grants_changed();
-        }
+        self.commit_telling_gateways(tx, events).await?;
         Ok(tokens)
     }
 
@@ -204,13 +199,20 @@ impl Broker {
             },
         )
         .await?;
+        self.commit_telling_gateways(tx, events).await?;
+        Ok(tokens)
+    }
+
+    /// Appends `events` and commits; when they revoke grants (groups that changed), tells the
+    /// grant watchers, so gateways cut those sessions at once.
+    async fn commit_telling_gateways(&self, mut tx: Tx, events: Vec<AuditEvent>) -> Result<(), BrokerError> {
         let revoked = events.iter().any(|e| e.kind == EventKind::GrantRevoked);
         tx.append(events).await?;
         tx.commit().await?;
         if revoked {
             self.grants_changed();
         }
-        Ok(tokens)
+        Ok(())
     }
 
     /// Sets `user`'s groups to what the identity provider says and, when they changed, revokes

@@ -57,41 +57,59 @@ fn login(
     login_file: &Path,
     sub: &str,
 ) -> Output {
-    let mut child = signed_in(url, login_file)
-        .arg("login")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`airlock login` starts");
+    let mut command = signed_in(url, login_file);
+    command.arg("login");
+    let (child, code, printed) = watch(command, |line| line.split("enter the code ").nth(1).map(str::trim));
+    let user_code = code.recv_timeout(PATIENCE).expect("`airlock login` prints a code to enter");
+    runtime.block_on(provider.approve_device(&user_code, sub));
+    // The command polls every interval (5 seconds at this provider).
+    finish(child, printed, PATIENCE + Duration::from_secs(30), "after the device was approved")
+}
+
+/// A running command, and what it printed: standard error (watched line by line on a thread, so
+/// a command that never prints cannot hang the test) and standard output.
+struct Printed {
+    stderr: thread::JoinHandle<String>,
+    stdout: thread::JoinHandle<String>,
+}
+
+/// Starts `command`, sending on the returned channel what `found` picks out of its standard
+/// error lines.
+fn watch(mut command: Command, found: fn(&str) -> Option<&str>) -> (KillOnDrop, mpsc::Receiver<String>, Printed) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the command starts");
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let mut child = KillOnDrop(child);
-    // Read on threads, so a command that never prints cannot hang the test.
-    let (code_found, code) = mpsc::channel();
-    let printed = thread::spawn(move || {
+    let (send, picked) = mpsc::channel();
+    let stderr = thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("enter the code ").nth(1) {
-                let _ = code_found.send(rest.trim().to_owned());
+            if let Some(wanted) = found(&line) {
+                let _ = send.send(wanted.to_owned());
             }
             all.push_str(&line);
             all.push('\n');
         }
         all
     });
-    let out = thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let user_code = code.recv_timeout(PATIENCE).expect("`airlock login` prints a code to enter");
-    runtime.block_on(provider.approve_device(&user_code, sub));
-    // The command polls every interval (5 seconds at this provider).
-    let deadline = Instant::now() + PATIENCE + Duration::from_secs(30);
+    let stdout = thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    (KillOnDrop(child), picked, Printed { stderr, stdout })
+}
+
+/// Waits, at most `patience`, for `child` to end, and returns what it printed.
+fn finish(mut child: KillOnDrop, printed: Printed, patience: Duration, after: &str) -> Output {
+    let deadline = Instant::now() + patience;
     let status = loop {
         if let Some(status) = child.0.try_wait().expect("the command can be waited for") {
             break status;
         }
-        assert!(Instant::now() < deadline, "`airlock login` did not finish after the device was approved");
+        assert!(Instant::now() < deadline, "`airlock login` did not finish {after}");
         thread::sleep(Duration::from_millis(100));
     };
-    Output { status, stdout: out.join().unwrap().into_bytes(), stderr: printed.join().unwrap().into_bytes() }
+    Output {
+        status,
+        stdout: printed.stdout.join().unwrap().into_bytes(),
+        stderr: printed.stderr.join().unwrap().into_bytes(),
+    }
 }
 
 /// Runs `airlock login --browser` and plays the browser: the broker's sign-in URL it prints, the
@@ -104,29 +122,10 @@ fn browser_login(
     login_file: &Path,
     sub: &str,
 ) -> Output {
-    let mut child = signed_in(url, login_file)
-        .args(["login", "--browser"])
-        .env("BROWSER", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`airlock login --browser` starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let mut child = KillOnDrop(child);
-    let (url_found, sign_in_url) = mpsc::channel();
-    let printed = thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.trim_start().starts_with("http") {
-                let _ = url_found.send(line.trim().to_owned());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let out = thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let mut command = signed_in(url, login_file);
+    command.args(["login", "--browser"]).env("BROWSER", "true");
+    let (child, sign_in_url, printed) =
+        watch(command, |line| Some(line.trim()).filter(|line| line.starts_with("http")));
     let sign_in_url = sign_in_url.recv_timeout(PATIENCE).expect("`airlock login --browser` prints where to sign in");
     let browser = airlock_broker::outbound::client_without_redirects(Duration::from_secs(30)).unwrap();
     let location = |response: &reqwest::Response| {
@@ -146,15 +145,7 @@ fn browser_login(
         let page = browser.get(handed).send().await.unwrap();
         assert_eq!(page.status(), 200, "the command's listener answers the browser");
     });
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("the command can be waited for") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "`airlock login --browser` did not finish after the hand-back");
-        thread::sleep(Duration::from_millis(100));
-    };
-    Output { status, stdout: out.join().unwrap().into_bytes(), stderr: printed.join().unwrap().into_bytes() }
+    finish(child, printed, PATIENCE, "after the hand-back")
 }
 
 fn login_file_json(path: &Path) -> Value {
