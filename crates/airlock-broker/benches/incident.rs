@@ -17,7 +17,6 @@ use airlock_broker::config::Config;
 use airlock_broker::secrets::load_or_create_key;
 use airlock_broker::{Broker, Caller};
 use airlock_core::incident::{NewIncident, Severity, Title};
-use airlock_core::policy::Principal;
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::Store;
 
@@ -30,16 +29,7 @@ async fn broker(dir: &std::path::Path) -> Broker {
 }
 
 fn caller(name: &str, groups: &[&str]) -> Caller {
-    Caller {
-        principal: Principal {
-            name: name.parse().unwrap(),
-            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
-            service: false,
-        },
-        source_ip: [10, 0, 0, 7].into(),
-        mfa_at: None,
-        token: None,
-    }
+    airlock_testkit::caller_from(name, groups, [10, 0, 0, 7].into())
 }
 
 /// `n` live grants made for incident `id` (opened here), one per on-call responder.

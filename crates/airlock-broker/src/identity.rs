@@ -30,13 +30,18 @@ pub struct IssuedToken {
     pub secret: String,
 }
 
-/// Whether `token` works at `now` for a caller enabled or not, given logins' idle limit.
+/// Whether `token` is over at `now`: ended, past its end, or a login unused for `session_idle`.
+/// (A login's short-lived access token is apart: its refresh token may still renew it.)
+pub fn lapsed(token: &Token, now: OffsetDateTime, session_idle: Duration) -> bool {
+    token.ended_at.is_some()
+        || token.expires_at.is_some_and(|end| end <= now)
+        || (token.kind == TokenKind::Login && token.last_used_at + session_idle <= now)
+}
+
+/// Whether `token` authenticates a call at `now` (its user enabled or not).
 fn works(token: &Token, now: OffsetDateTime, session_idle: Duration) -> bool {
-    let ended = token.ended_at.is_some();
-    let expired = token.expires_at.is_some_and(|end| end <= now);
-    let login_lapsed = token.kind == TokenKind::Login
-        && (token.access_expires_at.is_none_or(|end| end <= now) || token.last_used_at + session_idle <= now);
-    !(ended || expired || login_lapsed)
+    let access_expired = token.kind == TokenKind::Login && token.access_expires_at.is_none_or(|end| end <= now);
+    !lapsed(token, now, session_idle) && !access_expired
 }
 
 impl Broker {
@@ -52,12 +57,8 @@ impl Broker {
         if token.last_used_at + TOUCH_EVERY <= now {
             self.store().touch_token(token.id, now, now - TOUCH_EVERY).await?;
         }
-        let caller = Caller {
-            principal: Principal { name: user.name, groups: user.groups, service: user.service },
-            source_ip,
-            mfa_at: token.mfa_at,
-            token: Some(token.id),
-        };
+        let caller =
+            Caller { principal: Principal::from(user), source_ip, mfa_at: token.mfa_at, token: Some(token.id) };
         Ok((caller, token.scopes))
     }
 
@@ -204,7 +205,8 @@ impl Broker {
     /// token commands (disable the user to end those).
     async fn live_api_token(tx: &mut Tx, id: TokenId, now: OffsetDateTime) -> Result<Token, BrokerError> {
         match tx.token(id).await? {
-            Some(token) if token.kind == TokenKind::Api && works(&token, now, Duration::MAX) => Ok(token),
+            // An API token is never idle: `lapsed` looks at idleness for logins only.
+            Some(token) if token.kind == TokenKind::Api && !lapsed(&token, now, Duration::ZERO) => Ok(token),
             Some(token) if token.kind == TokenKind::Api => Err(BrokerError::TokenEnded(id.to_string())),
             _ => Err(BrokerError::TokenNotFound(id.to_string())),
         }

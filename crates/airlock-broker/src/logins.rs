@@ -17,6 +17,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::broker::{Broker, BrokerError, Caller, new_id};
+use crate::identity::lapsed;
 use crate::secrets;
 
 /// The reason recorded on grants revoked because their holder's groups changed.
@@ -119,8 +120,8 @@ impl Broker {
 
     /// Exchanges a login's refresh token for the next pair. `renewed_by_idp` asks the identity
     /// provider again (with the sealed refresh token it gave) and returns who it now says the
-    /// person is; `None` from it keeps the groups as they are (a provider that gave no refresh
-    /// token). A refresh token already exchanged ends the login.
+    /// person is; its refusal ends the login. A login the provider gave no refresh token keeps
+    /// its groups. A refresh token already exchanged ends the login.
     pub async fn refresh_login<F, Fut>(
         &self,
         refresh_token: &str,
@@ -136,12 +137,7 @@ impl Broker {
             match tx.refresh_lookup(&hash).await? {
                 RefreshLookup::Current(login, sealed) => (login, sealed),
                 RefreshLookup::Reused(login) => {
-                    if login.ended_at.is_none() {
-                        let now = self.clock().now();
-                        let event = Self::end_token(&mut tx, &login, SYSTEM_ACTOR, "refresh token reused", now).await?;
-                        tx.append(vec![event]).await?;
-                        tx.commit().await?;
-                    }
+                    self.end_login(tx, &login, SYSTEM_ACTOR, "refresh token reused").await?;
                     return Err(BrokerError::RefreshRefused);
                 }
                 RefreshLookup::Unknown => return Err(BrokerError::RefreshRefused),
@@ -158,7 +154,11 @@ impl Broker {
                 match renewed_by_idp(token).await {
                     Ok(renewed) => Some(renewed),
                     Err(refused) => {
-                        self.end_login(&login, "the identity provider refused to renew it").await?;
+                        let mut tx = self.store().begin().await?;
+                        if let Some(current) = tx.token(login.id).await? {
+                            self.end_login(tx, &current, SYSTEM_ACTOR, "the identity provider refused to renew it")
+                                .await?;
+                        }
                         return Err(refused);
                     }
                 }
@@ -235,18 +235,12 @@ impl Broker {
     /// Ends the caller's login.
     pub async fn logout(&self, caller: &Caller) -> Result<(), BrokerError> {
         let id = caller.token.ok_or(BrokerError::NotALogin)?;
-        let now = self.clock().now();
         let mut tx = self.store().begin().await?;
         let login = tx.token(id).await?.ok_or_else(|| BrokerError::TokenNotFound(id.to_string()))?;
         if login.kind != TokenKind::Login {
             return Err(BrokerError::NotALogin);
         }
-        if login.ended_at.is_none() {
-            let event = Self::end_token(&mut tx, &login, caller.principal.name.as_str(), "logout", now).await?;
-            tx.append(vec![event]).await?;
-            tx.commit().await?;
-        }
-        Ok(())
+        self.end_login(tx, &login, caller.principal.name.as_str(), "logout").await
     }
 
     /// Ends, on the record, every login past its end or unused for `session_idle` (the scheduler
@@ -268,24 +262,19 @@ impl Broker {
         Ok(lapsed.len())
     }
 
-    async fn end_login(&self, login: &Token, reason: &str) -> Result<(), BrokerError> {
-        let now = self.clock().now();
-        let mut tx = self.store().begin().await?;
-        if tx.token(login.id).await?.is_some_and(|current| current.ended_at.is_none()) {
-            let event = Self::end_token(&mut tx, login, SYSTEM_ACTOR, reason, now).await?;
+    /// Ends `login`, as read in `tx`, and commits; a login already ended is left as it is.
+    async fn end_login(&self, mut tx: Tx, login: &Token, actor: &str, reason: &str) -> Result<(), BrokerError> {
+        if login.ended_at.is_none() {
+            let event = Self::end_token(&mut tx, login, actor, reason, self.clock().now()).await?;
             tx.append(vec![event]).await?;
             tx.commit().await?;
         }
         Ok(())
     }
 
-    /// A login may be renewed while it has not ended, is before its end, and was used lately.
+    /// A login may be renewed while it has not lapsed (its access token may have).
     fn login_may_renew(&self, login: &Token, now: OffsetDateTime) -> bool {
-        let idle = self.settings.identity.session_idle.as_time();
-        login.kind == TokenKind::Login
-            && login.ended_at.is_none()
-            && login.expires_at.is_some_and(|end| now < end)
-            && now < login.last_used_at + idle
+        login.kind == TokenKind::Login && !lapsed(login, now, self.settings.identity.session_idle.as_time())
     }
 
     fn seal_idp_refresh(&self, login: TokenId, token: Option<String>) -> Result<Option<String>, BrokerError> {

@@ -65,8 +65,8 @@ pub fn decide_grant(
     incident: Option<&Incident>,
     now: OffsetDateTime,
 ) -> Result<(), Refusal> {
-    let resource = bundle.catalog.resource(&request.resource).ok_or(Refusal::LeftCatalog)?;
-    let role = resource.roles.get(&request.role).ok_or(Refusal::LeftCatalog)?;
+    let (resource, role) =
+        Broker::resource_and_role(bundle, &request.resource, &request.role).map_err(|_| Refusal::LeftCatalog)?;
     let facts = request.facts(now);
     let (action, decision) = if request.break_glass {
         (Action::BreakGlass, ask(bundle, Action::BreakGlass, holder, resource, &facts, None))
@@ -103,6 +103,15 @@ pub struct PoliciesLoaded {
 fn recorded_version(record: &ChainRecord) -> Option<String> {
     let details: serde_json::Value = serde_json::from_str(&record.details).ok()?;
     details["version"].as_str().map(str::to_owned)
+}
+
+/// What asking grants again did.
+#[derive(Default)]
+struct Revocations {
+    /// Live grants asked.
+    checked: usize,
+    revoked: Vec<GrantId>,
+    revocations: Vec<AuditEvent>,
 }
 
 /// Holders and incidents read once per re-evaluation, however many grants name them.
@@ -158,22 +167,9 @@ impl Broker {
         previous: Option<String>,
         now: OffsetDateTime,
     ) -> Result<PoliciesLoaded, BrokerError> {
-        let mut seen = Seen::default();
-        let (mut checked, mut revoked, mut revocations) = (0, Vec::new(), Vec::new());
-        for mut grant in tx.active_grants().await? {
-            // A grant whose time is up ends by expiry, at the sweep.
-            if !grant.is_live(now) {
-                continue;
-            }
-            checked += 1;
-            let Err(refusal) = self.ask_again(&mut tx, &mut seen, bundle, &grant, now).await? else { continue };
-            let mut event = grant.revoke(SYSTEM_ACTOR, POLICY_CHANGE, now)?;
-            event.details["policy_version"] = json!(bundle.version);
-            event.details["refusal"] = json!(refusal);
-            tx.update_grant(&grant).await?;
-            revoked.push(grant.id);
-            revocations.push(event);
-        }
+        let grants = tx.active_grants().await?;
+        let asked = self.revoke_refusals(&mut tx, bundle, grants, POLICY_CHANGE, now).await?;
+        let (checked, revoked) = (asked.checked, asked.revoked);
         let loaded = AuditEvent {
             kind: EventKind::PolicyLoaded,
             actor: SYSTEM_ACTOR.to_owned(),
@@ -185,7 +181,7 @@ impl Broker {
                 "grants_revoked": revoked,
             }),
         };
-        tx.append([loaded].into_iter().chain(revocations).collect()).await?;
+        tx.append([loaded].into_iter().chain(asked.revocations).collect()).await?;
         tx.commit().await?;
         Ok(PoliciesLoaded { version: bundle.version.clone(), previous, changed: true, revoked })
     }
@@ -200,21 +196,34 @@ impl Broker {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<AuditEvent>, BrokerError> {
-        let bundle = self.policies();
+        let grants = tx.active_grants_of(user).await?;
+        Ok(self.revoke_refusals(tx, &self.policies(), grants, reason, now).await?.revocations)
+    }
+
+    /// Asks each of `grants` again with `bundle` ([`Broker::ask_again`]) and revokes, in `tx`,
+    /// those it refuses, for `reason`; each revocation names the version and the refusal. A
+    /// grant whose time is up is left to end by expiry, at the sweep.
+    async fn revoke_refusals(
+        &self,
+        tx: &mut Tx,
+        bundle: &PolicyBundle,
+        grants: Vec<Grant>,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Revocations, BrokerError> {
         let mut seen = Seen::default();
-        let mut revocations = Vec::new();
-        for mut grant in tx.active_grants_of(user).await? {
-            if !grant.is_live(now) {
-                continue;
-            }
-            let Err(refusal) = self.ask_again(tx, &mut seen, &bundle, &grant, now).await? else { continue };
+        let mut asked = Revocations::default();
+        for mut grant in grants.into_iter().filter(|grant| grant.is_live(now)) {
+            asked.checked += 1;
+            let Err(refusal) = self.ask_again(tx, &mut seen, bundle, &grant, now).await? else { continue };
             let mut event = grant.revoke(SYSTEM_ACTOR, reason, now)?;
             event.details["policy_version"] = json!(bundle.version);
             event.details["refusal"] = json!(refusal);
             tx.update_grant(&grant).await?;
-            revocations.push(event);
+            asked.revoked.push(grant.id);
+            asked.revocations.push(event);
         }
-        Ok(revocations)
+        Ok(asked)
     }
 
     /// [`decide_grant`] for `grant`, with its request, its holder and its incident read in `tx`.
@@ -231,7 +240,7 @@ impl Broker {
         };
         if !seen.holders.contains_key(&grant.holder) {
             let user = tx.user(&grant.holder).await?.filter(|user| !user.disabled);
-            let holder = user.map(|user| Principal { name: user.name, groups: user.groups, service: user.service });
+            let holder = user.map(Principal::from);
             seen.holders.insert(grant.holder.clone(), holder);
         }
         let Some(Some(holder)) = seen.holders.get(&grant.holder) else { return Ok(Err(Refusal::NoHolder)) };

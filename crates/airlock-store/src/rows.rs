@@ -48,6 +48,13 @@ pub(crate) fn user_from(row: &SqliteRow, created: &str) -> Result<User, StoreErr
     })
 }
 
+/// A user as the policies see them.
+impl From<User> for airlock_core::policy::Principal {
+    fn from(user: User) -> Self {
+        Self { name: user.name, groups: user.groups, service: user.service }
+    }
+}
+
 /// How a user's groups are stored.
 pub(crate) fn groups_json(groups: &[GroupName]) -> String {
     to_body(&groups.iter().map(GroupName::as_str).collect::<Vec<_>>())

@@ -27,13 +27,19 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// A person named `name` in `groups`, calling from 127.0.0.1.
 pub fn caller(name: &str, groups: &[&str]) -> Caller {
+    caller_from(name, groups, [127, 0, 0, 1].into())
+}
+
+/// A person named `name` in `groups`, calling from `source_ip`, in the process (no token, no
+/// second factor).
+pub fn caller_from(name: &str, groups: &[&str], source_ip: std::net::IpAddr) -> Caller {
     Caller {
         principal: Principal {
             name: name.parse().expect("a valid user name"),
             groups: groups.iter().map(|g| g.parse().expect("a valid group name")).collect(),
             service: false,
         },
-        source_ip: [127, 0, 0, 1].into(),
+        source_ip,
         mfa_at: None,
         token: None,
     }

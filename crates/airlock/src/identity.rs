@@ -1,6 +1,7 @@
 //! API tokens and the second factor. `airlock admin token …` works on the data directory, like
 //! the other administration; `airlock mfa …` and `--otp` ask the broker, for the caller.
 
+use airlock_broker::identity::lapsed;
 use airlock_core::ids::{TokenId, UserName};
 use airlock_core::scope::Scopes;
 use airlock_http::api::{CodeBody, EnrollmentView, MfaView};
@@ -94,7 +95,7 @@ async fn token_named(broker: &airlock_broker::Broker, text: &str) -> Result<Toke
         .await
         .map_err(refused_or_usage)?
         .into_iter()
-        .filter(|t| t.kind == TokenKind::Api && t.ended_at.is_none() && t.expires_at.is_none_or(|end| now < end))
+        .filter(|t| t.kind == TokenKind::Api && !lapsed(t, now, time::Duration::ZERO))
         .collect();
     match live.as_slice() {
         [one] => Ok(one.id),

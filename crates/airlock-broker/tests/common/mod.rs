@@ -16,7 +16,6 @@ use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::clock::{Clock, ManualClock};
 use airlock_broker::config::{Config, MfaSection};
 use airlock_broker::{Broker, Caller};
-use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
 use airlock_store::Store;
 
@@ -122,16 +121,7 @@ pub fn quickstart_broker(store: Store, dir: &Path, clock: Arc<ManualClock>) -> B
 
 /// Somebody in `groups`, connecting from 10.0.0.7.
 pub fn caller(name: &str, groups: &[&str]) -> Caller {
-    Caller {
-        principal: Principal {
-            name: name.parse().unwrap(),
-            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
-            service: false,
-        },
-        source_ip: IpAddr::from([10, 0, 0, 7]),
-        mfa_at: None,
-        token: None,
-    }
+    airlock_testkit::caller_from(name, groups, IpAddr::from([10, 0, 0, 7]))
 }
 
 /// The quickstart's people: an engineer.
