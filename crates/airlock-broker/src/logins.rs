@@ -120,58 +120,70 @@ impl Broker {
 
     /// Exchanges a login's refresh token for the next pair. `renewed_by_idp` asks the identity
     /// provider again (with the sealed refresh token it gave) and returns who it now says the
-    /// person is; its refusal ends the login. A login the provider gave no refresh token keeps
-    /// its groups. A refresh token already exchanged ends the login.
-    pub async fn refresh_login<F, Fut>(
-        &self,
-        refresh_token: &str,
-        renewed_by_idp: F,
-    ) -> Result<LoginTokens, BrokerError>
+    /// person is; its refusal ends the login and is returned as it is. A login the provider
+    /// gave no refresh token keeps its groups. A refresh token already exchanged ends the login.
+    pub async fn refresh_login<F, Fut, E>(&self, refresh_token: &str, renewed_by_idp: F) -> Result<LoginTokens, E>
     where
         F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<SignedIn, BrokerError>>,
+        Fut: Future<Output = Result<SignedIn, E>>,
+        E: From<BrokerError>,
     {
         let hash = secrets::token_hash(refresh_token);
-        let (login, sealed) = {
-            let mut tx = self.store().begin().await?;
-            match tx.refresh_lookup(&hash).await? {
-                RefreshLookup::Current(login, sealed) => (login, sealed),
-                RefreshLookup::Reused(login) => {
-                    self.end_login(tx, &login, SYSTEM_ACTOR, "refresh token reused").await?;
-                    return Err(BrokerError::RefreshRefused);
+        let (login, idp_refresh) = self.login_to_renew(&hash).await?;
+        // Ask the identity provider outside any transaction: it is a network call.
+        let renewed = match idp_refresh {
+            Some(idp_refresh) => match renewed_by_idp(idp_refresh).await {
+                Ok(renewed) => Some(renewed),
+                Err(refused) => {
+                    let mut tx = self.store().begin().await.map_err(BrokerError::from)?;
+                    if let Some(current) = tx.token(login.id).await.map_err(BrokerError::from)? {
+                        self.end_login(tx, &current, SYSTEM_ACTOR, "the identity provider refused to renew it").await?;
+                    }
+                    return Err(refused);
                 }
-                RefreshLookup::Unknown => return Err(BrokerError::RefreshRefused),
+            },
+            None => None,
+        };
+        Ok(self.renew_login(&hash, login.id, renewed).await?)
+    }
+
+    /// The login whose current refresh token hashes to `hash`, if it may be renewed, with the
+    /// identity provider's refresh token it keeps (opened). A refresh token already exchanged
+    /// ends its login.
+    async fn login_to_renew(&self, hash: &str) -> Result<(Token, Option<String>), BrokerError> {
+        let mut tx = self.store().begin().await?;
+        let (login, sealed) = match tx.refresh_lookup(hash).await? {
+            RefreshLookup::Current(login, sealed) => (login, sealed),
+            RefreshLookup::Reused(login) => {
+                self.end_login(tx, &login, SYSTEM_ACTOR, "refresh token reused").await?;
+                return Err(BrokerError::RefreshRefused);
             }
+            RefreshLookup::Unknown => return Err(BrokerError::RefreshRefused),
         };
         if !self.login_may_renew(&login, self.clock().now()) {
             return Err(BrokerError::RefreshRefused);
         }
-        // Ask the identity provider outside any transaction: it is a network call.
-        let renewed = match sealed {
-            Some(sealed) => {
-                let token = String::from_utf8(self.key().unseal(&sealing_context(login.id), &sealed)?)
-                    .map_err(|_| BrokerError::Secret(secrets::SecretError::Sealed))?;
-                match renewed_by_idp(token).await {
-                    Ok(renewed) => Some(renewed),
-                    Err(refused) => {
-                        let mut tx = self.store().begin().await?;
-                        if let Some(current) = tx.token(login.id).await? {
-                            self.end_login(tx, &current, SYSTEM_ACTOR, "the identity provider refused to renew it")
-                                .await?;
-                        }
-                        return Err(refused);
-                    }
-                }
-            }
-            None => None,
-        };
+        let idp_refresh = sealed
+            .map(|sealed| {
+                let opened = self.key().unseal(&sealing_context(login.id), &sealed)?;
+                String::from_utf8(opened).map_err(|_| secrets::SecretError::Sealed)
+            })
+            .transpose()?;
+        Ok((login, idp_refresh))
+    }
+
+    /// Gives login `id` its next pair, if `hash` is still its current refresh token (a racing
+    /// refresh loses), following the groups the provider `renewed` gave.
+    async fn renew_login(
+        &self,
+        hash: &str,
+        id: TokenId,
+        renewed: Option<SignedIn>,
+    ) -> Result<LoginTokens, BrokerError> {
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
-        // Renew only what is still this login's current refresh token (a racing refresh loses).
-        let current = match tx.refresh_lookup(&hash).await? {
-            RefreshLookup::Current(current, _) if current.id == login.id && self.login_may_renew(&current, now) => {
-                current
-            }
+        let current = match tx.refresh_lookup(hash).await? {
+            RefreshLookup::Current(current, _) if current.id == id && self.login_may_renew(&current, now) => current,
             _ => return Err(BrokerError::RefreshRefused),
         };
         let Some(user) = tx.user(&current.user).await?.filter(|u| !u.disabled) else {
@@ -193,7 +205,7 @@ impl Broker {
                 hash: &secrets::token_hash(&tokens.access_token),
                 access_expires_at: tokens.access_expires_at,
                 refresh_hash: &secrets::token_hash(&tokens.refresh_token),
-                used_refresh_hash: &hash,
+                used_refresh_hash: hash,
                 idp_refresh: idp_refresh.as_deref(),
                 now,
             },

@@ -125,6 +125,13 @@ pub struct PendingLogin {
     pkce_verifier: String,
 }
 
+impl PendingLogin {
+    /// The OAuth `state` the provider returns to the callback: what names this sign-in there.
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+}
+
 impl fmt::Debug for PendingLogin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PendingLogin(<redacted>)")

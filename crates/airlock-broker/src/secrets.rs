@@ -48,7 +48,8 @@ pub fn read_named(source: &SecretSource) -> Result<String, SecretError> {
     }
 }
 
-fn random_bytes() -> Result<[u8; 32], SecretError> {
+/// 32 bytes from the system's random source.
+pub fn random_bytes() -> Result<[u8; 32], SecretError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
     Ok(bytes)

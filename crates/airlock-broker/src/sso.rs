@@ -52,7 +52,7 @@ pub const HANDOFF_TTL: Duration = Duration::from_secs(60);
 /// How many sign-ins of one kind (browser, device, handoff) may be under way at once.
 pub const MAX_PENDING: usize = 10_000;
 /// What RFC 8628 (section 3.5) adds to the polling interval at each `slow_down`.
-const SLOW_DOWN_BY: Duration = Duration::from_secs(5);
+pub const SLOW_DOWN_BY: Duration = Duration::from_secs(5);
 /// How long the broker waits for the identity provider.
 const IDP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -210,6 +210,14 @@ struct DeviceEntry {
     expires_at: OffsetDateTime,
 }
 
+impl DeviceEntry {
+    /// Polls come too often: wait [`SLOW_DOWN_BY`] longer between them, from `now`.
+    fn slow_down(&mut self, now: OffsetDateTime) {
+        self.interval += SLOW_DOWN_BY;
+        self.next_poll_at = now + self.interval;
+    }
+}
+
 struct HandoffEntry {
     tokens: LoginTokens,
     expires_at: OffsetDateTime,
@@ -298,11 +306,7 @@ impl SingleSignOn {
     pub fn start_browser(&self, return_to: Option<&str>) -> Result<Url, SsoError> {
         let return_to = return_to.map(loopback_return_to).transpose()?;
         let (url, login) = self.oidc.authorization_url(&self.callback);
-        let state = url
-            .query_pairs()
-            .find(|(name, _)| name == "state")
-            .map(|(_, value)| value.into_owned())
-            .ok_or_else(|| SsoError::Provider(OidcError::Malformed("no state in the authorization URL".into())))?;
+        let state = login.state().to_owned();
         let now = self.now();
         let entry = BrowserEntry { login, return_to, expires_at: now + SIGN_IN_TTL };
         insert(&mut self.lock().browser, self.capacity, now, state, entry)?;
@@ -408,8 +412,7 @@ impl SingleSignOn {
                 return Err(SsoError::DeviceExpired);
             }
             if now < entry.next_poll_at {
-                entry.interval += SLOW_DOWN_BY;
-                entry.next_poll_at = now + entry.interval;
+                entry.slow_down(now);
                 return Ok(DeviceStatus::SlowDown);
             }
             entry.next_poll_at = now + entry.interval;
@@ -421,8 +424,7 @@ impl SingleSignOn {
             Ok(DevicePoll::Pending) => Ok(DeviceStatus::Pending),
             Ok(DevicePoll::SlowDown) => {
                 if let Some(entry) = self.lock().device.get_mut(handle) {
-                    entry.interval += SLOW_DOWN_BY;
-                    entry.next_poll_at = self.now() + entry.interval;
+                    entry.slow_down(self.now());
                 }
                 Ok(DeviceStatus::SlowDown)
             }
@@ -455,30 +457,18 @@ impl SingleSignOn {
     /// Renews a login with its refresh token, asking the provider again who the person is (their
     /// groups may have changed). A provider that refuses ends the login.
     pub async fn refresh(&self, refresh_token: &str) -> Result<LoginTokens, SsoError> {
-        // `refresh_login` takes the provider's refusal as a `BrokerError`; the real reason waits here.
-        let reason: Mutex<Option<SsoError>> = Mutex::new(None);
         let oidc = &self.oidc;
-        let keep = |error: SsoError| {
-            *reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
-            BrokerError::RefreshRefused
-        };
-        let renewed = self
-            .broker
+        self.broker
             .refresh_login(refresh_token, |idp_refresh| async move {
-                let identity = oidc.refresh(&idp_refresh).await.map_err(|error| {
-                    keep(match error {
-                        OidcError::Refused { error, description } => {
-                            SsoError::RefreshRefused(describe(&error, description.as_deref()))
-                        }
-                        other => SsoError::Provider(other),
-                    })
+                let identity = oidc.refresh(&idp_refresh).await.map_err(|error| match error {
+                    OidcError::Refused { error, description } => {
+                        SsoError::RefreshRefused(describe(&error, description.as_deref()))
+                    }
+                    other => SsoError::Provider(other),
                 })?;
-                signed_in(identity, oidc.settings()).map_err(&keep)
+                signed_in(identity, oidc.settings())
             })
-            .await;
-        renewed.map_err(|error| {
-            reason.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).unwrap_or(SsoError::from(error))
-        })
+            .await
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -562,10 +552,7 @@ fn describe(error: &str, description: Option<&str>) -> String {
 
 /// 32 random bytes, hex: a key nobody can guess.
 fn random_key() -> Result<String, SsoError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| SsoError::from(BrokerError::Secret(secrets::SecretError::Random(e.to_string()))))?;
-    Ok(hex::encode(bytes))
+    Ok(hex::encode(secrets::random_bytes().map_err(BrokerError::from)?))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! can forget the check.
 
 use std::marker::PhantomData;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use airlock_broker::Caller;
 use airlock_core::scope::Scope;
@@ -65,19 +65,31 @@ impl<S: RouteScope> FromRequestParts<AppState> for Authenticated<S> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(ApiError::unauthenticated)?;
-        let source_ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())
-            .ok_or_else(|| ApiError::bad_input("the caller's address is unknown"))?;
-        let (caller, scopes) = state.broker.authenticate(token, source_ip).await?;
+            .ok_or_else(ApiError::unauthenticated)?
+            .to_owned();
+        let SourceIp(source_ip) = SourceIp::from_request_parts(parts, state).await?;
+        let (caller, scopes) = state.broker.authenticate(&token, source_ip).await?;
         match S::SCOPE {
             Some(needed) if !scopes.allows(needed) => Err(ApiError::forbidden(format!(
                 "this token does not hold the `{needed}` scope this route needs (it holds: {scopes})"
             ))),
             _ => Ok(Self(caller, PhantomData)),
         }
+    }
+}
+
+/// Where the caller connected from.
+pub struct SourceIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for SourceIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| Self(address.ip()))
+            .ok_or_else(|| ApiError::bad_input("the caller's address is unknown"))
     }
 }
 

@@ -13,11 +13,11 @@
 //! `Cache-Control: no-store`; redirects that carry a code, `Referrer-Policy: no-referrer`. No
 //! token, code, state or handle is ever logged.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use airlock_broker::logins::LoginTokens;
 use airlock_broker::sso::{Callback, DeviceStatus, Finished, SingleSignOn, SsoError};
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,7 @@ use crate::api::{
     LoginView, RefreshBody,
 };
 use crate::error::ApiError;
+use crate::extract::SourceIp;
 use crate::extract::{Body, Params};
 
 /// The sign-in routes, merged into [`crate::routes::router`].
@@ -119,24 +120,9 @@ impl FromRequestParts<AppState> for Sso {
     }
 }
 
-/// Where the caller connected from.
-struct SourceIp(IpAddr);
-
-impl FromRequestParts<AppState> for SourceIp {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| Self(address.ip()))
-            .ok_or_else(|| ApiError::bad_input("the caller's address is unknown"))
-    }
-}
-
 /// The tokens, not to be kept by any cache on the way.
-fn tokens(status: StatusCode, view: LoginView) -> Response {
-    let mut response = (status, Json(view)).into_response();
+fn tokens(login: &LoginTokens) -> Response {
+    let mut response = Json(LoginView::new(login)).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
@@ -184,7 +170,7 @@ async fn callback(
         error_description: query.error_description,
     };
     match sso.finish_browser(callback, ip).await? {
-        Finished::Tokens(login) => Ok(tokens(StatusCode::OK, LoginView::new(&login))),
+        Finished::Tokens(login) => Ok(tokens(&login)),
         Finished::Redirect(url) => found(url.as_str()),
     }
 }
@@ -194,7 +180,7 @@ async fn callback(
         (status = 400, body = ErrorBody, description = "unknown, used or expired code"), (status = 404, body = ErrorBody)))]
 async fn handoff(Sso(sso): Sso, Body(body): Body<CodeBody>) -> Result<Response, LoginError> {
     let login = sso.redeem_handoff(&body.code)?;
-    Ok(tokens(StatusCode::OK, LoginView::new(&login)))
+    Ok(tokens(&login))
 }
 
 #[utoipa::path(post, path = "/v1/login/device",
@@ -232,7 +218,7 @@ async fn poll_device(
     Ok(match sso.poll_device(&body.handle, ip).await? {
         DeviceStatus::Pending => pending("pending").into_response(),
         DeviceStatus::SlowDown => pending("slow_down").into_response(),
-        DeviceStatus::Done(login) => tokens(StatusCode::OK, LoginView::new(&login)),
+        DeviceStatus::Done(login) => tokens(&login),
     })
 }
 
@@ -242,5 +228,5 @@ async fn poll_device(
         (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn refresh(Sso(sso): Sso, Body(body): Body<RefreshBody>) -> Result<Response, LoginError> {
     let login = sso.refresh(&body.refresh_token).await?;
-    Ok(tokens(StatusCode::OK, LoginView::new(&login)))
+    Ok(tokens(&login))
 }

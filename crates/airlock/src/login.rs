@@ -38,8 +38,6 @@ use crate::{Failure, Outcome, output};
 const REFRESH_MARGIN: time::Duration = time::Duration::seconds(30);
 /// How long `airlock login --browser` waits for the browser to come back.
 const BROWSER_PATIENCE: Duration = Duration::from_secs(10 * 60);
-/// What RFC 8628 adds to the polling interval at each `slow_down`.
-const SLOW_DOWN_BY: Duration = Duration::from_secs(5);
 
 /// `airlock serve`: the broker's single sign-on when `[identity.oidc]` is set, its provider
 /// discovered now. A provider that cannot be reached stops the broker from starting (exit 2)
@@ -255,7 +253,7 @@ async fn device_flow(http: &reqwest::Client, base: &str) -> Result<LoginView, Fa
             StatusCode::ACCEPTED => {
                 let pending: DevicePendingView = answer.json()?;
                 if pending.status == "slow_down" {
-                    interval += SLOW_DOWN_BY;
+                    interval += airlock_broker::sso::SLOW_DOWN_BY;
                 }
             }
             _ => return Err(answer.failure()),

@@ -32,7 +32,9 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     // Single sign-on's provider is discovered at start: unreachable, the broker does not start.
     let sso = crate::login::single_sign_on(&broker, &config).await?;
     // Before anything serves: grants the policies no longer allow end before they can be used.
-    let loaded = broker.load_policies(broker.policies()).await.context("cannot put the policies in force")?;
+    // The bundle everything below is built from (a reload later swaps the broker's, not this).
+    let policies = broker.policies();
+    let loaded = broker.load_policies(policies.clone()).await.context("cannot put the policies in force")?;
     reload::log_loaded(&loaded);
     // Watched from now on: SIGHUP's default action would end the process.
     let hangups = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
@@ -54,9 +56,8 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     let (stop_checkpoints, checkpoints_stopped) = watch::channel(false);
     let checkpointer =
         tokio::spawn(checkpoints::run(broker.clone(), CheckpointSettings::from(&config.audit), checkpoints_stopped));
-    let mut targets =
-        Target::from_catalog(&broker.policies().catalog).context("cannot set up the PostgreSQL connector")?;
-    let throwaway = throwaway::start(&broker.policies().catalog, &files.data_dir).await;
+    let mut targets = Target::from_catalog(&policies.catalog).context("cannot set up the PostgreSQL connector")?;
+    let throwaway = throwaway::start(&policies.catalog, &files.data_dir).await;
     targets.extend(throwaway.targets.iter().cloned());
     let role_key = RoleKey::new(
         load_or_create_secret(&files.data_dir.join("connector.key")).context("cannot load the connector's key")?,
@@ -77,7 +78,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
         }
         None => None,
     };
-    let built_from = Targets::of(&broker.policies().catalog);
+    let built_from = Targets::of(&policies.catalog);
     let reloader = tokio::spawn(reload::run(broker.clone(), config.clone(), built_from, hangups, stopped.clone()));
     let connector = if targets.is_empty() {
         None
@@ -87,8 +88,8 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
         Some(tokio::spawn(reconciler.run(stopped)))
     };
     tracing::info!(
-        policies = broker.policies().engine.policy_count(),
-        policy_version = %broker.policies().version,
+        policies = policies.engine.policy_count(),
+        policy_version = %policies.version,
         data_dir = %files.data_dir.display(),
         key_id = %broker.key().key_id,
         "broker started"
