@@ -120,6 +120,7 @@ fn main() {
             source_ip: "10.0.0.1".parse().unwrap(),
             incident: None,
             mfa: false,
+            trusted_device: false,
         };
         let iterations = 20_000;
         let (one_p50, one_p99, _) =

@@ -203,6 +203,7 @@ mod tests {
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
             mfa: false,
+            device: None,
         };
         AccessRequest::break_glass(new, &role(), &decision(true), "v1", T0, GrantId::from_uuid(Uuid::from_u128(2)))
     }
@@ -241,6 +242,7 @@ mod tests {
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
             mfa: false,
+            device: None,
         };
         let refused =
             AccessRequest::break_glass(new, &role(), &decision(false), "v1", T0, GrantId::from_uuid(Uuid::nil()));

@@ -3,15 +3,16 @@
 //! The broker [`issue`]s a credential for a live grant; the gateway [`verify`]s it offline with
 //! the broker's public key, then asks the broker separately whether the grant is still live (not
 //! revoked). A credential binds one grant to its holder, resource, role and time window, and
-//! optionally to one source address, so a session can end at the credential's expiry even when
+//! optionally to one source address and to one device's key, so a session can end at the credential's expiry even when
 //! the broker is down.
 //!
 //! A credential is a PASETO `v4.public` token (Ed25519, signed and readable, not encrypted). Its
 //! wire format is fixed here because a broker and a gateway may run different builds:
 //! - payload: a JSON object with exactly the claims `aud` (always [`AUDIENCE`]), `jti` (the token
 //!   id), `sub` (the holder), `grant`, `resource`, `role`, `iat`, `nbf` and `exp` (RFC 3339, UTC)
-//!   and, when bound, `source` (an IP address). Unknown claims are refused, so a restriction added
-//!   later (a device, say) is never silently ignored by an older gateway.
+//!   and, when bound, `source` (an IP address) and `device` (a device's Ed25519 public key, 64 hex
+//!   digits). Unknown claims are refused, so a restriction added later is never silently ignored
+//!   by an older gateway.
 //! - footer: `{"kid":"…"}`, the [`key_id`] of the signing key, so a verifier that holds several
 //!   keys can pick one with [`key_id_of`]. The footer is covered by the signature, and [`verify`]
 //!   refuses a token whose key id is not the id of the key it was given.
@@ -45,6 +46,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+use crate::device::DeviceKey;
 use crate::ids::{GrantId, ResourceName, RoleName, UserName};
 use crate::lifecycle::Grant;
 
@@ -75,6 +77,8 @@ pub struct Credential {
     pub expires_at: OffsetDateTime,
     /// When set, only connections from this address are accepted.
     pub source: Option<IpAddr>,
+    /// When set, only connections that prove this device key (a TLS client certificate for it).
+    pub device: Option<DeviceKey>,
 }
 
 impl Credential {
@@ -94,6 +98,7 @@ impl Credential {
             not_before: grant.starts_at,
             expires_at: grant.ends_at,
             source: None,
+            device: None,
         })
     }
 
@@ -108,6 +113,13 @@ impl Credential {
     #[must_use]
     pub fn bound_to(mut self, source: IpAddr) -> Self {
         self.source = Some(source.to_canonical());
+        self
+    }
+
+    /// Accepts only connections that prove `device`'s key.
+    #[must_use]
+    pub fn bound_to_device(mut self, device: DeviceKey) -> Self {
+        self.device = Some(device);
         self
     }
 }
@@ -130,13 +142,15 @@ impl fmt::Debug for Token {
     }
 }
 
-/// What a client presented to the gateway: the startup message's user and password, and the
-/// address the connection comes from (`None` when it has none, e.g. a Unix socket).
+/// What a client presented to the gateway: the startup message's user and password, the
+/// address the connection comes from (`None` when it has none, e.g. a Unix socket), and the key
+/// its TLS client certificate proved it holds (`None` without one).
 #[derive(Clone, Copy)]
 pub struct Login<'a> {
     pub user: &'a str,
     pub password: &'a str,
     pub source: Option<IpAddr>,
+    pub device: Option<DeviceKey>,
 }
 
 impl fmt::Debug for Login<'_> {
@@ -145,6 +159,7 @@ impl fmt::Debug for Login<'_> {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("source", &self.source)
+            .field("device", &self.device)
             .finish()
     }
 }
@@ -185,6 +200,12 @@ pub enum VerifyError {
     WrongSource { bound: IpAddr, actual: IpAddr },
     #[error("the credential is bound to source address {bound} and this connection has no address")]
     UnknownSource { bound: IpAddr },
+    #[error(
+        "the credential is bound to a device and this connection presented no client certificate for it; connect with `airlock connect`, or give libpq the sslcert and sslkey `airlock credentials` names"
+    )]
+    NoDevice,
+    #[error("the credential is bound to another device than the one this connection's client certificate proves")]
+    WrongDevice,
 }
 
 /// The public id of a verifying key: the first 8 bytes of its SHA-256, in hex.
@@ -218,6 +239,7 @@ pub fn issue(keypair: &[u8; 64], credential: &Credential) -> Result<Token, Issue
         nbf: c.not_before,
         exp: c.expires_at,
         source: c.source.map(|s| s.to_canonical()),
+        device: c.device,
     };
     let payload = serde_json::to_vec(&claims).map_err(IssueError::Encode)?;
     let footer = serde_json::to_vec(&Footer { kid: key_id(&public) }).map_err(IssueError::Encode)?;
@@ -259,6 +281,11 @@ pub fn verify(public_key: &[u8; 32], login: &Login<'_>, now: OffsetDateTime) -> 
             Some(_) => {}
         }
     }
+    match (claims.device, login.device) {
+        (Some(_), None) => return Err(VerifyError::NoDevice),
+        (Some(bound), Some(proved)) if bound != proved => return Err(VerifyError::WrongDevice),
+        _ => {}
+    }
     Ok(Credential {
         token_id: claims.jti,
         grant: claims.grant,
@@ -269,6 +296,7 @@ pub fn verify(public_key: &[u8; 32], login: &Login<'_>, now: OffsetDateTime) -> 
         not_before: claims.nbf,
         expires_at: claims.exp,
         source: claims.source,
+        device: claims.device,
     })
 }
 
@@ -290,6 +318,8 @@ struct Claims {
     exp: OffsetDateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceKey>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -371,6 +401,7 @@ mod tests {
             not_before: T0,
             expires_at: T0 + Duration::hours(1),
             source: None,
+            device: None,
         }
     }
 
@@ -379,7 +410,7 @@ mod tests {
     }
 
     fn login(token: &str) -> Login<'_> {
-        Login { user: "alice", password: token, source: None }
+        Login { user: "alice", password: token, source: None, device: None }
     }
 
     /// Verifies with key A.
@@ -448,7 +479,7 @@ mod tests {
         };
         let token = issued(&c);
         assert!(token.len() < MAX_TOKEN_LEN / 2, "{}", token.len());
-        check(Login { user: &long, password: &token, source: c.source }, T0, Ok(&c));
+        check(Login { user: &long, password: &token, source: c.source, device: None }, T0, Ok(&c));
     }
 
     #[test]
@@ -545,6 +576,7 @@ mod tests {
         claims(("'exp':'2030-01-01T11:00:00Z'", "'exp':'tomorrow'"), VerifyError::Malformed);
         claims(("'exp':'2030-01-01T11:00:00Z'", "'exp':1893495600"), VerifyError::Malformed);
         claims(("'nbf'", "'device':'laptop-7','nbf'"), VerifyError::Malformed);
+        claims(("'nbf'", "'network':'10.0.0.0/8','nbf'"), VerifyError::Malformed);
         claims(
             ("'exp':'2030-01-01T11:00:00Z'", "'exp':'2030-01-01T11:00:00Z','exp':'2031-01-01T11:00:00Z'"),
             VerifyError::Malformed,
@@ -615,6 +647,30 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_device_is_checked() {
+        let device = |seed: u8| DeviceKey::of(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]));
+        let from = |token, proved: Option<DeviceKey>| Login { device: proved, ..login(token) };
+
+        let bound = credential().bound_to_device(device(1));
+        let token = issued(&bound);
+        check(from(&token, Some(device(1))), T0, Ok(&bound));
+        check(from(&token, Some(device(2))), T0, Err(VerifyError::WrongDevice));
+        check(from(&token, None), T0, Err(VerifyError::NoDevice));
+
+        let untrusted = UntrustedToken::<Public, V4>::try_from(token.as_str()).unwrap();
+        let text = std::str::from_utf8(untrusted.untrusted_payload()).unwrap();
+        assert!(text.ends_with(&format!(r#","device":"{}"}}"#, device(1))), "{text}");
+
+        // Both bindings hold at once; an unbound credential works with or without a certificate.
+        let both = credential().bound_to("10.0.0.5".parse().unwrap()).bound_to_device(device(1));
+        let token = issued(&both);
+        let elsewhere = Login { source: Some("10.0.0.6".parse().unwrap()), ..from(&token, Some(device(1))) };
+        assert!(matches!(verify(&public(&keypair(KEY_A)), &elsewhere, T0), Err(VerifyError::WrongSource { .. })));
+        let unbound = credential();
+        check(from(&issued(&unbound), Some(device(2))), T0, Ok(&unbound));
+    }
+
+    #[test]
     fn issuing_refuses_empty_windows_and_bad_keys() {
         let empty = |c: Credential| matches!(issue(&keypair(KEY_A), &c), Err(IssueError::EmptyWindow { .. }));
         assert!(empty(Credential { expires_at: T0, ..credential() }));
@@ -680,6 +736,8 @@ mod tests {
             VerifyError::NotYetValid { at: T0 },
             VerifyError::WrongSource { bound: "10.0.0.5".parse().unwrap(), actual: "10.0.0.6".parse().unwrap() },
             VerifyError::UnknownSource { bound: "10.0.0.5".parse().unwrap() },
+            VerifyError::NoDevice,
+            VerifyError::WrongDevice,
         ];
         for error in errors {
             let message = error.to_string();

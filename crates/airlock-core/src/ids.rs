@@ -158,6 +158,10 @@ id_type!(
     /// One bearer token for the API: an API token, or a broker session's (a login's). Not secret.
     TokenId
 );
+id_type!(
+    /// One device enrolled by a user: a key pair on their machine. Not secret.
+    DeviceId
+);
 
 #[cfg(test)]
 mod tests {

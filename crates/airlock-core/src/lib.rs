@@ -12,6 +12,7 @@
 //! - [`audit`]: audit events and the hash chain that makes edits, deletions and reorders visible;
 //! - [`scope`]: what a bearer token may be used for;
 //! - [`mfa`]: TOTP codes, accepted once each, with wrong codes rate-limited;
+//! - [`device`]: trusted devices' keys, and the proofs they sign for each call;
 //! - [`credential`]: the signed, grant-bound token a user gives the gateway as their password;
 //! - [`policy_test`]: policy test cases that run like unit tests.
 //!
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod breakglass;
 pub mod catalog;
 pub mod credential;
+pub mod device;
 pub mod ids;
 pub mod incident;
 pub mod lifecycle;

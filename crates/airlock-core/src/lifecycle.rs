@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
 use crate::catalog::Role;
-use crate::ids::{GrantId, RequestId, ResourceName, RoleName, UserName};
+use crate::ids::{DeviceId, GrantId, RequestId, ResourceName, RoleName, UserName};
 use crate::incident::IncidentRef;
 use crate::policy::{Decision, Facts};
 use crate::values::{GrantDuration, Reason};
@@ -141,6 +141,9 @@ pub struct AccessRequest {
     /// Whether the requester had proved a fresh second factor when they asked.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mfa: bool,
+    /// The trusted device the requester asked from: disabling it ends the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
     /// Set once the request is denied, cancelled or expired.
     pub closure: Option<Closure>,
 }
@@ -177,6 +180,8 @@ pub struct NewRequest {
     pub source_ip: IpAddr,
     /// Whether the requester proved a fresh second factor.
     pub mfa: bool,
+    /// The trusted device the requester asked from.
+    pub device: Option<DeviceId>,
 }
 
 impl NewRequest {
@@ -191,6 +196,7 @@ impl NewRequest {
             source_ip: self.source_ip,
             incident: self.incident.as_ref(),
             mfa: self.mfa,
+            trusted_device: self.device.is_some(),
         }
     }
 }
@@ -323,6 +329,7 @@ impl AccessRequest {
             incident: new.incident,
             source_ip: Some(new.source_ip),
             mfa: new.mfa,
+            device: new.device,
             closure: None,
         })
     }
@@ -341,6 +348,7 @@ impl AccessRequest {
             source_ip: self.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             incident: self.incident.as_ref(),
             mfa: self.mfa,
+            trusted_device: self.device.is_some(),
         }
     }
 
@@ -569,6 +577,7 @@ mod tests {
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
             mfa: false,
+            device: None,
         };
         let auto = if auto { allow() } else { deny() };
         AccessRequest::open(new, &role(approvals), &allow(), &auto, "v1", T0, time::Duration::HOUR, gid(9))

@@ -112,6 +112,8 @@ pub struct Facts<'a> {
     pub incident: Option<&'a IncidentRef>,
     /// Whether the caller proved a second factor recently.
     pub mfa: bool,
+    /// Whether the caller asked from an enrolled device an administrator approved.
+    pub trusted_device: bool,
 }
 
 /// A policy decision and the policies that made it.
@@ -383,6 +385,11 @@ impl PolicyEngine {
             ]);
             ("incident".to_owned(), record.expect("two distinct keys"))
         });
+        let device = RestrictedExpression::new_record([(
+            "trusted".to_owned(),
+            RestrictedExpression::new_bool(facts.trusted_device),
+        )])
+        .expect("one key");
         Context::from_pairs(
             [
                 ("role".to_owned(), RestrictedExpression::new_string(facts.role.to_string())),
@@ -393,6 +400,7 @@ impl PolicyEngine {
                 ("weekday".to_owned(), RestrictedExpression::new_string(weekday)),
                 ("source_ip".to_owned(), source_ip),
                 ("mfa".to_owned(), RestrictedExpression::new_bool(facts.mfa)),
+                ("device".to_owned(), device),
             ]
             .into_iter()
             .chain(incident),
@@ -445,6 +453,7 @@ mod tests {
             source_ip: "127.0.0.1".parse().unwrap(),
             incident: None,
             mfa: false,
+            trusted_device: false,
         };
         engine.decide(action, &principal, catalog.resource(&resource.parse().unwrap()).unwrap(), &facts)
     }

@@ -15,6 +15,7 @@
 //! policies = ["oncall-auto-approve-read"]   # optional: the deciding policies
 //! incident = { id = "INC-7", severity = 1 } # optional: the open incident the request names
 //! mfa = true                  # optional: a fresh second factor (default false)
+//! trusted_device = true       # optional: asked from a trusted device (default false)
 //! ```
 
 use std::net::IpAddr;
@@ -72,6 +73,9 @@ pub struct Case {
     /// Whether the principal proved a second factor recently (`context.mfa`; default false).
     #[serde(default)]
     mfa: bool,
+    /// Whether the principal asks from a trusted device (`context.device.trusted`; default false).
+    #[serde(default)]
+    trusted_device: bool,
 }
 
 fn default_reason() -> String {
@@ -117,6 +121,7 @@ pub fn run_case(case: &Case, engine: &PolicyEngine, catalog: &Catalog) -> Result
         source_ip: case.source_ip,
         incident: case.incident.as_ref(),
         mfa: case.mfa,
+        trusted_device: case.trusted_device,
     };
     let decision = engine.decide(action, &principal, resource, &facts);
     let got = if decision.allowed { Expect::Allow } else { Expect::Deny };
@@ -159,7 +164,9 @@ mod tests {
                     @id("sev1") permit(principal, action == Action::"auto_approve", resource)
                       when { context has incident && context.incident.severity <= 1 };
                     @id("mfa") permit(principal in Group::"sre", action == Action::"auto_approve", resource)
-                      when { context.mfa };"#
+                      when { context.mfa };
+                    @id("device") permit(principal in Group::"oncall", action == Action::"auto_approve", resource)
+                      when { context.device.trusted };"#
                     .into(),
             }],
             &catalog,
@@ -232,6 +239,26 @@ mod tests {
             role = "read"
             duration = "5m"
             expect = "deny"
+            [[case]]
+            name = "a trusted device skips review"
+            principal = "d"
+            groups = ["oncall"]
+            action = "auto_approve"
+            resource = "db"
+            role = "read"
+            duration = "5m"
+            trusted_device = true
+            expect = "allow"
+            policies = ["device"]
+            [[case]]
+            name = "another machine does not"
+            principal = "d"
+            groups = ["oncall"]
+            action = "auto_approve"
+            resource = "db"
+            role = "read"
+            duration = "5m"
+            expect = "deny"
             "#,
         )
         .unwrap();
@@ -242,6 +269,8 @@ mod tests {
                 Ok(()),
                 Err("expected allow, got deny (no policy permitted)".into()),
                 Err("resource `db` has no role `write`".into()),
+                Ok(()),
+                Ok(()),
                 Ok(()),
                 Ok(()),
                 Ok(()),

@@ -417,6 +417,7 @@ mod tests {
             incident: None,
             source_ip: None,
             mfa: false,
+            device: None,
             closure: None,
         }
     }
