@@ -80,6 +80,7 @@ impl Broker {
             incident,
             source_ip: caller.source_ip,
             mfa: self.has_fresh_mfa(caller, now),
+            device: caller.device.map(|d| d.id),
         };
         let decision = ask(bundle, Action::BreakGlass, &caller.principal, resource, &new.facts(now), None);
         let grant_id = GrantId::from_uuid(Uuid::now_v7());

@@ -8,9 +8,14 @@ use std::sync::Arc;
 use airlock_core::audit::{AuditEvent, EventKind, SYSTEM_ACTOR};
 use airlock_core::breakglass::AnswerError;
 use airlock_core::catalog::{Resource, Role};
-use airlock_core::ids::{GrantId, GroupName, IncidentId, RequestId, ResourceName, RoleName, TokenId, UserName};
+use airlock_core::device::DeviceKey;
+use airlock_core::ids::{
+    DeviceId, GrantId, GroupName, IncidentId, RequestId, ResourceName, RoleName, TokenId, UserName,
+};
 use airlock_core::incident::{Playbook, arming};
-use airlock_core::lifecycle::{AccessRequest, CancelError, Grant, NewRequest, NotActive, OpenError, ReviewError};
+use airlock_core::lifecycle::{
+    AccessRequest, CancelError, Grant, GrantState, NewRequest, NotActive, OpenError, ReviewError,
+};
 use airlock_core::policy::{Action, Decision, Facts, Principal};
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_store::{GrantFilter, RequestFilter, Store, StoreError, Tx};
@@ -23,6 +28,7 @@ use uuid::Uuid;
 use crate::appender::{AppendError, Appender};
 use crate::bundle::PolicyBundle;
 use crate::clock::Clock;
+use crate::devices::SeenNonces;
 use crate::config::{BreakGlassSection, Config, IdentitySection, IncidentsSection, MfaSection};
 use crate::secrets::{BrokerKey, SecretError};
 
@@ -82,6 +88,16 @@ pub enum BrokerError {
     IncidentsForbidden,
     #[error("only auditors and incident managers may read an incident's report")]
     IncidentReportForbidden,
+    #[error(transparent)]
+    DeviceProof(#[from] crate::devices::DeviceProofError),
+    #[error("this key is already enrolled as a device; each device has its own key")]
+    DeviceKeyKnown,
+    #[error("device `{0}` not found")]
+    DeviceNotFound(DeviceId),
+    #[error(
+        "credentials for `{0}` are bound to a trusted device: ask from a device an administrator approved (`airlock device enroll`, `airlock device list`)"
+    )]
+    TrustedDeviceRequired(ResourceName),
     #[error("user `{0}` already exists")]
     UserExists(UserName),
     #[error("user `{0}` is disabled")]
@@ -173,7 +189,11 @@ impl BrokerError {
             | BrokerError::MfaAlreadyEnrolled
             | BrokerError::NotALogin
             | BrokerError::SignIn(_) => ErrorKind::Conflict,
-            BrokerError::TokenNotFound(_) => ErrorKind::NotFound,
+            BrokerError::TokenNotFound(_) | BrokerError::DeviceNotFound(_) => ErrorKind::NotFound,
+            BrokerError::DeviceProof(crate::devices::DeviceProofError::TooMany) => ErrorKind::RateLimited,
+            BrokerError::DeviceProof(_) => ErrorKind::Unauthenticated,
+            BrokerError::DeviceKeyKnown => ErrorKind::Conflict,
+            BrokerError::TrustedDeviceRequired(_) => ErrorKind::Forbidden,
             BrokerError::TokenExpiryPast => ErrorKind::BadInput,
             BrokerError::MfaRequired(_) => ErrorKind::MfaRequired,
             BrokerError::Mfa(airlock_core::mfa::MfaError::TooManyAttempts { .. }) => ErrorKind::RateLimited,
@@ -198,6 +218,15 @@ pub struct Caller {
     pub mfa_at: Option<OffsetDateTime>,
     /// The token they called with; `None` for callers inside the process (administration, tests).
     pub token: Option<TokenId>,
+    /// The approved device the call was proved from (`context.device.trusted`).
+    pub device: Option<TrustedDevice>,
+}
+
+/// A device an administrator approved, whose key signed the caller's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedDevice {
+    pub id: DeviceId,
+    pub key: DeviceKey,
 }
 
 /// What a new request asks for, as the caller typed it.
@@ -235,9 +264,9 @@ impl From<&Config> for Settings {
     }
 }
 
-/// What ending a user's access did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Disabled {
+/// What disabling a user or a device ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ended {
     pub requests_cancelled: usize,
     pub grants_revoked: usize,
     pub tokens_ended: usize,
@@ -268,6 +297,8 @@ pub struct Broker {
     key: Arc<BrokerKey>,
     /// Group commit for [`Broker::record`].
     appender: Appender,
+    /// Device proofs accepted lately, so each works once.
+    pub(crate) seen_nonces: Arc<SeenNonces>,
 }
 
 pub(crate) fn new_id() -> Uuid {
@@ -293,6 +324,7 @@ impl Broker {
             settings: Arc::new(settings),
             deadlines: Arc::new(Notify::new()),
             grant_changes: Arc::new(watch::Sender::new(0)),
+            seen_nonces: Arc::default(),
         }
     }
 
@@ -386,8 +418,13 @@ impl Broker {
         let Some(resource) = bundle.catalog.resource(&request.resource) else {
             return Decision { allowed: false, policies: Vec::new(), errors: vec!["resource left the catalog".into()] };
         };
-        // About the caller deciding (a reviewer): their address and second factor.
-        let facts = Facts { source_ip: caller.source_ip, mfa: self.has_fresh_mfa(caller, now), ..request.facts(now) };
+        // About the caller deciding (a reviewer): their address, second factor and device.
+        let facts = Facts {
+            source_ip: caller.source_ip,
+            mfa: self.has_fresh_mfa(caller, now),
+            trusted_device: caller.device.is_some(),
+            ..request.facts(now)
+        };
         bundle.engine.decide(action, &caller.principal, resource, &facts)
     }
 
@@ -449,6 +486,7 @@ impl Broker {
             incident: incident.as_ref().map(|i| i.reference()),
             source_ip: caller.source_ip,
             mfa: self.has_fresh_mfa(caller, now),
+            device: caller.device.map(|d| d.id),
         };
         let facts = new.facts(now);
         let request_decision = ask(bundle, Action::Request, &caller.principal, resource, &facts, playbook);
@@ -519,14 +557,48 @@ impl Broker {
         Ok(())
     }
 
-    /// Refuses a caller whose account was disabled after they authenticated: checked inside the
-    /// use case's transaction, so a call in flight cannot outlive [`Broker::disable_user`].
-    /// Callers without a stored account (the broker's own tests, administrators) are not refused.
+    /// Refuses a caller whose account, or the device they called from, was disabled after they
+    /// authenticated: checked inside the use case's transaction, so a call in flight cannot
+    /// outlive [`Broker::disable_user`] or [`Broker::disable_device`]. Callers without a stored
+    /// account (the broker's own tests, administrators) are not refused.
     pub(crate) async fn ensure_enabled(tx: &mut Tx, caller: &Caller) -> Result<(), BrokerError> {
+        if let Some(device) = caller.device
+            && tx.device(device.id).await?.is_none_or(|d| !d.is_trusted())
+        {
+            return Err(crate::devices::DeviceProofError::Disabled(device.id).into());
+        }
         match tx.user(&caller.principal.name).await? {
             Some(user) if user.disabled => Err(BrokerError::Unauthenticated),
             _ => Ok(()),
         }
+    }
+
+    /// Withdraws `requests` and ends `grants` (revoked, or expired when already past their end)
+    /// in `tx` as `actor` for `reason`; returns what ended and the records to append.
+    pub(crate) async fn end_access(
+        tx: &mut Tx,
+        requests: Vec<AccessRequest>,
+        grants: Vec<Grant>,
+        actor: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Ended, Vec<AuditEvent>), BrokerError> {
+        let mut ended = Ended::default();
+        let mut events = Vec::new();
+        for mut request in requests {
+            if let Some(event) = request.withdraw(actor, reason, now) {
+                tx.update_request(&request).await?;
+                events.push(event);
+                ended.requests_cancelled += 1;
+            }
+        }
+        for mut grant in grants {
+            let event = grant.expire(now).map_or_else(|| grant.revoke(actor, reason, now), Ok)?;
+            tx.update_grant(&grant).await?;
+            events.push(event);
+            ended.grants_revoked += usize::from(grant.state == GrantState::Revoked);
+        }
+        Ok((ended, events))
     }
 
     /// Loads a pending-or-not request for `caller` to review inside `tx`; an overdue one is

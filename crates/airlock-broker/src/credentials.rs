@@ -10,7 +10,7 @@ use crate::broker::{Broker, BrokerError, Caller};
 
 impl Broker {
     /// A credential for the caller's own live grant `grant_id`, valid until the grant ends (bound
-    /// to the caller's address when the catalog asks). Another user's grant is "not found".
+    /// to the caller's address, and to the key of the trusted device they call from, when the catalog asks). Another user's grant is "not found".
     pub async fn issue_credential(&self, caller: &Caller, grant_id: &str) -> Result<(Credential, Token), BrokerError> {
         let not_found = || BrokerError::GrantNotFound(grant_id.to_owned());
         let grant = self.store().grant(grant_id).await?.ok_or_else(not_found)?;
@@ -19,9 +19,20 @@ impl Broker {
         }
         let now = self.clock().now();
         let mut credential = Credential::for_grant(&grant, Uuid::now_v7(), now)?;
-        let bind = self.policies().catalog.resource(&grant.resource).is_some_and(|r| r.bind_credentials_to_source);
-        if bind {
+        let (to_source, to_device) = match self.policies().catalog.resource(&grant.resource) {
+            Some(resource) => (resource.bind_credentials_to_source, resource.bind_credentials_to_device),
+            None => (false, false),
+        };
+        if to_source {
             credential = credential.bound_to(caller.source_ip);
+        }
+        let device = match caller.device {
+            Some(device) if to_device => Some(device),
+            None if to_device => return Err(BrokerError::TrustedDeviceRequired(grant.resource)),
+            _ => None,
+        };
+        if let Some(device) = device {
+            credential = credential.bound_to_device(device.key);
         }
         let token = credential::issue(&self.key().keypair(), &credential)?;
         let event = AuditEvent {
@@ -35,9 +46,21 @@ impl Broker {
                 "role": grant.role,
                 "expires_at": credential.expires_at.unix_timestamp(),
                 "source": credential.source,
+                "device": device.map(|d| d.id),
             }),
         };
-        self.record(&[event]).await?;
+        match device {
+            // Bound to a device: disabling it must find this grant, so both commit together,
+            // and only while the device is still trusted.
+            Some(device) => {
+                let mut tx = self.store().begin().await?;
+                Self::ensure_enabled(&mut tx, caller).await?;
+                tx.bind_grant_to_device(device.id, &grant).await?;
+                tx.append(vec![event]).await?;
+                tx.commit().await?;
+            }
+            None => self.record(&[event]).await?,
+        }
         Ok((credential, token))
     }
 }

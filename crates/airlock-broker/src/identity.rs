@@ -10,14 +10,14 @@ use std::net::IpAddr;
 
 use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_core::ids::{GroupName, TokenId, UserName};
-use airlock_core::lifecycle::GrantState;
 use airlock_core::policy::Principal;
 use airlock_core::scope::Scopes;
 use airlock_store::{NewToken, Token, TokenKind, Tx};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
-use crate::broker::{Broker, BrokerError, Caller, Disabled, new_id};
+use crate::broker::{Broker, BrokerError, Caller, Ended, new_id};
+use crate::devices::PresentedProof;
 use crate::secrets;
 
 /// A token is marked used at most this often (a write per call would be a write per call).
@@ -45,8 +45,14 @@ fn works(token: &Token, now: OffsetDateTime, session_idle: Duration) -> bool {
 }
 
 impl Broker {
-    /// The caller presenting `bearer`, and the scopes their token holds.
-    pub async fn authenticate(&self, bearer: &str, source_ip: IpAddr) -> Result<(Caller, Scopes), BrokerError> {
+    /// The caller presenting `bearer`, and the scopes their token holds. A device proof, when
+    /// the call carries one, must hold ([`Broker::device_of_call`]).
+    pub async fn authenticate(
+        &self,
+        bearer: &str,
+        source_ip: IpAddr,
+        device_proof: Option<PresentedProof<'_>>,
+    ) -> Result<(Caller, Scopes), BrokerError> {
         let now = self.clock().now();
         let Some((token, user)) = self.store().bearer(&secrets::token_hash(bearer)).await? else {
             return Err(BrokerError::Unauthenticated);
@@ -57,8 +63,11 @@ impl Broker {
         if token.last_used_at + TOUCH_EVERY <= now {
             self.store().touch_token(token.id, now, now - TOUCH_EVERY).await?;
         }
-        let caller =
-            Caller { principal: Principal::from(user), source_ip, mfa_at: token.mfa_at, token: Some(token.id) };
+        let device = match &device_proof {
+            Some(proof) => self.device_of_call(&user.name, bearer, proof, now).await?,
+            None => None,
+        };
+        let caller = Caller { principal: Principal::from(user), source_ip, mfa_at: token.mfa_at, token: Some(token.id), device };
         Ok((caller, token.scopes))
     }
 
@@ -137,7 +146,7 @@ impl Broker {
 
     /// Disables a user and ends, at once, all their pending requests, live grants, API tokens
     /// and logins.
-    pub async fn disable_user(&self, name: &UserName, actor: &str) -> Result<Disabled, BrokerError> {
+    pub async fn disable_user(&self, name: &UserName, actor: &str) -> Result<Ended, BrokerError> {
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
         if tx.user(name).await?.is_none() {
@@ -151,20 +160,10 @@ impl Broker {
             at: now,
             details: json!({ "user": name }),
         }];
-        let mut done = Disabled { requests_cancelled: 0, grants_revoked: 0, tokens_ended: 0 };
-        for mut request in tx.pending_requests_of(name).await? {
-            if let Some(event) = request.withdraw(actor, reason, now) {
-                tx.update_request(&request).await?;
-                events.push(event);
-                done.requests_cancelled += 1;
-            }
-        }
-        for mut grant in tx.active_grants_of(name).await? {
-            let event = grant.expire(now).map_or_else(|| grant.revoke(actor, reason, now), Ok)?;
-            tx.update_grant(&grant).await?;
-            events.push(event);
-            done.grants_revoked += usize::from(grant.state == GrantState::Revoked);
-        }
+        let requests = tx.pending_requests_of(name).await?;
+        let grants = tx.active_grants_of(name).await?;
+        let (mut done, ended) = Self::end_access(&mut tx, requests, grants, actor, reason, now).await?;
+        events.extend(ended);
         for token in tx.live_tokens_of(name).await? {
             events.push(Self::end_token(&mut tx, &token, actor, reason, now).await?);
             done.tokens_ended += 1;
@@ -193,7 +192,7 @@ impl Broker {
         Ok(event)
     }
 
-    async fn enabled_user(tx: &mut Tx, user: &UserName) -> Result<(), BrokerError> {
+    pub(crate) async fn enabled_user(tx: &mut Tx, user: &UserName) -> Result<(), BrokerError> {
         match tx.user(user).await? {
             Some(found) if !found.disabled => Ok(()),
             Some(_) => Err(BrokerError::UserDisabled(user.clone())),

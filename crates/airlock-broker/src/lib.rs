@@ -15,6 +15,7 @@
 //! - [`checkpoints`]: signs the chain's head every second (or every N records) and copies each
 //!   checkpoint to sinks kept elsewhere;
 //! - [`credentials`]: gateway credentials for a holder's live grant;
+//! - [`devices`]: trusted devices, enrolled, approved and disabled, and the proofs calls carry;
 //! - [`gateways`]: what a gateway running apart may ask and record;
 //! - [`metrics`]: what is measured for Prometheus, and where;
 //! - [`notify`]: webhook notifications made from committed audit records, signed, retried and
@@ -36,6 +37,7 @@ pub mod checkpoints;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod devices;
 pub mod gateways;
 pub mod identity;
 pub mod incidents;
@@ -51,4 +53,4 @@ pub mod scheduler;
 pub mod secrets;
 pub mod sso;
 
-pub use broker::{Broker, BrokerError, Caller, ErrorKind};
+pub use broker::{Broker, BrokerError, Caller, ErrorKind, TrustedDevice};

@@ -9,14 +9,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use airlock_broker::breakglass::BreakGlassInput;
 use airlock_broker::broker::RequestInput;
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::clock::{Clock, ManualClock};
-use airlock_broker::config::PolicySection;
 use airlock_broker::reevaluate::{POLICY_CHANGE, PoliciesLoaded};
 use airlock_broker::{Broker, BrokerError, Caller};
 use airlock_core::audit::ChainRecord;
@@ -30,7 +28,7 @@ use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-use crate::common::{bob, caller, carol, quickstart_settings};
+use crate::common::{bob, caller, carol, quickstart_settings, write_bundle};
 
 const T0: OffsetDateTime = datetime!(2026-11-23 10:00 UTC);
 
@@ -144,22 +142,6 @@ impl App {
             None => self.broker.approve(&carol(), &id, None).await.unwrap().1.expect("two approvals start the grant"),
         }
     }
-}
-
-/// Writes `catalog` and the `*.cedar` `files` under `dir/name` and loads them.
-fn write_bundle(dir: &Path, name: &str, catalog: &str, files: &[(&str, &str)]) -> PolicyBundle {
-    let root = dir.join("bundles").join(name);
-    std::fs::create_dir_all(root.join("policies")).unwrap();
-    std::fs::write(root.join("catalog.toml"), catalog).unwrap();
-    for (file, text) in files {
-        std::fs::write(root.join("policies").join(format!("{file}.cedar")), text).unwrap();
-    }
-    let section = PolicySection {
-        catalog: root.join("catalog.toml"),
-        policies: root.join("policies"),
-        tests: root.join("tests"),
-    };
-    PolicyBundle::load(&section).expect("the bundle loads")
 }
 
 fn ask(role: &str, duration: &str, incident: Option<&str>) -> RequestInput {

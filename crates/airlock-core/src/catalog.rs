@@ -102,6 +102,9 @@ pub struct Resource {
     pub sensitive: bool,
     /// Gateway credentials for this resource only work from the address that asked for them.
     pub bind_credentials_to_source: bool,
+    /// Gateway credentials for this resource are issued only to a trusted device, and only work
+    /// on connections that prove its key (a TLS client certificate).
+    pub bind_credentials_to_device: bool,
     pub roles: BTreeMap<RoleName, Role>,
     pub postgres: Option<PostgresTarget>,
 }
@@ -131,6 +134,8 @@ struct ResourceEntry {
     sensitive: bool,
     #[serde(default)]
     bind_credentials_to_source: bool,
+    #[serde(default)]
+    bind_credentials_to_device: bool,
     #[serde(default)]
     roles: BTreeMap<String, RoleEntry>,
     postgres: Option<PostgresEntry>,
@@ -334,6 +339,7 @@ impl ResourceEntry {
             tags: self.tags,
             sensitive: self.sensitive,
             bind_credentials_to_source: self.bind_credentials_to_source,
+            bind_credentials_to_device: self.bind_credentials_to_device,
             roles,
             postgres,
         })

@@ -112,6 +112,11 @@ name_type!(
     PlaybookName,
     "playbook name"
 );
+name_type!(
+    /// A device's label, chosen by its user (by default the machine's host name).
+    DeviceName,
+    "device name"
+);
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {

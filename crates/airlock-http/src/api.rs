@@ -1,5 +1,6 @@
 //! The JSON documents of the API. Field names are stable: scripts read them through `--json`.
 
+use airlock_broker::devices::Device;
 use airlock_core::audit::ChainRecord;
 use airlock_core::breakglass::{Review, Verdict};
 use airlock_core::incident::Incident;
@@ -32,6 +33,55 @@ pub struct WhoAmI {
     pub mfa_at: Option<OffsetDateTime>,
     /// Whether that proof is still fresh (`context.mfa` in policies).
     pub mfa_fresh: bool,
+    /// The trusted device this call was proved from (`context.device.trusted` in policies).
+    pub device: Option<String>,
+}
+
+/// A device to enroll: its name, its public key, and the key's signature proving it is held.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollDeviceBody {
+    pub name: String,
+    /// The Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// The key's signature of `airlock-device-enrollment-v1\nUSER\nPUBLIC_KEY`, 128 hex digits.
+    pub signature: String,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub public_key: String,
+    /// `pending` (waiting for an administrator), `trusted`, or `disabled`.
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub enrolled_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub approved_at: Option<OffsetDateTime>,
+    pub approved_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub disabled_at: Option<OffsetDateTime>,
+    pub disabled_reason: Option<String>,
+}
+
+/// Whose devices to list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesQuery {
+    /// Every user's devices (auditors only); by default the caller's own.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// A device disabled, and what that ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DisabledDeviceView {
+    pub device: DeviceView,
+    pub requests_cancelled: usize,
+    pub grants_revoked: usize,
 }
 
 /// A TOTP code from the caller's authenticator app.
@@ -478,6 +528,10 @@ pub struct CredentialView {
     pub expires_at: OffsetDateTime,
     /// Only connections from this address are accepted, when set.
     pub source: Option<String>,
+    /// Only connections proving this device key (a TLS client certificate for it) are accepted,
+    /// when set.
+    #[serde(default)]
+    pub device_key: Option<String>,
     /// The password to give the gateway.
     pub token: String,
     /// Where the gateway that serves this broker listens (`host:port`), when it runs in `serve`.
@@ -549,6 +603,28 @@ impl RequestView {
                 .map(|i| IncidentRefView { id: i.id.to_string(), severity: i.severity.level() }),
             closed: request.closure.as_ref().map(closure),
             grant: grant.map(|g| GrantView::new(g, now)),
+        }
+    }
+}
+
+impl DeviceView {
+    pub fn new(device: &Device) -> Self {
+        let state = match (&device.approved, &device.disabled) {
+            (_, Some(_)) => "disabled",
+            (Some(_), None) => "trusted",
+            (None, None) => "pending",
+        };
+        Self {
+            id: device.id.to_string(),
+            user: device.user.to_string(),
+            name: device.name.to_string(),
+            public_key: device.key.to_string(),
+            state: state.to_owned(),
+            enrolled_at: device.enrolled_at,
+            approved_at: device.approved.as_ref().map(|(at, _)| *at),
+            approved_by: device.approved.as_ref().map(|(_, by)| by.clone()),
+            disabled_at: device.disabled.as_ref().map(|(at, _, _)| *at),
+            disabled_reason: device.disabled.as_ref().map(|(_, _, reason)| reason.clone()),
         }
     }
 }

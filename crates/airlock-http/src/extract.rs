@@ -2,12 +2,15 @@
 //!
 //! A handler names the scope its route needs in its caller's type, `Authenticated<scope::Review>`:
 //! there is no way to take a caller without saying which scope the token must hold, so no route
-//! can forget the check.
+//! can forget the check. A call from an enrolled device carries its proof in the
+//! `Airlock-Device-Proof` header, signed over the method, the path and query, and the token.
 
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 
 use airlock_broker::Caller;
+use airlock_broker::devices::PresentedProof;
+use airlock_core::device::PROOF_HEADER;
 use airlock_core::scope::Scope;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
@@ -68,7 +71,13 @@ impl<S: RouteScope> FromRequestParts<AppState> for Authenticated<S> {
             .ok_or_else(ApiError::unauthenticated)?
             .to_owned();
         let SourceIp(source_ip) = SourceIp::from_request_parts(parts, state).await?;
-        let (caller, scopes) = state.broker.authenticate(&token, source_ip).await?;
+        let header = match parts.headers.get(PROOF_HEADER) {
+            Some(value) => Some(value.to_str().map_err(|_| ApiError::bad_input("the device proof is not ASCII"))?),
+            None => None,
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let proof = header.map(|header| PresentedProof { header, method: parts.method.as_str(), path });
+        let (caller, scopes) = state.broker.authenticate(&token, source_ip, proof).await?;
         match S::SCOPE {
             Some(needed) if !scopes.allows(needed) => Err(ApiError::forbidden(format!(
                 "this token does not hold the `{needed}` scope this route needs (it holds: {scopes})"

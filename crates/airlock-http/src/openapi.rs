@@ -13,6 +13,7 @@ use crate::routes;
     paths(
         routes::health, routes::openapi_document, routes::whoami, routes::keys,
         routes::enroll_mfa, routes::confirm_mfa, routes::verify_mfa, routes::logout,
+        routes::enroll_device, routes::list_devices, routes::disable_device,
         routes::create_request, routes::list_requests, routes::get_request,
         routes::approve, routes::deny, routes::cancel, routes::break_glass, routes::list_reviews, routes::review,
         routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export, routes::audit_prove,
@@ -28,7 +29,7 @@ use crate::routes;
         RequestView, GrantView, AuditRecordView, VerifyView, KeyView, HealthView, CredentialView,
         LiveGrantsView, GatewayEventView, RecordedView, BreakGlassBody, BreakGlassView, ReviewBody, ReviewView, AnswerView,
         IncidentBody, IncidentView, ClosedIncidentView, IncidentRefView,
-        CodeBody, EnrollmentView, MfaView,
+        CodeBody, EnrollmentView, MfaView, EnrollDeviceBody, DeviceView, DisabledDeviceView,
         LoginView, DeviceStartView, DevicePollBody, DevicePendingView, RefreshBody,
     )),
     modifiers(&BearerToken),

@@ -8,7 +8,9 @@ use airlock_broker::reports::StoryOf;
 use airlock_core::audit::AuditEvent;
 use airlock_core::audit::export::Report;
 use airlock_core::breakglass::Verdict;
-use airlock_core::ids::{GrantId, IncidentId, ResourceName, RoleName, UserName};
+use airlock_broker::devices::Enrollment;
+use airlock_core::device::DeviceKey;
+use airlock_core::ids::{DeviceId, DeviceName, GrantId, IncidentId, ResourceName, RoleName, UserName};
 use airlock_core::incident::{NewIncident, Severity, Title};
 use airlock_core::report::Window;
 use airlock_core::report::story::{IncidentReport, Story};
@@ -37,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/mfa/confirm", post(confirm_mfa))
         .route("/v1/mfa/verify", post(verify_mfa))
         .route("/v1/logout", post(logout))
+        .route("/v1/devices", post(enroll_device).get(list_devices))
+        .route("/v1/devices/{id}/disable", post(disable_device))
         .route("/v1/requests", post(create_request).get(list_requests))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/approve", post(approve))
@@ -103,7 +107,56 @@ async fn whoami(State(state): State<AppState>, Authenticated(caller, _): Authent
         source_ip: caller.source_ip.to_string(),
         mfa_at: caller.mfa_at,
         mfa_fresh,
+        device: caller.device.map(|device| device.id.to_string()),
     })
+}
+
+#[utoipa::path(post, path = "/v1/devices", security(("token" = [])), request_body = EnrollDeviceBody,
+    responses((status = 201, body = DeviceView, description = "enrolled, waiting for an administrator's approval"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the key is already enrolled")))]
+async fn enroll_device(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Request>,
+    Body(body): Body<EnrollDeviceBody>,
+) -> Result<(StatusCode, Json<DeviceView>), ApiError> {
+    let enrollment = Enrollment {
+        name: parse("name", DeviceName::parse(&body.name))?,
+        key: parse("public_key", body.public_key.parse::<DeviceKey>())?,
+        signature: body.signature,
+    };
+    let device = state.broker.enroll_device(&caller, enrollment).await?;
+    Ok((StatusCode::CREATED, Json(DeviceView::new(&device))))
+}
+
+#[utoipa::path(get, path = "/v1/devices", security(("token" = [])), params(DevicesQuery),
+    responses((status = 200, body = Vec<DeviceView>), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`all` is for auditors")))]
+async fn list_devices(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Read>,
+    Params(query): Params<DevicesQuery>,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    let devices = state.broker.devices(&caller, query.all).await?;
+    Ok(Json(devices.iter().map(DeviceView::new).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/devices/{id}/disable", security(("token" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = DisabledDeviceView, description = "disabled; what it asked for or was bound to has ended"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "already disabled")))]
+async fn disable_device(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Request>,
+    Path(id): Path<String>,
+) -> Result<Json<DisabledDeviceView>, ApiError> {
+    let id: DeviceId = id.parse().map_err(|_| ApiError::not_found(format!("device `{id}` not found")))?;
+    let (device, ended) = state.broker.disable_own_device(&caller, id).await?;
+    Ok(Json(DisabledDeviceView {
+        device: DeviceView::new(&device),
+        requests_cancelled: ended.requests_cancelled,
+        grants_revoked: ended.grants_revoked,
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/mfa/enroll", security(("token" = [])),
@@ -435,6 +488,7 @@ async fn issue_credential(
         role: credential.role.to_string(),
         expires_at: credential.expires_at,
         source: credential.source.map(|source| source.to_string()),
+        device_key: credential.device.map(|key| key.to_string()),
         token: token.expose().to_owned(),
         gateway: state.gateway.map(|address| address.to_string()),
         database,

@@ -12,6 +12,7 @@
 
 mod audit;
 mod breakglass;
+mod device;
 mod identity;
 mod incident;
 mod report;
@@ -32,6 +33,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
 pub use breakglass::OpenReviews;
+pub use device::Device;
 pub use identity::{NewToken, RefreshLookup, Renewal, StoredMfa, Token, TokenKind};
 pub use report::{ReportScope, StatementCount};
 pub use rows::User;

@@ -146,8 +146,8 @@ impl Tx {
 
     pub async fn insert_request(&mut self, request: &AccessRequest) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO requests (id, requester, resource, role, state, created_ms, expires_ms, incident, body)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO requests (id, requester, resource, role, state, created_ms, expires_ms, incident, device, body)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(request.id.to_string())
         .bind(request.requester.as_str())
@@ -157,6 +157,7 @@ impl Tx {
         .bind(ms(request.created_at))
         .bind(ms(request.expires_at))
         .bind(request.incident.as_ref().map(|i| i.id.as_str()))
+        .bind(request.device.map(|d| d.to_string()))
         .bind(to_body(request))
         .execute(&mut *self.inner)
         .await?;

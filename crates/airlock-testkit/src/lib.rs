@@ -42,6 +42,7 @@ pub fn caller_from(name: &str, groups: &[&str], source_ip: std::net::IpAddr) -> 
         source_ip,
         mfa_at: None,
         token: None,
+        device: None,
     }
 }
 

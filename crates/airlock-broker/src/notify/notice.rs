@@ -516,6 +516,7 @@ mod tests {
             incident: None,
             source_ip: [10, 0, 0, 7].into(),
             mfa: false,
+            device: None,
         };
         let catalog = catalog();
         let role = &catalog.resource(&new.resource).unwrap().roles[&new.role];

@@ -14,7 +14,7 @@ use std::time::Duration;
 use airlock_broker::broker::Settings;
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::clock::{Clock, ManualClock};
-use airlock_broker::config::{Config, MfaSection};
+use airlock_broker::config::{Config, MfaSection, PolicySection};
 use airlock_broker::{Broker, Caller};
 use airlock_core::values::GrantDuration;
 use airlock_store::Store;
@@ -117,6 +117,22 @@ pub fn quickstart_settings() -> Settings {
 pub fn quickstart_broker(store: Store, dir: &Path, clock: Arc<ManualClock>) -> Broker {
     let key = airlock_broker::secrets::load_or_create_key(dir).expect("the key");
     Broker::new(store, quickstart_bundle(), clock as Arc<dyn Clock>, quickstart_settings(), key)
+}
+
+/// Writes `catalog` and the `*.cedar` `files` under `dir/name` and loads them.
+pub fn write_bundle(dir: &Path, name: &str, catalog: &str, files: &[(&str, &str)]) -> PolicyBundle {
+    let root = dir.join("bundles").join(name);
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    std::fs::write(root.join("catalog.toml"), catalog).unwrap();
+    for (file, text) in files {
+        std::fs::write(root.join("policies").join(format!("{file}.cedar")), text).unwrap();
+    }
+    let section = PolicySection {
+        catalog: root.join("catalog.toml"),
+        policies: root.join("policies"),
+        tests: root.join("tests"),
+    };
+    PolicyBundle::load(&section).expect("the bundle loads")
 }
 
 /// Somebody in `groups`, connecting from 10.0.0.7.

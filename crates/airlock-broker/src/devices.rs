@@ -1,0 +1,223 @@
+//! Trusted devices: enrolled by their user, who proves holding the key; approved by an
+//! administrator; disabled by either, which ends at once everything the device was used for.
+//!
+//! A call made from a device carries a proof signed by its key ([`airlock_core::device::Proof`]):
+//! [`Broker::authenticate`] checks it and the caller becomes a [`TrustedDevice`] caller when the
+//! device is approved — the policies' `context.device.trusted`. A proof that is present but
+//! wrong (forged, replayed, stale, for another user's or a disabled device) refuses the call:
+//! it is an attack or a stolen token, never a reason to fall back to "untrusted".
+//!
+//! "What the device was used for": requests made from it (pending ones are withdrawn, their
+//! grants revoked) and grants whose gateway credentials are bound to it (revoked; the gateway
+//! then cuts their sessions).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use airlock_core::audit::{AuditEvent, EventKind};
+use airlock_core::device::{self, Call, DeviceKey, PROOF_WINDOW, Proof, ProofError};
+use airlock_core::ids::{DeviceId, DeviceName, UserName};
+pub use airlock_store::Device;
+use airlock_store::Tx;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::broker::{Broker, BrokerError, Caller, Ended, TrustedDevice, new_id};
+
+/// Nonces remembered at most; past this, proofs are refused until old ones age out.
+const MAX_REMEMBERED_NONCES: usize = 100_000;
+
+/// Why a call's device proof was refused. Shown to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceProofError {
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    #[error("the device proof names a device this user has not enrolled")]
+    UnknownDevice,
+    #[error("device `{0}` is disabled; enroll this machine again (`airlock device enroll`)")]
+    Disabled(DeviceId),
+    #[error("this device proof was already used")]
+    Replayed,
+    #[error("too many device proofs at once; try again in a minute")]
+    TooMany,
+}
+
+/// A call's device proof as it arrived: the header and the call it claims to be for.
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedProof<'a> {
+    pub header: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// The nonces of proofs accepted within [`PROOF_WINDOW`], so that each proof works once.
+#[derive(Default)]
+pub(crate) struct SeenNonces(Mutex<HashMap<(DeviceId, [u8; device::NONCE_BYTES]), OffsetDateTime>>);
+
+impl SeenNonces {
+    /// Remembers `proof`'s nonce; refuses it when already seen.
+    fn remember(&self, proof: &Proof, now: OffsetDateTime) -> Result<(), DeviceProofError> {
+        let mut seen = self.0.lock().expect("the nonce lock is never poisoned");
+        if seen.len() >= MAX_REMEMBERED_NONCES {
+            // A proof made before this is out of its window for good.
+            seen.retain(|_, at| *at >= now - PROOF_WINDOW);
+        }
+        if seen.len() >= MAX_REMEMBERED_NONCES {
+            return Err(DeviceProofError::TooMany);
+        }
+        match seen.insert((proof.device, proof.nonce), proof.at) {
+            Some(_) => Err(DeviceProofError::Replayed),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A device the caller asks to enroll.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub name: DeviceName,
+    pub key: DeviceKey,
+    /// The key's signature of [`device::enrollment_message`], 128 hex digits.
+    pub signature: String,
+}
+
+impl Broker {
+    /// The trusted device `presented` proves for the caller `user` presenting `bearer`; `None`
+    /// when the device is not approved yet.
+    pub(crate) async fn device_of_call(
+        &self,
+        user: &UserName,
+        bearer: &str,
+        presented: &PresentedProof<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Option<TrustedDevice>, BrokerError> {
+        let proof = Proof::parse(presented.header).map_err(DeviceProofError::from)?;
+        let device = match self.store().device(proof.device).await? {
+            Some(device) if &device.user == user => device,
+            _ => return Err(DeviceProofError::UnknownDevice.into()),
+        };
+        if device.disabled.is_some() {
+            return Err(DeviceProofError::Disabled(device.id).into());
+        }
+        let call = Call { method: presented.method, path: presented.path, bearer };
+        proof.verify(&device.key, &call, now).map_err(DeviceProofError::from)?;
+        self.seen_nonces.remember(&proof, now)?;
+        Ok(device.is_trusted().then_some(TrustedDevice { id: device.id, key: device.key }))
+    }
+
+    /// Registers a device for the caller, waiting for an administrator's approval.
+    pub async fn enroll_device(&self, caller: &Caller, enrollment: Enrollment) -> Result<Device, BrokerError> {
+        let user = &caller.principal.name;
+        device::verify_enrollment(user, &enrollment.key, &enrollment.signature).map_err(DeviceProofError::from)?;
+        let now = self.clock().now();
+        let mut tx = self.store().begin().await?;
+        Self::ensure_enabled(&mut tx, caller).await?;
+        if tx.device_key_known(&enrollment.key).await? {
+            return Err(BrokerError::DeviceKeyKnown);
+        }
+        let device = Device {
+            id: DeviceId::from_uuid(new_id()),
+            user: user.clone(),
+            name: enrollment.name,
+            key: enrollment.key,
+            enrolled_at: now,
+            approved: None,
+            disabled: None,
+        };
+        tx.insert_device(&device).await?;
+        tx.append(vec![device_event(EventKind::DeviceEnrolled, user.as_str(), now, &device)]).await?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// An administrator approves device `id`: calls proved by it are trusted from now on.
+    /// Approving an approved device changes nothing.
+    pub async fn approve_device(&self, id: DeviceId, actor: &str) -> Result<Device, BrokerError> {
+        let now = self.clock().now();
+        let mut tx = self.store().begin().await?;
+        let mut device = tx.device(id).await?.ok_or(BrokerError::DeviceNotFound(id))?;
+        if device.disabled.is_some() {
+            return Err(DeviceProofError::Disabled(id).into());
+        }
+        if device.approved.is_some() {
+            return Ok(device);
+        }
+        Self::enabled_user(&mut tx, &device.user).await?;
+        tx.approve_device(id, actor, now).await?;
+        device.approved = Some((now, actor.to_owned()));
+        tx.append(vec![device_event(EventKind::DeviceApproved, actor, now, &device)]).await?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// The caller disables one of their own devices (a lost laptop); another's is "not found".
+    pub async fn disable_own_device(&self, caller: &Caller, id: DeviceId) -> Result<(Device, Ended), BrokerError> {
+        match self.store().device(id).await? {
+            Some(device) if device.user == caller.principal.name => {
+                self.disable_device(id, caller.principal.name.as_str(), "disabled by its user").await
+            }
+            _ => Err(BrokerError::DeviceNotFound(id)),
+        }
+    }
+
+    /// Disables device `id` for good: in the same commit, withdraws the pending requests made
+    /// from it and revokes the grants asked for from it or bound to it; then gateways cut their
+    /// sessions.
+    pub async fn disable_device(&self, id: DeviceId, actor: &str, reason: &str) -> Result<(Device, Ended), BrokerError> {
+        let now = self.clock().now();
+        let mut tx = self.store().begin().await?;
+        let mut device = tx.device(id).await?.ok_or(BrokerError::DeviceNotFound(id))?;
+        if device.disabled.is_some() {
+            return Err(DeviceProofError::Disabled(id).into());
+        }
+        let ended = Self::end_device(&mut tx, &mut device, actor, reason, now).await?;
+        tx.commit().await?;
+        self.grants_changed();
+        Ok((device, ended))
+    }
+
+    /// Disables `device` in `tx` and ends what it was used for, appending the records.
+    pub(crate) async fn end_device(
+        tx: &mut Tx,
+        device: &mut Device,
+        actor: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Ended, BrokerError> {
+        tx.disable_device(device.id, actor, reason, now).await?;
+        device.disabled = Some((now, actor.to_owned(), reason.to_owned()));
+        let requests = tx.pending_requests_of_device(device.id).await?;
+        let grants = tx.active_grants_of_device(device.id).await?;
+        let (ended, mut events) = Self::end_access(tx, requests, grants, actor, reason, now).await?;
+        let mut record = device_event(EventKind::DeviceDisabled, actor, now, device);
+        record.details["reason"] = json!(reason);
+        record.details["requests_cancelled"] = json!(ended.requests_cancelled);
+        record.details["grants_revoked"] = json!(ended.grants_revoked);
+        events.insert(0, record);
+        tx.append(events).await?;
+        Ok(ended)
+    }
+
+    /// The caller's devices; with `everyone`, every user's (auditors only).
+    pub async fn devices(&self, caller: &Caller, everyone: bool) -> Result<Vec<Device>, BrokerError> {
+        if everyone && !self.is_auditor(caller) {
+            return Err(BrokerError::AuditForbidden);
+        }
+        let user = (!everyone).then_some(&caller.principal.name);
+        Ok(self.store().devices(user).await?)
+    }
+
+    /// Every device, or one user's, for administrators on the data directory.
+    pub async fn devices_of(&self, user: Option<&UserName>) -> Result<Vec<Device>, BrokerError> {
+        Ok(self.store().devices(user).await?)
+    }
+}
+
+fn device_event(kind: EventKind, actor: &str, at: OffsetDateTime, device: &Device) -> AuditEvent {
+    AuditEvent {
+        kind,
+        actor: actor.to_owned(),
+        at,
+        details: json!({ "device": device.id, "user": device.user, "name": device.name, "key": device.key }),
+    }
+}
