@@ -66,7 +66,7 @@ impl App {
     /// Adds `user` in `groups` and signs in with the API token they are given.
     async fn user(&self, user: &str, in_groups: &[&str]) -> (String, Caller) {
         let secret = self.broker.add_user(&name(user), &groups(in_groups), false, "admin").await.unwrap();
-        let (caller, _) = self.broker.authenticate(&secret, IP).await.unwrap();
+        let (caller, _) = self.broker.authenticate(&secret, IP, None).await.unwrap();
         (secret, caller)
     }
 
@@ -87,31 +87,31 @@ fn refused<T: std::fmt::Debug>(outcome: Result<T, BrokerError>) -> BrokerError {
 async fn api_tokens_carry_scopes_and_expiry_and_rotation_kills_the_old_one_at_once() {
     let app = spawn().await;
     let (first, alice) = app.user("alice", &["eng"]).await;
-    let (_, scopes) = app.broker.authenticate(&first, IP).await.unwrap();
+    let (_, scopes) = app.broker.authenticate(&first, IP, None).await.unwrap();
     assert_eq!(scopes, Scopes::All);
     assert!(alice.token.is_some() && alice.mfa_at.is_none());
 
     let ci_scopes = Scopes::parse(["request", "read"]).unwrap();
     let ci = app.broker.create_token(&name("alice"), &ci_scopes, Some(T0 + Duration::days(30)), "admin").await.unwrap();
-    let (_, held) = app.broker.authenticate(&ci.secret, IP).await.unwrap();
+    let (_, held) = app.broker.authenticate(&ci.secret, IP, None).await.unwrap();
     assert!(held.allows(Scope::Request) && !held.allows(Scope::Review));
 
     // The attack: a token copied before rotation is useless from the moment of rotation.
     app.advance(Duration::days(10));
     let rotated = app.broker.rotate_token(ci.token.id, "admin").await.unwrap();
-    assert!(matches!(refused(app.broker.authenticate(&ci.secret, IP).await), BrokerError::Unauthenticated));
-    let (caller, held) = app.broker.authenticate(&rotated.secret, IP).await.unwrap();
+    assert!(matches!(refused(app.broker.authenticate(&ci.secret, IP, None).await), BrokerError::Unauthenticated));
+    let (caller, held) = app.broker.authenticate(&rotated.secret, IP, None).await.unwrap();
     assert_eq!((caller.principal.name.as_str(), held), ("alice", ci_scopes));
     // As long a life as the old one was given, from the rotation.
     assert_eq!(rotated.token.expires_at, Some(T0 + Duration::days(40)));
     assert!(matches!(refused(app.broker.rotate_token(ci.token.id, "admin").await), BrokerError::TokenEnded(_)));
 
     app.advance(Duration::days(30));
-    assert!(matches!(refused(app.broker.authenticate(&rotated.secret, IP).await), BrokerError::Unauthenticated));
-    app.broker.authenticate(&first, IP).await.expect("the first token has no expiry");
+    assert!(matches!(refused(app.broker.authenticate(&rotated.secret, IP, None).await), BrokerError::Unauthenticated));
+    app.broker.authenticate(&first, IP, None).await.expect("the first token has no expiry");
 
     app.broker.revoke_token(alice.token.unwrap(), "admin").await.unwrap();
-    assert!(matches!(refused(app.broker.authenticate(&first, IP).await), BrokerError::Unauthenticated));
+    assert!(matches!(refused(app.broker.authenticate(&first, IP, None).await), BrokerError::Unauthenticated));
     let past = app.broker.create_token(&name("alice"), &Scopes::All, Some(T0), "admin").await;
     assert!(matches!(refused(past), BrokerError::TokenExpiryPast));
     let unknown = app.broker.revoke_token(uuid::Uuid::now_v7().to_string().parse().unwrap(), "admin").await;
@@ -155,23 +155,23 @@ fn no_idp(_: String) -> std::future::Ready<Result<SignedIn, BrokerError>> {
 async fn a_login_provisions_follows_the_providers_groups_and_refreshes_once_per_token() {
     let app = spawn().await;
     let login = app.broker.sign_in(signed_in("sub-1", "frank", &["eng"], Some("idp-refresh-1")), IP).await.unwrap();
-    let (frank, _) = app.broker.authenticate(&login.access_token, IP).await.unwrap();
+    let (frank, _) = app.broker.authenticate(&login.access_token, IP, None).await.unwrap();
     assert_eq!(frank.principal.groups, groups(&["eng"]));
     assert_eq!(login.expires_at, T0 + Duration::hours(12));
 
     // The access token lives 15 minutes; the refresh gives a new pair and new groups.
     app.advance(Duration::minutes(16));
-    assert!(matches!(refused(app.broker.authenticate(&login.access_token, IP).await), BrokerError::Unauthenticated));
+    assert!(matches!(refused(app.broker.authenticate(&login.access_token, IP, None).await), BrokerError::Unauthenticated));
     let next =
         app.broker.refresh_login(&login.refresh_token, idp_says("sub-1", "frank", &["eng", "sre"])).await.unwrap();
-    let (frank, _) = app.broker.authenticate(&next.access_token, IP).await.unwrap();
+    let (frank, _) = app.broker.authenticate(&next.access_token, IP, None).await.unwrap();
     assert_eq!(frank.principal.groups, groups(&["eng", "sre"]));
     assert_eq!((next.login, next.expires_at), (login.login, login.expires_at));
 
     // The attack: the first refresh token, copied, presented again. The login ends for both.
     let replay = app.broker.refresh_login(&login.refresh_token, no_idp).await;
     assert!(matches!(refused(replay), BrokerError::RefreshRefused));
-    assert!(matches!(refused(app.broker.authenticate(&next.access_token, IP).await), BrokerError::Unauthenticated));
+    assert!(matches!(refused(app.broker.authenticate(&next.access_token, IP, None).await), BrokerError::Unauthenticated));
     assert!(matches!(
         refused(app.broker.refresh_login(&next.refresh_token, no_idp).await),
         BrokerError::RefreshRefused
@@ -191,7 +191,7 @@ async fn leaving_a_group_at_the_identity_provider_ends_the_grants_it_gave() {
     let app = spawn().await;
     let login =
         app.broker.sign_in(signed_in("sub-1", "frank", &["eng", "oncall"], Some("idp-refresh-1")), IP).await.unwrap();
-    let (frank, _) = app.broker.authenticate(&login.access_token, IP).await.unwrap();
+    let (frank, _) = app.broker.authenticate(&login.access_token, IP, None).await.unwrap();
     let ask = RequestInput {
         resource: "demo-db".parse().unwrap(),
         role: "read".parse().unwrap(),
@@ -228,9 +228,9 @@ async fn single_sign_on_may_not_take_over_a_local_account_or_anothers_name() {
 async fn logins_end_at_logout_when_idle_at_their_end_and_when_the_provider_refuses() {
     let app = spawn().await;
     let first = app.broker.sign_in(signed_in("sub-1", "frank", &["eng"], None), IP).await.unwrap();
-    let (frank, _) = app.broker.authenticate(&first.access_token, IP).await.unwrap();
+    let (frank, _) = app.broker.authenticate(&first.access_token, IP, None).await.unwrap();
     app.broker.logout(&frank).await.unwrap();
-    assert!(matches!(refused(app.broker.authenticate(&first.access_token, IP).await), BrokerError::Unauthenticated));
+    assert!(matches!(refused(app.broker.authenticate(&first.access_token, IP, None).await), BrokerError::Unauthenticated));
     assert!(matches!(
         refused(app.broker.refresh_login(&first.refresh_token, no_idp).await),
         BrokerError::RefreshRefused
@@ -260,7 +260,7 @@ async fn logins_end_at_logout_when_idle_at_their_end_and_when_the_provider_refus
     let left = app.broker.sign_in(signed_in("sub-1", "frank", &["eng"], Some("idp-refresh-1")), IP).await.unwrap();
     let provider_refuses = |_| std::future::ready(Err(BrokerError::RefreshRefused));
     assert!(app.broker.refresh_login(&left.refresh_token, provider_refuses).await.is_err());
-    assert!(matches!(refused(app.broker.authenticate(&left.access_token, IP).await), BrokerError::Unauthenticated));
+    assert!(matches!(refused(app.broker.authenticate(&left.access_token, IP, None).await), BrokerError::Unauthenticated));
 }
 
 #[tokio::test]
@@ -273,7 +273,7 @@ async fn disabling_a_user_ends_their_tokens_and_logins_with_their_grants() {
     let done = app.broker.disable_user(&name("gina"), "admin").await.unwrap();
     assert_eq!(done.tokens_ended, 1);
     for bearer in [&token, &login.access_token] {
-        assert!(matches!(refused(app.broker.authenticate(bearer, IP).await), BrokerError::Unauthenticated));
+        assert!(matches!(refused(app.broker.authenticate(bearer, IP, None).await), BrokerError::Unauthenticated));
     }
     let back = app.broker.sign_in(signed_in("sub-1", "gina", &["eng"], None), IP).await;
     assert!(matches!(refused(back), BrokerError::UserDisabled(_)));
@@ -304,7 +304,7 @@ async fn totp_enrollment_step_up_single_use_codes_and_the_rate_limit() {
 
     assert!(matches!(refused(app.broker.confirm_mfa(&alice, "000000").await), BrokerError::Mfa(MfaError::Wrong)));
     app.broker.confirm_mfa(&alice, &code(&phone, app.clock.now())).await.unwrap();
-    let (alice, _) = app.broker.authenticate(&token, IP).await.unwrap();
+    let (alice, _) = app.broker.authenticate(&token, IP, None).await.unwrap();
     assert_eq!(alice.mfa_at, Some(T0), "the first code counts as a step-up");
     assert!(matches!(refused(app.broker.enroll_mfa(&alice).await), BrokerError::MfaAlreadyEnrolled));
 
@@ -358,7 +358,7 @@ async fn break_glass_and_sensitive_approvals_need_a_fresh_second_factor() {
 
     let phone = app_of(&app.broker.enroll_mfa(&dana).await.unwrap());
     app.broker.confirm_mfa(&dana, &code(&phone, app.clock.now())).await.unwrap();
-    let (dana, _) = app.broker.authenticate(&dana_token, IP).await.unwrap();
+    let (dana, _) = app.broker.authenticate(&dana_token, IP, None).await.unwrap();
     let broken = app.broker.break_glass(&dana, emergency()).await.expect("fresh: allowed");
     assert!(broken.request.mfa, "the policies were told, and the request records, a fresh factor");
 
@@ -382,7 +382,7 @@ async fn break_glass_and_sensitive_approvals_need_a_fresh_second_factor() {
     assert!(matches!(refused(app.broker.approve(&bob, &id, None).await), BrokerError::MfaRequired(_)));
     let bob_phone = app_of(&app.broker.enroll_mfa(&bob).await.unwrap());
     app.broker.confirm_mfa(&bob, &code(&bob_phone, app.clock.now())).await.unwrap();
-    let (bob, _) = app.broker.authenticate(&bob_token, IP).await.unwrap();
+    let (bob, _) = app.broker.authenticate(&bob_token, IP, None).await.unwrap();
     let (_, grant) = app.broker.approve(&bob, &id, None).await.unwrap();
     assert!(grant.is_some());
 }

@@ -508,11 +508,11 @@ async fn disabling_a_user_ends_their_access_at_once() {
     assert_ne!(alice_token, bob_token);
     assert_err!(app.broker.add_user(&"alice".parse().unwrap(), &[], false, "admin").await, BrokerError::UserExists(_));
 
-    let (as_alice, _) = app.broker.authenticate(&alice_token, localhost).await.unwrap();
+    let (as_alice, _) = app.broker.authenticate(&alice_token, localhost, None).await.unwrap();
     assert_eq!(as_alice.principal, alice().principal);
-    let (as_bob, _) = app.broker.authenticate(&bob_token, localhost).await.unwrap();
+    let (as_bob, _) = app.broker.authenticate(&bob_token, localhost, None).await.unwrap();
     assert_eq!(as_bob.principal, bob().principal);
-    assert_err!(app.broker.authenticate("airlock_not-a-token", localhost).await, BrokerError::Unauthenticated);
+    assert_err!(app.broker.authenticate("airlock_not-a-token", localhost, None).await, BrokerError::Unauthenticated);
 
     let pending = app.pending(&as_alice, "write", "20m").await;
     let read = app.pending(&as_alice, "read", "45m").await;
@@ -530,10 +530,10 @@ async fn disabling_a_user_ends_their_access_at_once() {
     assert_eq!(revoked.closure.map(|c| c.at), Some(T0 + minutes(5)));
     assert_eq!(revoked.ends_at, grant.ends_at);
 
-    let error = app.broker.authenticate(&alice_token, localhost).await.unwrap_err();
+    let error = app.broker.authenticate(&alice_token, localhost, None).await.unwrap_err();
     assert!(matches!(error, BrokerError::Unauthenticated), "{error:?}");
     assert_eq!(error.kind(), ErrorKind::Unauthenticated);
-    app.broker.authenticate(&bob_token, localhost).await.expect("other users are untouched");
+    app.broker.authenticate(&bob_token, localhost, None).await.expect("other users are untouched");
 
     // A caller authenticated just before the disable (a call in flight) gets nothing after it.
     assert_err!(app.ask(&as_alice, "read", "10m").await, BrokerError::Unauthenticated);

@@ -65,7 +65,7 @@ impl App {
 
     /// The name and groups of whoever holds `tokens`' access token.
     async fn who(&self, tokens: &LoginTokens) -> (String, Vec<String>) {
-        let (caller, _) = self.broker.authenticate(&tokens.access_token, IP).await.expect("the access token works");
+        let (caller, _) = self.broker.authenticate(&tokens.access_token, IP, None).await.expect("the access token works");
         let mut groups: Vec<String> = caller.principal.groups.iter().map(ToString::to_string).collect();
         groups.sort();
         (caller.principal.name.to_string(), groups)
@@ -245,7 +245,7 @@ async fn a_refresh_follows_the_providers_groups() {
     // The last refresh token again: somebody copied it, and the login ends.
     let reused = refused(app.sso.refresh(&second.refresh_token).await);
     assert!(matches!(&reused, SsoError::Broker(e) if matches!(**e, BrokerError::RefreshRefused)), "{reused}");
-    assert!(app.broker.authenticate(&third.access_token, IP).await.is_err(), "the login ended");
+    assert!(app.broker.authenticate(&third.access_token, IP, None).await.is_err(), "the login ended");
 }
 
 #[tokio::test]
@@ -256,7 +256,7 @@ async fn a_refresh_the_provider_refuses_ends_the_login() {
     app.provider.remove_account("sub-bob").await;
     let error = refused(app.sso.refresh(&tokens.refresh_token).await);
     assert!(matches!(&error, SsoError::RefreshRefused(reason) if reason.contains("invalid_grant")), "{error}");
-    let ended = app.broker.authenticate(&tokens.access_token, IP).await;
+    let ended = app.broker.authenticate(&tokens.access_token, IP, None).await;
     assert!(matches!(ended, Err(BrokerError::Unauthenticated)), "the login ended: {ended:?}");
 }
 
