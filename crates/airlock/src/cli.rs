@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::{Outcome, audit, breakglass, connect, gateway, identity, incident, local, login, remote, report, serve};
+use crate::{
+    Outcome, audit, breakglass, connect, device, gateway, identity, incident, local, login, remote, report, serve,
+};
 
 /// A time on the command line: RFC 3339 (`2026-11-01T09:00:00Z`), or a date (midnight UTC).
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -102,6 +104,13 @@ pub enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// This machine as a trusted device: enroll its key, list your devices, disable one.
+    /// Calls from an approved device carry its proof (`context.device.trusted` in policies),
+    /// and credentials for resources bound to devices work only with its key.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
     },
     /// Your TOTP second factor: enroll an authenticator app, confirm it, prove a code.
     Mfa {
@@ -299,6 +308,59 @@ pub enum AdminCommand {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Approve, disable and list users' devices.
+    Device {
+        #[command(subcommand)]
+        command: AdminDeviceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminDeviceCommand {
+    /// Trust an enrolled device: calls proved by its key are trusted from now on.
+    Approve { id: String },
+    /// Disable a device for good, ending at once the pending requests made from it and the
+    /// grants asked for from it or whose credentials are bound to it.
+    Disable {
+        id: String,
+        /// Why, for the audit.
+        #[arg(long, default_value = "disabled by an administrator")]
+        reason: String,
+    },
+    /// Every device, or one user's.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Make this machine's device key ($AIRLOCK_DEVICE_KEY, default ~/.config/airlock/device.key,
+    /// mode 0600) and register it; an administrator then approves it.
+    Enroll {
+        /// What to call it (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Your devices (with --all, everybody's: auditors only).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Disable one of your devices (a lost laptop): what it asked for or is bound to ends now.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -548,6 +610,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Logout { remote } => login::logout(&remote).await,
         Command::Whoami { remote } => remote::whoami(&remote).await,
         Command::Mfa { command } => identity::mfa(command).await,
+        Command::Device { command } => device::run(command).await,
         Command::Request { resource, role, duration, reason, wait, incident, remote } => {
             remote::request(&remote, CreateRequest { resource, role, duration, reason, incident }, wait).await
         }

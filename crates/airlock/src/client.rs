@@ -1,7 +1,9 @@
 //! The HTTP client of the user commands: the broker's URL from `AIRLOCK_URL`, the caller's API
 //! token from `AIRLOCK_TOKEN`, or when it is not set the login `airlock login` keeps
-//! ([`crate::login::Session`], its access token refreshed when it has expired). Broker refusals
-//! become exit code 1; everything else exit code 2.
+//! ([`crate::login::Session`], its access token refreshed when it has expired). When this machine
+//! enrolled as a device at that broker, every call carries the device's proof
+//! ([`crate::device::LocalDevice`]). Broker refusals become exit code 1; everything else exit
+//! code 2.
 
 use airlock_http::api::ErrorBody;
 use anyhow::{Context, anyhow};
@@ -12,6 +14,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::Failure;
 use crate::cli::Remote;
+use crate::device::LocalDevice;
+use airlock_core::device::PROOF_HEADER;
 
 /// How long a download (an audit export) may take.
 const LONGEST_DOWNLOAD: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
@@ -38,6 +42,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     bearer: Bearer,
+    device: Option<LocalDevice>,
 }
 
 /// What the client calls with.
@@ -65,7 +70,18 @@ impl Client {
         }
         let http = airlock_broker::outbound::client(std::time::Duration::from_secs(30))
             .context("cannot build the HTTP client")?;
-        Ok(Self { http, base, bearer })
+        let device = LocalDevice::load_for(&base)?;
+        Ok(Self { http, base, bearer, device })
+    }
+
+    /// The broker's URL, without a trailing `/`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// This machine's device, when it enrolled at this broker.
+    pub fn device(&self) -> Option<&LocalDevice> {
+        self.device.as_ref()
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
@@ -86,10 +102,8 @@ impl Client {
 
     /// Streams the body of a GET to `out`, however long it takes; returns the bytes written.
     pub async fn download(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Failure> {
-        let token = self.bearer().await?;
-        let request = self.http.get(format!("{}{path}", self.base)).timeout(LONGEST_DOWNLOAD).bearer_auth(token);
-        let mut response =
-            request.send().await.map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base))?;
+        let request = self.http.get(format!("{}{path}", self.base)).timeout(LONGEST_DOWNLOAD);
+        let mut response = self.call(request).await?;
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.map_err(|e| anyhow!("the broker's answer was cut off: {e}"))?;
@@ -109,14 +123,28 @@ impl Client {
     }
 
     async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Vec<u8>), Failure> {
-        let response = request
-            .bearer_auth(self.bearer().await?)
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base))?;
+        let response = self.call(request).await?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| anyhow!("the broker's answer was cut off: {e}"))?;
         Ok((status, bytes.to_vec()))
+    }
+
+    /// Sends `request` with the bearer token and, from an enrolled device, its proof.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let token = self.bearer().await?;
+        let mut request = request.bearer_auth(&token).build().context("cannot build the request")?;
+        if let Some(device) = &self.device {
+            let url = request.url();
+            let path = match url.query() {
+                Some(query) => format!("{}?{query}", url.path()),
+                None => url.path().to_owned(),
+            };
+            let proof = device.proof(request.method().as_str(), &path, &token)?;
+            let value =
+                reqwest::header::HeaderValue::from_str(&proof).context("the device proof is not a header value")?;
+            request.headers_mut().insert(PROOF_HEADER, value);
+        }
+        self.http.execute(request).await.map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.base).into())
     }
 
     /// The token to call with.

@@ -1,7 +1,10 @@
 //! `airlock credentials` and `airlock connect`: a gateway credential for one of the caller's live
 //! grants, as a libpq connection string or as a `psql` session. The token travels to `psql` in
-//! its environment (`PGPASSWORD`), never on a command line that `ps` would show.
+//! its environment (`PGPASSWORD`), never on a command line that `ps` would show. A credential
+//! bound to this machine's device comes with the device's certificate and key (`sslcert`,
+//! `sslkey`), which prove the binding to the gateway.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use airlock_http::api::{CredentialView, GrantView};
@@ -17,10 +20,12 @@ struct Connection {
     port: String,
     database: String,
     user: String,
+    /// The device's certificate and key, for a credential bound to this machine's device.
+    device_files: Option<(PathBuf, PathBuf)>,
 }
 
 impl Connection {
-    fn of(credential: &CredentialView) -> Result<Self, Failure> {
+    fn of(credential: &CredentialView, client: &Client) -> Result<Self, Failure> {
         let gateway = credential.gateway.as_deref().ok_or_else(|| {
             anyhow!("the broker runs no gateway (no [gateway] section); use the token as the password at your gateway")
         })?;
@@ -28,18 +33,34 @@ impl Connection {
             gateway.rsplit_once(':').ok_or_else(|| anyhow!("the gateway address `{gateway}` has no port"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let database = credential.database.clone().unwrap_or_else(|| credential.resource.clone());
-        Ok(Self { host: host.to_owned(), port: port.to_owned(), database, user: credential.user.clone() })
+        let device_files = match &credential.device_key {
+            None => None,
+            Some(key) => {
+                let device = client
+                    .device()
+                    .filter(|device| device.holds(key))
+                    .ok_or_else(|| anyhow!("the credential is bound to a device key this machine does not hold"))?;
+                let (certificate, key) = device.certificate(credential.expires_at)?;
+                Some((certificate, key.to_owned()))
+            }
+        };
+        Ok(Self { host: host.to_owned(), port: port.to_owned(), database, user: credential.user.clone(), device_files })
     }
 
     /// A libpq keyword/value string, without the password.
     fn keywords(&self) -> String {
-        format!(
+        let mut keywords = format!(
             "host={} port={} dbname={} user={} sslmode=require",
             quote(&self.host),
             quote(&self.port),
             quote(&self.database),
             quote(&self.user)
-        )
+        );
+        if let Some((certificate, key)) = &self.device_files {
+            let path = |p: &PathBuf| quote(&p.to_string_lossy());
+            keywords.push_str(&format!(" sslcert={} sslkey={}", path(certificate), path(key)));
+        }
+        keywords
     }
 }
 
@@ -59,12 +80,13 @@ async fn issue(client: &Client, grant_id: &str) -> Result<CredentialView, Failur
 /// `airlock credentials GRANT_ID`: the connection string with the token, on standard output.
 pub async fn credentials(remote: &Remote, grant_id: &str) -> Outcome {
     let grant_id = crate::remote::id(grant_id)?;
-    let credential = issue(&Client::new(remote)?, &grant_id).await?;
+    let client = Client::new(remote)?;
+    let credential = issue(&client, &grant_id).await?;
     if remote.json {
         output::json(&credential);
         return Ok(());
     }
-    let connection = Connection::of(&credential)?;
+    let connection = Connection::of(&credential, &client)?;
     eprintln!(
         "credential for grant {} ({} on {}), valid until {}; it is a password: keep it secret",
         credential.grant, credential.role, credential.resource, credential.expires_at
@@ -104,7 +126,7 @@ pub async fn connect(remote: &Remote, resource: &str, role: Option<&str>, psql: 
         }
     };
     let credential = issue(&client, &grant.id.to_string()).await?;
-    let connection = Connection::of(&credential)?;
+    let connection = Connection::of(&credential, &client)?;
     eprintln!(
         "connecting to `{}` as `{}` (grant {}, until {})",
         credential.resource, credential.role, credential.grant, credential.expires_at

@@ -86,6 +86,7 @@ pub async fn admin(files: &Files, command: AdminCommand) -> Outcome {
     let command = match command {
         AdminCommand::User { command } => command,
         AdminCommand::Token { command } => return crate::identity::token(files, command).await,
+        AdminCommand::Device { command } => return crate::device::admin(files, command).await,
     };
     match command {
         UserCommand::Add { name, groups, service } => {

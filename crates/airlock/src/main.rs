@@ -27,6 +27,7 @@ mod breakglass;
 mod cli;
 mod client;
 mod connect;
+mod device;
 mod gateway;
 mod identity;
 mod incident;

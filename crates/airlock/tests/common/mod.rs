@@ -43,7 +43,9 @@ pub fn quickstart_config() -> PathBuf {
 /// The binary, with none of the caller's `AIRLOCK_*` settings leaking in.
 pub fn airlock_command() -> Command {
     let mut command = Command::new(AIRLOCK);
-    for var in ["AIRLOCK_URL", "AIRLOCK_TOKEN", "AIRLOCK_CONFIG", "AIRLOCK_DATA_DIR", "AIRLOCK_LOG"] {
+    for var in
+        ["AIRLOCK_URL", "AIRLOCK_TOKEN", "AIRLOCK_CONFIG", "AIRLOCK_DATA_DIR", "AIRLOCK_LOG", "AIRLOCK_DEVICE_KEY"]
+    {
         command.env_remove(var);
     }
     command.env("USER", "ops").stdin(Stdio::null());
