@@ -1,13 +1,15 @@
-//! Admitting one connection: TLS, the startup packet, the credential as password, the grant's
-//! live state, the login to the target as the grant's role, and then the relay. Anything that
-//! cannot be confirmed refuses the connection with a PostgreSQL error (fail closed).
+//! Admitting one connection: TLS (and the device key its client certificate proves), the startup
+//! packet, the credential as password, the grant's live state, the login to the target as the
+//! grant's role, and then the relay. Anything that cannot be confirmed refuses the connection with
+//! a PostgreSQL error (fail closed).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::audit::{AuditEvent, EventKind};
-use airlock_core::credential::{self, Credential, Login};
+use airlock_core::credential::{self, Credential, Login, VerifyError};
+use airlock_core::device::DeviceKey;
 use airlock_core::ids::GrantId;
 use airlock_postgres::roles::role_name;
 use bytes::{Buf, BytesMut};
@@ -23,6 +25,7 @@ use crate::gateway::Shared;
 use crate::registry::{Backend, CancelKey};
 use crate::relay::{self, Ends, Session};
 use crate::target::{self, TargetError, TargetSession};
+use crate::tls;
 use crate::wire::{self, Scanner, Severity, Startup, WireError, body, cstr, tag};
 
 /// Startup parameters passed on to the target; any other is refused, because PostgreSQL applies
@@ -66,6 +69,42 @@ enum Opening {
     Tls(tokio_rustls::TlsAcceptor),
 }
 
+/// What carries a client's messages.
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    Plain,
+    /// TLS, with the key of the client certificate the client sent, if it sent one (the
+    /// handshake proved the client holds that key).
+    Tls {
+        certificate: Option<CertificateKey>,
+    },
+}
+
+/// The key of a client certificate.
+#[derive(Debug, Clone, Copy)]
+enum CertificateKey {
+    Device(DeviceKey),
+    /// Not an Ed25519 key, so no device's.
+    Other,
+}
+
+impl Channel {
+    /// A TLS connection after its handshake, with the key of the client certificate it proved.
+    fn of(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        let end_entity = stream.get_ref().1.peer_certificates().and_then(<[_]>::first);
+        let key = |cert| tls::device_key(cert).map_or(CertificateKey::Other, CertificateKey::Device);
+        Channel::Tls { certificate: end_entity.map(key) }
+    }
+
+    /// The device key this connection proved.
+    fn device(self) -> Option<DeviceKey> {
+        match self {
+            Channel::Tls { certificate: Some(CertificateKey::Device(key)) } => Some(key),
+            _ => None,
+        }
+    }
+}
+
 /// Serves one accepted connection to its end.
 pub async fn serve_connection<A: Authority>(shared: Arc<Shared<A>>, mut socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
@@ -78,14 +117,15 @@ pub async fn serve_connection<A: Authority>(shared: Arc<Shared<A>>, mut socket: 
     };
     match opening {
         Opening::Cancel(key) => cancel(&shared, key).await,
-        Opening::Plain(params) => admit(&shared, socket, params, peer, false).await,
+        Opening::Plain(params) => admit(&shared, socket, params, peer, Channel::Plain).await,
         Opening::Tls(acceptor) => {
             let mut stream = match acceptor.accept(socket).await {
                 Ok(stream) => stream,
                 Err(error) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
             };
+            let channel = Channel::of(&stream);
             match wire::read_startup(&mut stream).await {
-                Ok(Startup::Params(params)) => admit(&shared, stream, params, peer, true).await,
+                Ok(Startup::Params(params)) => admit(&shared, stream, params, peer, channel).await,
                 Ok(Startup::Cancel { process_id, secret_key }) => {
                     cancel(&shared, CancelKey { process_id, secret_key }).await;
                 }
@@ -127,12 +167,17 @@ async fn cancel<A: Authority>(shared: &Shared<A>, key: CancelKey) {
 }
 
 /// Admits a client that has sent its startup message, or turns it away.
-async fn admit<A, S>(shared: &Arc<Shared<A>>, mut client: S, params: Vec<(String, String)>, peer: SocketAddr, tls: bool)
-where
+async fn admit<A, S>(
+    shared: &Arc<Shared<A>>,
+    mut client: S,
+    params: Vec<(String, String)>,
+    peer: SocketAddr,
+    channel: Channel,
+) where
     A: Authority,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let credential = match check_credential(shared, &mut client, &params, peer, tls).await {
+    let credential = match check_credential(shared, &mut client, &params, peer, channel).await {
         Ok(credential) => credential,
         Err(Some(refused)) => {
             let details = json!({ "claimed_user": param(&params, "user").unwrap_or_default() });
@@ -162,19 +207,20 @@ async fn turn_away<A: Authority>(
     let _ = client.shutdown().await;
 }
 
-/// Checks the client's TLS, parameters and credential. `Err(None)` means the client left.
+/// Checks the client's TLS, parameters and credential (with the device key its client
+/// certificate proved). `Err(None)` means the client left.
 async fn check_credential<A, S>(
     shared: &Shared<A>,
     client: &mut S,
     params: &[(String, String)],
     peer: SocketAddr,
-    tls: bool,
+    channel: Channel,
 ) -> Result<Credential, Option<Refused>>
 where
     A: Authority,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    if !tls && shared.settings.require_tls {
+    if matches!(channel, Channel::Plain) && shared.settings.require_tls {
         return Err(Some(refuse(
             "28000",
             "the Airlock gateway accepts only TLS connections; connect with sslmode=require",
@@ -210,10 +256,23 @@ where
     };
     let password = cstr(&mut body(&frame)).unwrap_or_default();
     let user = param(params, "user").unwrap_or_default();
-    let login = Login { user, password, source: Some(peer.ip()) };
+    let login = Login { user, password, source: Some(peer.ip()), device: channel.device() };
     let credential = credential::verify(&shared.verifier.public_key, &login, OffsetDateTime::now_utc())
-        .map_err(|error| Some(refuse("28P01", format!("airlock: {error}"))))?;
+        .map_err(|error| Some(refuse("28P01", verify_refusal(&error, channel))))?;
     Ok(credential)
+}
+
+/// What the client is told when its credential is refused; a certificate for a key that is no
+/// device's is named as such rather than as no certificate.
+fn verify_refusal(error: &VerifyError, channel: Channel) -> String {
+    match (error, channel) {
+        (VerifyError::NoDevice, Channel::Tls { certificate: Some(CertificateKey::Other) }) => {
+            "airlock: the credential is bound to a device and this connection's client certificate is not for a \
+             device key (Ed25519); give libpq the sslcert and sslkey `airlock credentials` names"
+                .to_owned()
+        }
+        _ => format!("airlock: {error}"),
+    }
 }
 
 /// The startup parameters sent to the target: the client's passed ones, with the two settings the

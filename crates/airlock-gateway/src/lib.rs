@@ -11,12 +11,14 @@
 //! - [`registry`]: live sessions, cuts and cancel routing;
 //! - [`recorder`]: group-committed audit records;
 //! - [`target`]: logging in to the database as a grant's role;
-//! - [`tls`]: the listener's certificate;
+//! - [`tls`]: the listener's certificate, and the device key a client certificate proves;
+//! - [`device_tls`]: a device's key and certificate as files for libpq;
 //! - [`wire`]: frames of the PostgreSQL protocol;
 //! - [`authority`]: what the gateway asks of the broker.
 
 pub mod admission;
 pub mod authority;
+pub mod device_tls;
 pub mod gateway;
 pub mod guard;
 pub mod recorder;

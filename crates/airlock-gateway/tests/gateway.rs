@@ -149,7 +149,7 @@ async fn bad_credentials_are_refused_with_clear_errors() {
         ("dana", forged.as_str(), "signature"),
         ("alice", token.as_str(), "not issued to `alice`"),
     ] {
-        let error = h.connect(user, password).await.err().expect("refused");
+        let error = h.connect(user, password).await.expect_err("refused");
         assert_eq!(code(&error), Some(&SqlState::INVALID_PASSWORD), "{user}: {error:?}");
         assert!(message(&error).contains(expect), "{}", message(&error));
     }
@@ -165,7 +165,7 @@ async fn bad_credentials_are_refused_with_clear_errors() {
     assert_eq!(code(&error), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{error:?}");
 
     h.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
-    let error = h.connect("dana", &token).await.err().expect("a revoked grant's credential is refused");
+    let error = h.connect("dana", &token).await.expect_err("a revoked grant's credential is refused");
     assert!(message(&error).contains("has ended"), "{}", message(&error));
     eventually(|| async { h.audit("session.refused").await.len() == 6 }).await;
 }
@@ -425,7 +425,7 @@ async fn a_target_that_fails_verification_or_refuses_tls_is_refused() {
     ] {
         let h = GatewayHarness::start_with(Setup { tls, ..Setup::default() }).await;
         let grant = h.read_grant("30m").await;
-        let error = h.connect("dana", &h.token(&grant).await).await.err().expect("refused");
+        let error = h.connect("dana", &h.token(&grant).await).await.expect_err("refused");
         assert_eq!(code(&error), Some(&SqlState::CONNECTION_FAILURE), "{error:?}");
         assert!(message(&error).contains(expect), "{tls:?}: {}", message(&error));
         eventually(|| async { h.audit("session.refused").await.len() == 1 }).await;

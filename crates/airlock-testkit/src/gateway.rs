@@ -48,6 +48,9 @@ pub struct Setup {
     pub max_connections: Option<u32>,
     /// How the database uses TLS, for the connector and the gateway alike.
     pub tls: DatabaseTls,
+    /// The catalog sets `bind_credentials_to_device = true` on `demo-db`: credentials are issued
+    /// only to a trusted device and work only with a client certificate for its key.
+    pub bind_credentials_to_device: bool,
 }
 
 /// A cluster, a broker, a reconciler and a gateway; see the module documentation.
@@ -70,7 +73,11 @@ impl GatewayHarness {
 
     pub async fn start_with(setup: Setup) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (cluster, catalog) = managed_database_with(dir.path(), setup.tls).await;
+        let (cluster, mut catalog) = managed_database_with(dir.path(), setup.tls).await;
+        if setup.bind_credentials_to_device {
+            catalog =
+                catalog.replacen("[resource.postgres]", "bind_credentials_to_device = true\n[resource.postgres]", 1);
+        }
         if let Some(connections) = setup.max_connections {
             set_max_connections(&cluster, &dir.path().join("pg").join("data"), connections).await;
         }
