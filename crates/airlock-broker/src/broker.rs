@@ -28,8 +28,8 @@ use uuid::Uuid;
 use crate::appender::{AppendError, Appender};
 use crate::bundle::PolicyBundle;
 use crate::clock::Clock;
-use crate::devices::SeenNonces;
 use crate::config::{BreakGlassSection, Config, IdentitySection, IncidentsSection, MfaSection};
+use crate::devices::SeenNonces;
 use crate::secrets::{BrokerKey, SecretError};
 
 /// How an error should be reported: the HTTP edge and the CLI map these to codes.

@@ -163,7 +163,12 @@ impl Broker {
     /// Disables device `id` for good: in the same commit, withdraws the pending requests made
     /// from it and revokes the grants asked for from it or bound to it; then gateways cut their
     /// sessions.
-    pub async fn disable_device(&self, id: DeviceId, actor: &str, reason: &str) -> Result<(Device, Ended), BrokerError> {
+    pub async fn disable_device(
+        &self,
+        id: DeviceId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(Device, Ended), BrokerError> {
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
         let mut device = tx.device(id).await?.ok_or(BrokerError::DeviceNotFound(id))?;

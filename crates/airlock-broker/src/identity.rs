@@ -67,7 +67,8 @@ impl Broker {
             Some(proof) => self.device_of_call(&user.name, bearer, proof, now).await?,
             None => None,
         };
-        let caller = Caller { principal: Principal::from(user), source_ip, mfa_at: token.mfa_at, token: Some(token.id), device };
+        let caller =
+            Caller { principal: Principal::from(user), source_ip, mfa_at: token.mfa_at, token: Some(token.id), device };
         Ok((caller, token.scopes))
     }
 

@@ -184,7 +184,10 @@ async fn a_proof_works_once_for_one_call_one_token_and_one_minute() {
     // Mallory stole the proof and holds a token of her own: the proof names Dana's token.
     refused(app.call(&app.mallory, &app.proof(&key(1), &laptop, &app.dana, 2)).await, DeviceProofError::UnknownDevice);
     // Mallory stole Dana's device key too: the device is still Dana's.
-    refused(app.call(&app.mallory, &app.proof(&key(1), &laptop, &app.mallory, 3)).await, DeviceProofError::UnknownDevice);
+    refused(
+        app.call(&app.mallory, &app.proof(&key(1), &laptop, &app.mallory, 3)).await,
+        DeviceProofError::UnknownDevice,
+    );
     // Mallory stole Dana's token but not the key: her own key does not sign for Dana's device.
     let bad = app.proof(&key(2), &laptop, &app.dana, 4);
     refused(app.call(&app.dana, &bad).await, ProofError::BadSignature.into());
@@ -254,7 +257,9 @@ async fn disabling_a_device_ends_what_it_asked_for_and_what_is_bound_to_it() {
     let (disabled, ended) = app.broker.disable_own_device(&app.caller(&app.dana).await, laptop.id).await.unwrap();
     assert!(disabled.disabled.is_some() && !disabled.is_trusted());
     assert_eq!((ended.requests_cancelled, ended.grants_revoked), (1, 2));
-    for (grant, state) in [(&asked_read, GrantState::Revoked), (&bound, GrantState::Revoked), (&apart, GrantState::Active)] {
+    for (grant, state) in
+        [(&asked_read, GrantState::Revoked), (&bound, GrantState::Revoked), (&apart, GrantState::Active)]
+    {
         let stored = app.broker.store().grant(&grant.id.to_string()).await.unwrap().unwrap();
         assert_eq!(stored.state, state, "{}", grant.id);
     }

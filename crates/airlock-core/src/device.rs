@@ -100,7 +100,9 @@ pub enum ProofError {
     Malformed,
     #[error("the device proof's signature is not valid for this device and call")]
     BadSignature,
-    #[error("the device proof was made at {at}, more than a minute from the broker's clock; check this machine's clock")]
+    #[error(
+        "the device proof was made at {at}, more than a minute from the broker's clock; check this machine's clock"
+    )]
     OutOfWindow { at: OffsetDateTime },
 }
 
@@ -126,7 +128,13 @@ pub struct Proof {
 
 impl Proof {
     /// Signs `call` as `device` with `key` at `at` (whole seconds), with a fresh `nonce`.
-    pub fn sign(key: &SigningKey, device: DeviceId, call: &Call<'_>, at: OffsetDateTime, nonce: [u8; NONCE_BYTES]) -> Self {
+    pub fn sign(
+        key: &SigningKey,
+        device: DeviceId,
+        call: &Call<'_>,
+        at: OffsetDateTime,
+        nonce: [u8; NONCE_BYTES],
+    ) -> Self {
         let at = OffsetDateTime::from_unix_timestamp(at.unix_timestamp()).expect("a valid time in whole seconds");
         let signature = key.sign(&proof_message(device, at, &nonce, call)).to_bytes();
         Self { device, at, nonce, signature }
@@ -263,7 +271,8 @@ mod tests {
     #[test]
     fn malformed_proofs_and_keys_are_refused() {
         let header = Proof::sign(&key(1), device(), &CALL, T0, [9; NONCE_BYTES]).header();
-        for bad in ["", "x", "a.b.c.d", &format!("{header}.00"), &header[..header.len() - 2], &header.replace('.', ":")] {
+        for bad in ["", "x", "a.b.c.d", &format!("{header}.00"), &header[..header.len() - 2], &header.replace('.', ":")]
+        {
             assert_eq!(Proof::parse(bad), Err(ProofError::Malformed), "{bad}");
         }
         assert_eq!("00".parse::<DeviceKey>(), Err(ProofError::BadKey));

@@ -4,11 +4,11 @@
 
 use airlock_broker::breakglass::BreakGlassInput;
 use airlock_broker::broker::RequestInput;
+use airlock_broker::devices::Enrollment;
 use airlock_broker::reports::StoryOf;
 use airlock_core::audit::AuditEvent;
 use airlock_core::audit::export::Report;
 use airlock_core::breakglass::Verdict;
-use airlock_broker::devices::Enrollment;
 use airlock_core::device::DeviceKey;
 use airlock_core::ids::{DeviceId, DeviceName, GrantId, IncidentId, ResourceName, RoleName, UserName};
 use airlock_core::incident::{NewIncident, Severity, Title};

@@ -66,10 +66,7 @@ fn device(row: &SqliteRow) -> Result<Device, StoreError> {
 impl Store {
     /// Device `id`, whatever its state: authentication reads it outside a transaction.
     pub async fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
-        let row = sqlx::query(devices_where!("WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(devices_where!("WHERE id = ?")).bind(id.to_string()).fetch_optional(&self.pool).await?;
         row.as_ref().map(device).transpose()
     }
 
@@ -98,10 +95,8 @@ impl Tx {
 
     /// Device `id`, read for update.
     pub async fn device(&mut self, id: DeviceId) -> Result<Option<Device>, StoreError> {
-        let row = sqlx::query(devices_where!("WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&mut *self.inner)
-            .await?;
+        let row =
+            sqlx::query(devices_where!("WHERE id = ?")).bind(id.to_string()).fetch_optional(&mut *self.inner).await?;
         row.as_ref().map(device).transpose()
     }
 
