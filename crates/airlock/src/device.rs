@@ -8,9 +8,7 @@
 //! credential bound to the device comes with a short-lived certificate for the key, written
 //! beside it (`device.key.crt`), which `psql` presents as `sslcert`.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use airlock_core::device::{Call, DeviceKey, NONCE_BYTES, Proof, enrollment_message};
@@ -25,6 +23,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::cli::{AdminDeviceCommand, DeviceCommand, Files, Remote};
 use crate::client::Client;
+use crate::files::{self, beside, replace};
 use crate::local::{admin_actor, open_broker, refused_or_usage};
 use crate::{Failure, Outcome, output};
 
@@ -47,67 +46,22 @@ pub struct LocalDevice {
 
 /// Where the device key is kept.
 fn key_file() -> Result<PathBuf, Failure> {
-    let set = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(file) = set("AIRLOCK_DEVICE_KEY") {
-        return Ok(file);
-    }
-    let config = set("XDG_CONFIG_HOME")
-        .or_else(|| set("HOME").map(|home| home.join(".config")))
-        .ok_or_else(|| anyhow!("cannot tell where to keep the device key: set AIRLOCK_DEVICE_KEY (or HOME)"))?;
-    Ok(config.join("airlock").join("device.key"))
-}
-
-/// `path` with `suffix` appended to its whole name (`device.key` → `device.key.json`).
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Replaces `path` with `contents`, whole or not at all, with `mode`.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), Failure> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)
-        .with_context(|| format!("cannot make the directory {}", parent.display()))?;
-    let next = beside(path, ".new");
-    let _ = fs::remove_file(&next);
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&next)
-        .with_context(|| format!("cannot write {}", next.display()))?;
-    out.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", next.display()))?;
-    out.write_all(contents)
-        .and_then(|()| out.sync_all())
-        .with_context(|| format!("cannot write {}", next.display()))?;
-    fs::rename(&next, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
+    files::config_file("AIRLOCK_DEVICE_KEY", "device.key")
 }
 
 fn read_key(path: &Path) -> Result<Option<SigningKey>, Failure> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow!("cannot read the device key {}: {e}", path.display()).into()),
-    };
+    let Some(text) = files::read_if_present(path)? else { return Ok(None) };
     let key = SigningKey::from_pkcs8_pem(&text)
         .map_err(|e| anyhow!("the device key {} is damaged ({e}): delete it and enroll again", path.display()))?;
     Ok(Some(key))
 }
 
-fn read_registration(path: &Path) -> Result<Option<Registration>, Failure> {
-    match fs::read_to_string(beside(path, ".json")) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
-            anyhow!("{} is damaged ({e}): delete it and enroll again", beside(path, ".json").display())
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow!("cannot read {}: {e}", beside(path, ".json").display()).into()),
-    }
+fn read_registration(key_path: &Path) -> Result<Option<Registration>, Failure> {
+    let path = beside(key_path, ".json");
+    let Some(text) = files::read_if_present(&path)? else { return Ok(None) };
+    let registration = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{} is damaged ({e}): delete it and enroll again", path.display()))?;
+    Ok(Some(registration))
 }
 
 impl LocalDevice {
@@ -142,7 +96,7 @@ impl LocalDevice {
         let pem =
             device_tls::device_certificate(&self.key, from, until).context("cannot make the device certificate")?;
         let path = beside(&self.key_path, ".crt");
-        write_file(&path, pem.as_bytes(), 0o644)?;
+        replace(&path, pem.as_bytes(), 0o644)?;
         Ok((path, &self.key_path))
     }
 
@@ -207,7 +161,7 @@ async fn enroll(remote: &Remote, name: Option<String>) -> Outcome {
             let key =
                 SigningKey::from_bytes(&airlock_broker::secrets::random_bytes().context("no randomness for the key")?);
             let pem = device_tls::device_key_pem(&key).context("cannot encode the device key")?;
-            write_file(&key_path, pem.as_bytes(), 0o600)?;
+            replace(&key_path, pem.as_bytes(), 0o600)?;
             key
         }
     };
@@ -221,7 +175,7 @@ async fn enroll(remote: &Remote, name: Option<String>) -> Outcome {
         broker: client.base().to_owned(),
     };
     let text = serde_json::to_vec_pretty(&registration).context("cannot write the registration")?;
-    write_file(&beside(&key_path, ".json"), &text, 0o600)?;
+    replace(&beside(&key_path, ".json"), &text, 0o600)?;
     if remote.json {
         output::json(&device);
     } else {

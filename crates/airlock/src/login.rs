@@ -4,15 +4,14 @@
 //! it has expired. And, for `airlock serve`, the broker's [`SingleSignOn`] from `[identity.oidc]`.
 //!
 //! The login file (`$AIRLOCK_LOGIN_FILE`, else `$XDG_CONFIG_HOME/airlock/login.json`, else
-//! `~/.config/airlock/login.json`) holds the broker's URL and the login's tokens, mode 0600 in a
-//! directory made 0700. It is replaced whole (written beside, then renamed), and changed only
+//! `~/.config/airlock/login.json`) holds the broker's URL and the login's tokens, mode 0600
+//! ([`crate::files`]). It is replaced whole, and changed only
 //! under an exclusive lock on `login.json.lock`, so two commands that find the access token
 //! expired at once refresh it once: the second reads the pair the first saved (a refresh token
 //! works once; presenting a spent one would end the login).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::Remote;
+use crate::files;
 use crate::{Failure, Outcome, output};
 
 /// An access token this close to its end is refreshed before use.
@@ -70,23 +70,12 @@ impl LoginFile {
 
 /// Where the login is kept.
 pub fn login_file() -> Result<PathBuf, Failure> {
-    let set = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(file) = set("AIRLOCK_LOGIN_FILE") {
-        return Ok(file);
-    }
-    let config = set("XDG_CONFIG_HOME")
-        .or_else(|| set("HOME").map(|home| home.join(".config")))
-        .ok_or_else(|| anyhow!("cannot tell where to keep the login: set AIRLOCK_LOGIN_FILE (or HOME)"))?;
-    Ok(config.join("airlock").join("login.json"))
+    files::config_file("AIRLOCK_LOGIN_FILE", "login.json")
 }
 
 /// The login file, if there is one.
 fn read(path: &Path) -> Result<Option<LoginFile>, Failure> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow!("cannot read the login file {}: {e}", path.display()).into()),
-    };
+    let Some(text) = files::read_if_present(path)? else { return Ok(None) };
     let file = serde_json::from_str(&text).map_err(|e| {
         anyhow!("the login file {} is damaged ({e}): delete it and run `airlock login`", path.display())
     })?;
@@ -95,37 +84,14 @@ fn read(path: &Path) -> Result<Option<LoginFile>, Failure> {
 
 /// Replaces the login file with `file`, mode 0600, whole or not at all.
 fn write(path: &Path, file: &LoginFile) -> Result<(), Failure> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)
-        .with_context(|| format!("cannot make the directory {}", parent.display()))?;
-    let beside = path.with_extension("json.new");
-    let _ = fs::remove_file(&beside);
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&beside)
-        .with_context(|| format!("cannot write the login file {}", beside.display()))?;
-    out.set_permissions(fs::Permissions::from_mode(0o600)).context("cannot make the login file private")?;
     let text = serde_json::to_vec_pretty(file).context("cannot write the login")?;
-    out.write_all(&text).and_then(|()| out.sync_all()).context("cannot write the login file")?;
-    fs::rename(&beside, path).with_context(|| format!("cannot replace the login file {}", path.display()))?;
-    Ok(())
+    files::replace(path, &text, 0o600)
 }
 
 /// An exclusive lock on the login file's lock file, held until dropped.
 async fn lock(path: &Path) -> Result<File, Failure> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .with_context(|| format!("cannot make the directory {}", parent.display()))?;
-    }
-    let lock_path = path.with_extension("json.lock");
+    files::make_parent(path)?;
+    let lock_path = files::beside(path, ".lock");
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -466,6 +432,8 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn mode_of(path: &Path) -> u32 {

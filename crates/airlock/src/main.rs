@@ -28,6 +28,7 @@ mod cli;
 mod client;
 mod connect;
 mod device;
+mod files;
 mod gateway;
 mod identity;
 mod incident;
