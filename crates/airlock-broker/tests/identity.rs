@@ -161,7 +161,10 @@ async fn a_login_provisions_follows_the_providers_groups_and_refreshes_once_per_
 
     // The access token lives 15 minutes; the refresh gives a new pair and new groups.
     app.advance(Duration::minutes(16));
-    assert!(matches!(refused(app.broker.authenticate(&login.access_token, IP, None).await), BrokerError::Unauthenticated));
+    assert!(matches!(
+        refused(app.broker.authenticate(&login.access_token, IP, None).await),
+        BrokerError::Unauthenticated
+    ));
     let next =
         app.broker.refresh_login(&login.refresh_token, idp_says("sub-1", "frank", &["eng", "sre"])).await.unwrap();
     let (frank, _) = app.broker.authenticate(&next.access_token, IP, None).await.unwrap();
@@ -171,7 +174,10 @@ async fn a_login_provisions_follows_the_providers_groups_and_refreshes_once_per_
     // The attack: the first refresh token, copied, presented again. The login ends for both.
     let replay = app.broker.refresh_login(&login.refresh_token, no_idp).await;
     assert!(matches!(refused(replay), BrokerError::RefreshRefused));
-    assert!(matches!(refused(app.broker.authenticate(&next.access_token, IP, None).await), BrokerError::Unauthenticated));
+    assert!(matches!(
+        refused(app.broker.authenticate(&next.access_token, IP, None).await),
+        BrokerError::Unauthenticated
+    ));
     assert!(matches!(
         refused(app.broker.refresh_login(&next.refresh_token, no_idp).await),
         BrokerError::RefreshRefused
@@ -230,7 +236,10 @@ async fn logins_end_at_logout_when_idle_at_their_end_and_when_the_provider_refus
     let first = app.broker.sign_in(signed_in("sub-1", "frank", &["eng"], None), IP).await.unwrap();
     let (frank, _) = app.broker.authenticate(&first.access_token, IP, None).await.unwrap();
     app.broker.logout(&frank).await.unwrap();
-    assert!(matches!(refused(app.broker.authenticate(&first.access_token, IP, None).await), BrokerError::Unauthenticated));
+    assert!(matches!(
+        refused(app.broker.authenticate(&first.access_token, IP, None).await),
+        BrokerError::Unauthenticated
+    ));
     assert!(matches!(
         refused(app.broker.refresh_login(&first.refresh_token, no_idp).await),
         BrokerError::RefreshRefused
@@ -260,7 +269,10 @@ async fn logins_end_at_logout_when_idle_at_their_end_and_when_the_provider_refus
     let left = app.broker.sign_in(signed_in("sub-1", "frank", &["eng"], Some("idp-refresh-1")), IP).await.unwrap();
     let provider_refuses = |_| std::future::ready(Err(BrokerError::RefreshRefused));
     assert!(app.broker.refresh_login(&left.refresh_token, provider_refuses).await.is_err());
-    assert!(matches!(refused(app.broker.authenticate(&left.access_token, IP, None).await), BrokerError::Unauthenticated));
+    assert!(matches!(
+        refused(app.broker.authenticate(&left.access_token, IP, None).await),
+        BrokerError::Unauthenticated
+    ));
 }
 
 #[tokio::test]

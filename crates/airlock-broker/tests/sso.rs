@@ -65,7 +65,8 @@ impl App {
 
     /// The name and groups of whoever holds `tokens`' access token.
     async fn who(&self, tokens: &LoginTokens) -> (String, Vec<String>) {
-        let (caller, _) = self.broker.authenticate(&tokens.access_token, IP, None).await.expect("the access token works");
+        let (caller, _) =
+            self.broker.authenticate(&tokens.access_token, IP, None).await.expect("the access token works");
         let mut groups: Vec<String> = caller.principal.groups.iter().map(ToString::to_string).collect();
         groups.sort();
         (caller.principal.name.to_string(), groups)
