@@ -90,8 +90,12 @@ pub enum BrokerError {
     IncidentReportForbidden,
     #[error(transparent)]
     DeviceProof(#[from] crate::devices::DeviceProofError),
+    #[error("the device's enrollment was refused: {0}")]
+    BadEnrollment(airlock_core::device::ProofError),
     #[error("this key is already enrolled as a device; each device has its own key")]
     DeviceKeyKnown,
+    #[error("device `{0}` is disabled, for good")]
+    DeviceDisabled(DeviceId),
     #[error("device `{0}` not found")]
     DeviceNotFound(DeviceId),
     #[error(
@@ -192,7 +196,8 @@ impl BrokerError {
             BrokerError::TokenNotFound(_) | BrokerError::DeviceNotFound(_) => ErrorKind::NotFound,
             BrokerError::DeviceProof(crate::devices::DeviceProofError::TooMany) => ErrorKind::RateLimited,
             BrokerError::DeviceProof(_) => ErrorKind::Unauthenticated,
-            BrokerError::DeviceKeyKnown => ErrorKind::Conflict,
+            BrokerError::DeviceKeyKnown | BrokerError::DeviceDisabled(_) => ErrorKind::Conflict,
+            BrokerError::BadEnrollment(_) => ErrorKind::BadInput,
             BrokerError::TrustedDeviceRequired(_) => ErrorKind::Forbidden,
             BrokerError::TokenExpiryPast => ErrorKind::BadInput,
             BrokerError::MfaRequired(_) => ErrorKind::MfaRequired,

@@ -24,8 +24,12 @@ use time::OffsetDateTime;
 
 use crate::broker::{Broker, BrokerError, Caller, Ended, TrustedDevice, new_id};
 
-/// Nonces remembered at most; past this, proofs are refused until old ones age out.
-const MAX_REMEMBERED_NONCES: usize = 100_000;
+/// Proofs one device may make within [`PROOF_WINDOW`]; past this, its proofs are refused until
+/// old ones age out (other devices are not affected).
+const MAX_PROOFS_PER_DEVICE: usize = 1_000;
+
+/// Devices remembered before the nonces of every device are swept.
+const SWEEP_DEVICES_OVER: usize = 1_024;
 
 /// Why a call's device proof was refused. Shown to the caller.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +42,7 @@ pub enum DeviceProofError {
     Disabled(DeviceId),
     #[error("this device proof was already used")]
     Replayed,
-    #[error("too many device proofs at once; try again in a minute")]
+    #[error("this device made too many calls in the last minute; try again in a minute")]
     TooMany,
 }
 
@@ -50,25 +54,35 @@ pub struct PresentedProof<'a> {
     pub path: &'a str,
 }
 
-/// The nonces of proofs accepted within [`PROOF_WINDOW`], so that each proof works once.
+/// The nonces of each device's proofs accepted within [`PROOF_WINDOW`], so that each proof
+/// works once.
 #[derive(Default)]
-pub(crate) struct SeenNonces(Mutex<HashMap<(DeviceId, [u8; device::NONCE_BYTES]), OffsetDateTime>>);
+pub(crate) struct SeenNonces(Mutex<HashMap<DeviceId, HashMap<[u8; device::NONCE_BYTES], OffsetDateTime>>>);
 
 impl SeenNonces {
-    /// Remembers `proof`'s nonce; refuses it when already seen.
+    /// Remembers `proof`'s nonce; refuses it when already seen, or when its device has made
+    /// too many proofs lately.
     fn remember(&self, proof: &Proof, now: OffsetDateTime) -> Result<(), DeviceProofError> {
         let mut seen = self.0.lock().expect("the nonce lock is never poisoned");
-        if seen.len() >= MAX_REMEMBERED_NONCES {
-            // A proof made before this is out of its window for good.
-            seen.retain(|_, at| *at >= now - PROOF_WINDOW);
+        // A proof made before this is out of its window for good: forgotten for this device at
+        // each call, and for every device once many have called.
+        let oldest = now - PROOF_WINDOW;
+        if seen.len() >= SWEEP_DEVICES_OVER {
+            seen.retain(|_, nonces| {
+                nonces.retain(|_, at| *at >= oldest);
+                !nonces.is_empty()
+            });
         }
-        if seen.len() >= MAX_REMEMBERED_NONCES {
+        let nonces = seen.entry(proof.device).or_default();
+        nonces.retain(|_, at| *at >= oldest);
+        if nonces.contains_key(&proof.nonce) {
+            return Err(DeviceProofError::Replayed);
+        }
+        if nonces.len() >= MAX_PROOFS_PER_DEVICE {
             return Err(DeviceProofError::TooMany);
         }
-        match seen.insert((proof.device, proof.nonce), proof.at) {
-            Some(_) => Err(DeviceProofError::Replayed),
-            None => Ok(()),
-        }
+        nonces.insert(proof.nonce, proof.at);
+        Ok(())
     }
 }
 
@@ -108,7 +122,7 @@ impl Broker {
     /// Registers a device for the caller, waiting for an administrator's approval.
     pub async fn enroll_device(&self, caller: &Caller, enrollment: Enrollment) -> Result<Device, BrokerError> {
         let user = &caller.principal.name;
-        device::verify_enrollment(user, &enrollment.key, &enrollment.signature).map_err(DeviceProofError::from)?;
+        device::verify_enrollment(user, &enrollment.key, &enrollment.signature).map_err(BrokerError::BadEnrollment)?;
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
         Self::ensure_enabled(&mut tx, caller).await?;
@@ -137,7 +151,7 @@ impl Broker {
         let mut tx = self.store().begin().await?;
         let mut device = tx.device(id).await?.ok_or(BrokerError::DeviceNotFound(id))?;
         if device.disabled.is_some() {
-            return Err(DeviceProofError::Disabled(id).into());
+            return Err(BrokerError::DeviceDisabled(id));
         }
         if device.approved.is_some() {
             return Ok(device);
@@ -173,7 +187,7 @@ impl Broker {
         let mut tx = self.store().begin().await?;
         let mut device = tx.device(id).await?.ok_or(BrokerError::DeviceNotFound(id))?;
         if device.disabled.is_some() {
-            return Err(DeviceProofError::Disabled(id).into());
+            return Err(BrokerError::DeviceDisabled(id));
         }
         let ended = Self::end_device(&mut tx, &mut device, actor, reason, now).await?;
         tx.commit().await?;
@@ -224,5 +238,49 @@ fn device_event(kind: EventKind, actor: &str, at: OffsetDateTime, device: &Devic
         actor: actor.to_owned(),
         at,
         details: json!({ "device": device.id, "user": device.user, "name": device.name, "key": device.key }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+    use uuid::Uuid;
+
+    use super::*;
+
+    const T0: OffsetDateTime = datetime!(2030-01-01 10:00 UTC);
+
+    /// A proof as parsed from its header (the signature is not looked at here).
+    fn proof(device: u128, n: usize, at: OffsetDateTime) -> Proof {
+        let device = DeviceId::from_uuid(Uuid::from_u128(device));
+        let header = format!("{device}.{}.{n:032x}.{}", at.unix_timestamp(), "00".repeat(64));
+        Proof::parse(&header).unwrap()
+    }
+
+    #[test]
+    fn each_proof_works_once_and_a_busy_device_slows_only_itself() {
+        let seen = SeenNonces::default();
+        seen.remember(&proof(1, 0, T0), T0).unwrap();
+        assert!(matches!(seen.remember(&proof(1, 0, T0), T0), Err(DeviceProofError::Replayed)));
+        seen.remember(&proof(2, 0, T0), T0).expect("the same nonce from another device");
+
+        for n in 1..MAX_PROOFS_PER_DEVICE {
+            seen.remember(&proof(1, n, T0), T0).unwrap();
+        }
+        let over = proof(1, MAX_PROOFS_PER_DEVICE, T0);
+        assert!(matches!(seen.remember(&over, T0), Err(DeviceProofError::TooMany)));
+        seen.remember(&proof(2, 1, T0), T0).expect("other devices are not affected");
+
+        // A minute later the device's old proofs are out of their window, and forgotten.
+        let later = T0 + PROOF_WINDOW + time::Duration::seconds(1);
+        seen.remember(&proof(1, MAX_PROOFS_PER_DEVICE, later), later).unwrap();
+        assert_eq!(seen.0.lock().unwrap()[&proof(1, 0, T0).device].len(), 1);
+
+        // Many devices calling: every device's old proofs are swept.
+        for device in 3..3 + SWEEP_DEVICES_OVER as u128 {
+            seen.remember(&proof(device, 0, later), later).unwrap();
+        }
+        let device_two = proof(2, 0, T0).device;
+        assert!(!seen.0.lock().unwrap().contains_key(&device_two), "device 2 has not called since T0");
     }
 }

@@ -138,14 +138,15 @@ async fn only_an_approved_device_is_trusted_and_it_decides_with_the_policies() {
     let forged = key(1).sign(&enrollment_message(&dana.principal.name, &victim)).to_bytes();
     let enrollment = Enrollment { name: "stolen".parse().unwrap(), key: victim, signature: hex::encode(forged) };
     let error = app.broker.enroll_device(&dana, enrollment).await.unwrap_err();
-    assert!(matches!(error, BrokerError::DeviceProof(DeviceProofError::Proof(ProofError::BadSignature))), "{error}");
+    assert!(matches!(error, BrokerError::BadEnrollment(ProofError::BadSignature)), "{error}");
+    assert_eq!(error.kind(), ErrorKind::BadInput);
 
     let laptop = app.enroll(&app.dana, &key(1)).await;
     assert!(!laptop.is_trusted());
     let again = Enrollment { name: "again".parse().unwrap(), key: laptop.key, signature: String::new() };
     let caller = app.caller(&app.dana).await;
     let error = app.broker.enroll_device(&caller, again).await.unwrap_err();
-    assert!(matches!(error, BrokerError::DeviceProof(_)), "the signature is checked first: {error}");
+    assert!(matches!(error, BrokerError::BadEnrollment(_)), "the signature is checked first: {error}");
 
     // Pending: the proof holds, but the device is not trusted yet, so a read waits for review.
     let pending = app.call(&app.dana, &app.proof(&key(1), &laptop, &app.dana, 1)).await.unwrap();
@@ -274,7 +275,7 @@ async fn disabling_a_device_ends_what_it_asked_for_and_what_is_bound_to_it() {
     let error = app.broker.create_request(&laptop_caller, ask("read")).await.unwrap_err();
     assert!(matches!(error, BrokerError::DeviceProof(DeviceProofError::Disabled(_))), "{error}");
     let error = app.broker.approve_device(laptop.id, "admin").await.unwrap_err();
-    assert!(matches!(error, BrokerError::DeviceProof(DeviceProofError::Disabled(_))), "{error}");
+    assert!(matches!(error, BrokerError::DeviceDisabled(_)) && error.kind() == ErrorKind::Conflict, "{error}");
 
     // An administrator disables the desktop: what it asked for ends too.
     let (_, ended) = app.broker.disable_device(desktop.id, "admin", "lost").await.unwrap();

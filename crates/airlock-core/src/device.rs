@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -39,9 +39,13 @@ const ENROLLMENT_LABEL: &str = "airlock-device-enrollment-v1";
 pub struct DeviceKey([u8; 32]);
 
 impl DeviceKey {
-    /// The key, if `bytes` are a valid Ed25519 public key.
+    /// The key, if `bytes` are a valid Ed25519 public key of full order (a weak, small-order
+    /// key would let anyone sign for it).
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ProofError> {
-        VerifyingKey::from_bytes(&bytes).map(|_| Self(bytes)).map_err(|_| ProofError::BadKey)
+        match VerifyingKey::from_bytes(&bytes) {
+            Ok(key) if !key.is_weak() => Ok(Self(bytes)),
+            _ => Err(ProofError::BadKey),
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
@@ -55,7 +59,7 @@ impl DeviceKey {
 
     fn verify(&self, message: &[u8], signature: &[u8; 64]) -> Result<(), ProofError> {
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| ProofError::BadKey)?;
-        key.verify(message, &Signature::from_bytes(signature)).map_err(|_| ProofError::BadSignature)
+        key.verify_strict(message, &Signature::from_bytes(signature)).map_err(|_| ProofError::BadSignature)
     }
 }
 
@@ -277,6 +281,9 @@ mod tests {
         }
         assert_eq!("00".parse::<DeviceKey>(), Err(ProofError::BadKey));
         assert_eq!("zz".repeat(32).parse::<DeviceKey>(), Err(ProofError::BadKey));
+        // The identity point: a small-order key any signature would pass for.
+        let weak = format!("01{}", "00".repeat(31));
+        assert_eq!(weak.parse::<DeviceKey>(), Err(ProofError::BadKey));
         let text = DeviceKey::of(&key(1)).to_string();
         assert_eq!(text.len(), 64);
         assert_eq!(text.parse::<DeviceKey>().unwrap(), DeviceKey::of(&key(1)));

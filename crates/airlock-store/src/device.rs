@@ -138,15 +138,6 @@ impl Tx {
         Ok(())
     }
 
-    /// The devices of `user` that are not disabled.
-    pub async fn live_devices_of(&mut self, user: &UserName) -> Result<Vec<Device>, StoreError> {
-        let rows = sqlx::query(devices_where!("WHERE user = ? AND disabled_ms IS NULL"))
-            .bind(user.as_str())
-            .fetch_all(&mut *self.inner)
-            .await?;
-        rows.iter().map(device).collect()
-    }
-
     /// Notes that grant `grant`'s credential is bound to device `id`.
     pub async fn bind_grant_to_device(&mut self, id: DeviceId, grant: &Grant) -> Result<(), StoreError> {
         sqlx::query("INSERT OR IGNORE INTO device_grants (device, grant_id) VALUES (?, ?)")

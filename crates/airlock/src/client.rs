@@ -54,7 +54,15 @@ enum Bearer {
 }
 
 impl Client {
+    /// A client for a person's command: it proves its calls with this machine's device.
     pub fn new(remote: &Remote) -> Result<Self, Failure> {
+        let mut client = Self::for_service(remote)?;
+        client.device = LocalDevice::load_for(&client.base)?;
+        Ok(client)
+    }
+
+    /// A client for a service account (`airlock gateway`): never with a person's device.
+    pub fn for_service(remote: &Remote) -> Result<Self, Failure> {
         let base = remote.url.trim_end_matches('/').to_owned();
         let bearer = match std::env::var("AIRLOCK_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
             Some(token) => Bearer::Token(token.trim().to_owned()),
@@ -70,8 +78,7 @@ impl Client {
         }
         let http = airlock_broker::outbound::client(std::time::Duration::from_secs(30))
             .context("cannot build the HTTP client")?;
-        let device = LocalDevice::load_for(&base)?;
-        Ok(Self { http, base, bearer, device })
+        Ok(Self { http, base, bearer, device: None })
     }
 
     /// The broker's URL, without a trailing `/`.
@@ -134,10 +141,14 @@ impl Client {
         let token = self.bearer().await?;
         let mut request = request.bearer_auth(&token).build().context("cannot build the request")?;
         if let Some(device) = &self.device {
+            // Signed as the broker sees it: below the base URL's own path, which a reverse
+            // proxy in front of the broker would strip.
             let url = request.url();
+            let prefix = reqwest::Url::parse(&self.base).map(|base| base.path().trim_end_matches('/').to_owned());
+            let path = url.path().strip_prefix(prefix.as_deref().unwrap_or("")).unwrap_or(url.path());
             let path = match url.query() {
-                Some(query) => format!("{}?{query}", url.path()),
-                None => url.path().to_owned(),
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
             };
             let proof = device.proof(request.method().as_str(), &path, &token)?;
             let value =

@@ -33,17 +33,7 @@ impl Connection {
             gateway.rsplit_once(':').ok_or_else(|| anyhow!("the gateway address `{gateway}` has no port"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let database = credential.database.clone().unwrap_or_else(|| credential.resource.clone());
-        let device_files = match &credential.device_key {
-            None => None,
-            Some(key) => {
-                let device = client
-                    .device()
-                    .filter(|device| device.holds(key))
-                    .ok_or_else(|| anyhow!("the credential is bound to a device key this machine does not hold"))?;
-                let (certificate, key) = device.certificate(credential.expires_at)?;
-                Some((certificate, key.to_owned()))
-            }
-        };
+        let device_files = device_files(credential, client)?;
         Ok(Self { host: host.to_owned(), port: port.to_owned(), database, user: credential.user.clone(), device_files })
     }
 
@@ -62,6 +52,18 @@ impl Connection {
         }
         keywords
     }
+}
+
+/// For a credential bound to this machine's device: a certificate for its key, written now, and
+/// the key's file (libpq's `sslcert` and `sslkey`).
+fn device_files(credential: &CredentialView, client: &Client) -> Result<Option<(PathBuf, PathBuf)>, Failure> {
+    let Some(key) = &credential.device_key else { return Ok(None) };
+    let device = client
+        .device()
+        .filter(|device| device.holds(key))
+        .ok_or_else(|| anyhow!("the credential is bound to a device key this machine does not hold"))?;
+    let certificate = device.certificate(credential.expires_at)?;
+    Ok(Some((certificate, device.key_path().to_owned())))
 }
 
 /// A libpq keyword value, quoted when it needs to be.
@@ -83,7 +85,12 @@ pub async fn credentials(remote: &Remote, grant_id: &str) -> Outcome {
     let client = Client::new(remote)?;
     let credential = issue(&client, &grant_id).await?;
     if remote.json {
-        output::json(&credential);
+        let mut document = serde_json::to_value(&credential).context("cannot write the credential")?;
+        if let Some((certificate, key)) = device_files(&credential, &client)? {
+            document["sslcert"] = serde_json::json!(certificate);
+            document["sslkey"] = serde_json::json!(key);
+        }
+        output::json(&document);
         return Ok(());
     }
     let connection = Connection::of(&credential, &client)?;

@@ -65,21 +65,36 @@ fn read_registration(key_path: &Path) -> Result<Option<Registration>, Failure> {
 }
 
 impl LocalDevice {
-    /// This machine's device at `broker`, if it enrolled there.
+    /// This machine's device at `broker`, if it enrolled there. A key that went missing or
+    /// cannot be read is warned about, and calls go without a device (untrusted), so that
+    /// `airlock device disable` still works.
     pub fn load_for(broker: &str) -> Result<Option<Self>, Failure> {
         let key_path = key_file()?;
         let Some(registration) = read_registration(&key_path)? else { return Ok(None) };
         if registration.broker != broker {
             return Ok(None);
         }
-        let key = read_key(&key_path)?.ok_or_else(|| {
-            anyhow!(
-                "the device key {} is missing: disable device {} and enroll again",
-                key_path.display(),
-                registration.id
-            )
-        })?;
-        Ok(Some(Self { id: registration.id, key, key_path }))
+        match read_key(&key_path) {
+            Ok(Some(key)) => Ok(Some(Self { id: registration.id, key, key_path })),
+            Ok(None) => {
+                eprintln!(
+                    "warning: the key of device {} ({}) is missing: calls go without it; disable the device and enroll again",
+                    registration.id,
+                    key_path.display()
+                );
+                Ok(None)
+            }
+            Err(Failure::Usage(error)) => {
+                eprintln!("warning: {error:#}; calls go without the device");
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Where the key is, for libpq's `sslkey`.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
     }
 
     /// The `Airlock-Device-Proof` header for one call.
@@ -90,14 +105,14 @@ impl LocalDevice {
         Ok(Proof::sign(&self.key, self.id, &call, OffsetDateTime::now_utc(), nonce).header())
     }
 
-    /// Writes a certificate for the key valid until `until`; returns its path and the key's.
-    pub fn certificate(&self, until: OffsetDateTime) -> Result<(PathBuf, &Path), Failure> {
+    /// Writes a certificate for the key valid until `until`; returns its path.
+    pub fn certificate(&self, until: OffsetDateTime) -> Result<PathBuf, Failure> {
         let from = OffsetDateTime::now_utc() - CERTIFICATE_LEEWAY;
         let pem =
             device_tls::device_certificate(&self.key, from, until).context("cannot make the device certificate")?;
         let path = beside(&self.key_path, ".crt");
         replace(&path, pem.as_bytes(), 0o644)?;
-        Ok((path, &self.key_path))
+        Ok(path)
     }
 
     /// Whether this device holds `key`.

@@ -53,7 +53,8 @@ pub fn make_parent(path: &Path) -> Result<(), Failure> {
 /// Replaces `path` with `contents`, whole or not at all, with `mode`.
 pub fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), Failure> {
     make_parent(path)?;
-    let next = beside(path, ".new");
+    // Named for this process: two commands writing the same file never share a half-written one.
+    let next = beside(path, &format!(".{}.new", std::process::id()));
     let _ = fs::remove_file(&next);
     let mut out = OpenOptions::new()
         .write(true)

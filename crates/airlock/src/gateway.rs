@@ -91,7 +91,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, remote: &Remote) -> 
             key_path.display()
         )
     })?);
-    let client = Client::new(remote)?;
+    let client = Client::for_service(remote)?;
     let key: KeyView = client.get("/v1/keys").await?;
     let public_key: [u8; 32] = hex::decode(&key.public_key)
         .ok()
