@@ -38,6 +38,17 @@ pub fn time_query(
     Ok(if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) })
 }
 
+/// The path and query of `url` as the broker sees them: below `base`'s own path, which a
+/// reverse proxy in front of the broker strips. A device signs this.
+fn path_below(base: &str, url: &reqwest::Url) -> String {
+    let prefix = reqwest::Url::parse(base).map(|base| base.path().trim_end_matches('/').to_owned());
+    let path = url.path().strip_prefix(prefix.as_deref().unwrap_or("")).unwrap_or(url.path());
+    match url.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    }
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -141,15 +152,7 @@ impl Client {
         let token = self.bearer().await?;
         let mut request = request.bearer_auth(&token).build().context("cannot build the request")?;
         if let Some(device) = &self.device {
-            // Signed as the broker sees it: below the base URL's own path, which a reverse
-            // proxy in front of the broker would strip.
-            let url = request.url();
-            let prefix = reqwest::Url::parse(&self.base).map(|base| base.path().trim_end_matches('/').to_owned());
-            let path = url.path().strip_prefix(prefix.as_deref().unwrap_or("")).unwrap_or(url.path());
-            let path = match url.query() {
-                Some(query) => format!("{path}?{query}"),
-                None => path.to_owned(),
-            };
+            let path = path_below(&self.base, request.url());
             let proof = device.proof(request.method().as_str(), &path, &token)?;
             let value =
                 reqwest::header::HeaderValue::from_str(&proof).context("the device proof is not a header value")?;
@@ -181,6 +184,29 @@ impl Client {
             Err(Failure::Refused(message))
         } else {
             Err(anyhow!("the broker failed: {message}").into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_signs_the_path_the_broker_sees() {
+        let url = |text: &str| reqwest::Url::parse(text).unwrap();
+        let cases = [
+            ("http://127.0.0.1:8470", "http://127.0.0.1:8470/v1/requests", "/v1/requests"),
+            (
+                "https://ops.example/airlock",
+                "https://ops.example/airlock/v1/grants?active=true",
+                "/v1/grants?active=true",
+            ),
+            ("https://ops.example/airlock/", "https://ops.example/airlock/v1/whoami", "/v1/whoami"),
+            ("https://ops.example", "https://ops.example/v1/devices?all=true", "/v1/devices?all=true"),
+        ];
+        for (base, called, signed) in cases {
+            assert_eq!(path_below(base, &url(called)), signed, "{base} {called}");
         }
     }
 }
