@@ -26,10 +26,9 @@ impl Broker {
         if to_source {
             credential = credential.bound_to(caller.source_ip);
         }
-        let device = match caller.device {
-            Some(device) if to_device => Some(device),
-            None if to_device => return Err(BrokerError::TrustedDeviceRequired(grant.resource)),
-            _ => None,
+        let device = match to_device {
+            true => Some(caller.device.ok_or_else(|| BrokerError::TrustedDeviceRequired(grant.resource.clone()))?),
+            false => None,
         };
         if let Some(device) = device {
             credential = credential.bound_to_device(device.key);

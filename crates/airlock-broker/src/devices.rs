@@ -18,7 +18,6 @@ use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_core::device::{self, Call, DeviceKey, PROOF_WINDOW, Proof, ProofError};
 use airlock_core::ids::{DeviceId, DeviceName, UserName};
 pub use airlock_store::Device;
-use airlock_store::Tx;
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -189,32 +188,20 @@ impl Broker {
         if device.disabled.is_some() {
             return Err(BrokerError::DeviceDisabled(id));
         }
-        let ended = Self::end_device(&mut tx, &mut device, actor, reason, now).await?;
-        tx.commit().await?;
-        self.grants_changed();
-        Ok((device, ended))
-    }
-
-    /// Disables `device` in `tx` and ends what it was used for, appending the records.
-    pub(crate) async fn end_device(
-        tx: &mut Tx,
-        device: &mut Device,
-        actor: &str,
-        reason: &str,
-        now: OffsetDateTime,
-    ) -> Result<Ended, BrokerError> {
-        tx.disable_device(device.id, actor, reason, now).await?;
+        tx.disable_device(id, actor, reason, now).await?;
         device.disabled = Some((now, actor.to_owned(), reason.to_owned()));
-        let requests = tx.pending_requests_of_device(device.id).await?;
-        let grants = tx.active_grants_of_device(device.id).await?;
-        let (ended, mut events) = Self::end_access(tx, requests, grants, actor, reason, now).await?;
-        let mut record = device_event(EventKind::DeviceDisabled, actor, now, device);
+        let requests = tx.pending_requests_of_device(id).await?;
+        let grants = tx.active_grants_of_device(id).await?;
+        let (ended, mut events) = Self::end_access(&mut tx, requests, grants, actor, reason, now).await?;
+        let mut record = device_event(EventKind::DeviceDisabled, actor, now, &device);
         record.details["reason"] = json!(reason);
         record.details["requests_cancelled"] = json!(ended.requests_cancelled);
         record.details["grants_revoked"] = json!(ended.grants_revoked);
         events.insert(0, record);
         tx.append(events).await?;
-        Ok(ended)
+        tx.commit().await?;
+        self.grants_changed();
+        Ok((device, ended))
     }
 
     /// The caller's devices; with `everyone`, every user's (auditors only).

@@ -29,8 +29,12 @@ pub enum DeviceTlsError {
 /// 3.0 refuses v2 (OneAsymmetricKey, with the public key) as "unsupported", and so does `psql`.
 /// libpq refuses a key file others may read; the caller writes it with mode 0600.
 pub fn device_key_pem(key: &SigningKey) -> Result<Zeroizing<String>, DeviceTlsError> {
-    let seed_only = KeypairBytes { secret_key: key.to_bytes(), public_key: None };
-    seed_only.to_pkcs8_pem(LineEnding::LF).map_err(|e| DeviceTlsError::Encode(e.to_string()))
+    seed_only(key).to_pkcs8_pem(LineEnding::LF).map_err(|e| DeviceTlsError::Encode(e.to_string()))
+}
+
+/// `key` as PKCS#8 v1 wants it: the seed, without the public key.
+fn seed_only(key: &SigningKey) -> KeypairBytes {
+    KeypairBytes { secret_key: key.to_bytes(), public_key: None }
 }
 
 /// A self-signed X.509 certificate (PEM) for `key`, named [`DEVICE_CERTIFICATE_NAME`] and valid
@@ -41,8 +45,7 @@ pub fn device_certificate(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<String, DeviceTlsError> {
-    let seed_only = KeypairBytes { secret_key: key.to_bytes(), public_key: None };
-    let der = seed_only.to_pkcs8_der().map_err(|e| DeviceTlsError::Encode(e.to_string()))?;
+    let der = seed_only(key).to_pkcs8_der().map_err(|e| DeviceTlsError::Encode(e.to_string()))?;
     let pkcs8 = PrivatePkcs8KeyDer::from(der.as_bytes());
     let key_pair = KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &PKCS_ED25519)
         .map_err(|e| DeviceTlsError::Certificate(e.to_string()))?;
