@@ -365,8 +365,9 @@ async fn run<A, S>(
     shared.recorder.record(session.event(EventKind::SessionStarted, json!({ "client": peer.to_string() }))).await;
     let (client_read, client_write) = tokio::io::split(client);
     let target_read = Prefixed { prefix: leftover, inner: target_read };
-    let ends = Ends { client_read, client_write, target_read, target_write };
-    let ending = relay::relay(&session, ends, &mut cut).await;
+    let mut ends = Ends { client_read, client_write, target_read, target_write };
+    let ending = relay::relay(&session, &mut ends, &mut cut).await;
+    relay::close(ends, &ending).await;
     let details = json!({ "reason": ending.code(), "duration_ms": begun.elapsed().as_millis() as u64 });
     shared.recorder.record(session.event(EventKind::SessionEnded, details)).await;
     drop(registration);
