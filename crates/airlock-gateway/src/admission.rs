@@ -360,15 +360,16 @@ async fn run<A, S>(
         }
     };
     let Some((process_id, secret_key, leftover)) = started else { return };
-    shared.registry.set_backend(registration.key, Backend { address, process_id, secret_key });
+    let backend = Backend { address, process_id, secret_key };
+    shared.registry.set_backend(registration.key, backend.clone());
     let begun = std::time::Instant::now();
     shared.recorder.record(session.event(EventKind::SessionStarted, json!({ "client": peer.to_string() }))).await;
     let (client_read, client_write) = tokio::io::split(client);
     let target_read = Prefixed { prefix: leftover, inner: target_read };
     let mut ends = Ends { client_read, client_write, target_read, target_write };
-    let ending = relay::relay(&session, &mut ends, &mut cut).await;
-    relay::close(ends, &ending).await;
-    let details = json!({ "reason": ending.code(), "duration_ms": begun.elapsed().as_millis() as u64 });
+    let ended = relay::relay(&session, &mut ends, &mut cut).await;
+    relay::close(ends, &ended, &backend).await;
+    let details = json!({ "reason": ended.ending.code(), "duration_ms": begun.elapsed().as_millis() as u64 });
     shared.recorder.record(session.event(EventKind::SessionEnded, details)).await;
     drop(registration);
 }

@@ -38,7 +38,8 @@ use uuid::Uuid;
 
 use crate::guard::{Allowed, Guard, Refusal};
 use crate::recorder::Recorder;
-use crate::target::error_fields;
+use crate::registry::Backend;
+use crate::target::{self, error_fields};
 use crate::wire::{self, Piece, Scanner, Severity, body, cstr, tag};
 
 /// The largest message a client may send, other than COPY data (which is streamed).
@@ -48,6 +49,8 @@ const MAX_SERVER_MESSAGE: usize = 256 * 1024 * 1024;
 /// Statement text kept in an audit record, at most; longer texts keep their length and hash.
 const MAX_RECORDED_TEXT: usize = 8 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a cut session waits for its running statement's cancel request to be taken.
+const CANCEL_WITHIN: Duration = Duration::from_secs(2);
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,13 +214,12 @@ pub struct Ends<CR, CW, SR, SW> {
 }
 
 /// Relays until the session ends, and says why. `cut` carries an ending decided elsewhere
-/// (grant ended, shutdown). The connections stay open: the caller closes them, and chooses when
-/// the target's goes (see [`Ending::told_client`]).
+/// (grant ended, shutdown). The connections stay open: the caller closes them ([`close`]).
 pub async fn relay<CR, CW, SR, SW>(
     session: &Session,
     ends: &mut Ends<CR, CW, SR, SW>,
     cut: &mut watch::Receiver<Option<Ending>>,
-) -> Ending
+) -> Ended
 where
     CR: AsyncRead + Unpin + Send,
     CW: AsyncWrite + Unpin + Send,
@@ -230,15 +232,34 @@ where
     target_to_client(session, target_read, client_write, outbound, &exchange, cut).await
 }
 
-/// Closes a session's connections once [`relay`] has returned `ending`. When the gateway ended
-/// the session, the task first yields once: sessions cut together (a revoked grant's, every one at
-/// shutdown) are woken together, so each tells its client before any closes its database
-/// connection. A backend that exits costs the database server CPU (about a millisecond each on a
-/// small machine); closing them first would hold up the other clients' notices behind it
-/// (docs/benchmarks.md: a p99 of 97 ms for 100 sessions, 12 ms with the clients told first).
-pub async fn close<CR, CW, SR, SW>(ends: Ends<CR, CW, SR, SW>, ending: &Ending) {
-    if ending.told_client() {
+/// How a relay ended: why, and whether a statement was still running at the database.
+#[derive(Debug)]
+pub struct Ended {
+    pub ending: Ending,
+    pub statement_running: bool,
+}
+
+/// Closes a session's connections once [`relay`] has returned `ended`. When the gateway ended
+/// the session:
+/// - the task first yields once: sessions cut together (a revoked grant's, every one at
+///   shutdown) are woken together, so each tells its client before any closes its database
+///   connection. A backend that exits costs the database server CPU (about a millisecond each on a
+///   small machine); closing them first would hold up the other clients' notices behind it
+///   (docs/benchmarks.md: a p99 of 97 ms for 100 sessions, 12 ms with the clients told first);
+/// - a statement still running is cancelled at the database (`backend`): PostgreSQL does not
+///   notice a closed connection until it has something to send, so a long statement would run
+///   on, and commit, after its session ended.
+pub async fn close<CR, CW, SR, SW>(ends: Ends<CR, CW, SR, SW>, ended: &Ended, backend: &Backend) {
+    if ended.ending.told_client() {
         tokio::task::yield_now().await;
+        if ended.statement_running {
+            let cancel = target::cancel(&backend.address, backend.process_id, backend.secret_key);
+            match tokio::time::timeout(CANCEL_WITHIN, cancel).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot cancel a cut session's running statement"),
+                Err(_) => tracing::warn!("cannot cancel a cut session's running statement in time"),
+            }
+        }
     }
     drop(ends);
 }
@@ -427,7 +448,7 @@ async fn target_to_client(
     mut outbound: Pin<Box<impl Future<Output = Ending>>>,
     exchange: &Mutex<Exchange>,
     cut: &mut watch::Receiver<Option<Ending>>,
-) -> Ending {
+) -> Ended {
     let mut scanner = Scanner::new(MAX_SERVER_MESSAGE, b"Dd");
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut outcomes = Outcomes::default();
@@ -473,7 +494,9 @@ async fn target_to_client(
                     continue;
                 }
                 Ok(None) => break,
-                Err(error) => return Ending::Broken(format!("the database sent an invalid message: {error}")),
+                Err(error) => {
+                    return ended(Ending::Broken(format!("the database sent an invalid message: {error}")), exchange);
+                }
             };
             let replaced = outcomes.observe(session, &frame, exchange, &mut events);
             match replaced {
@@ -486,7 +509,7 @@ async fn target_to_client(
             session.recorder.record(event).await;
         }
         if let Err(error) = wire::send(client, &out).await {
-            return Ending::Broken(format!("writing to the client: {error}"));
+            return ended(Ending::Broken(format!("writing to the client: {error}")), exchange);
         }
     };
     if let Some((sqlstate, message)) = ending.notice(&session.grant)
@@ -497,7 +520,11 @@ async fn target_to_client(
         let _ = tokio::time::timeout(Duration::from_secs(1), wire::send(client, &out)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
-    ending
+    ended(ending, exchange)
+}
+
+fn ended(ending: Ending, exchange: &Mutex<Exchange>) -> Ended {
+    Ended { statement_running: lock(exchange).busy(), ending }
 }
 
 /// Matches the target's answers to the statements awaiting them.
@@ -656,6 +683,12 @@ mod tests {
         }
     }
 
+    /// A backend for sessions that never run a statement (nothing is sent to it).
+    fn nowhere() -> Backend {
+        let address = target::TargetAddress { host: "127.0.0.1".into(), port: 9, database: "d".into(), tls: None };
+        Backend { address, process_id: 0, secret_key: 0 }
+    }
+
     /// A TLS stream keeps the tail of a write when the socket is full, until it is flushed: here
     /// the client's end holds everything until flushed. The database's answer must still arrive
     /// while the database waits for the client and sends nothing more.
@@ -667,7 +700,7 @@ mod tests {
         let (target_read, target_write) = tokio::io::split(gateway_target);
         let ends = Ends { client_read, client_write: BufWriter::new(client_write), target_read, target_write };
         let (_cut, mut cut) = watch::channel(None);
-        let relaying = tokio::spawn(async move { relay(&session(), &mut { ends }, &mut cut).await });
+        let relaying = tokio::spawn(async move { relay(&session(), &mut { ends }, &mut cut).await.ending });
 
         let ready_for_query = b"Z\0\0\0\x05I";
         target.write_all(ready_for_query).await.unwrap();
@@ -694,8 +727,8 @@ mod tests {
             cuts.push(cut);
             tokio::spawn(async move {
                 let session = session();
-                let ending = relay(&session, &mut ends, &mut cuts_seen).await;
-                close(ends, &ending).await;
+                let ended = relay(&session, &mut ends, &mut cuts_seen).await;
+                close(ends, &ended, &nowhere()).await;
             });
             for (mut end, name) in [(client, "client told"), (target, "database closed")] {
                 let heard = heard.clone();

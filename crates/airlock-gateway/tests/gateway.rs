@@ -199,6 +199,27 @@ async fn a_revoke_ends_every_session_of_the_grant_with_an_error() {
     assert!(h.audit("session.ended").await.iter().all(|e| e["reason"] == "grant_ended"));
 }
 
+/// The gateway cuts a session whose grant is still live (here it shuts down, so the connector
+/// has no reason to touch the grant's backends): the statement running at the database is
+/// cancelled, not left to run on, and commit, after its session ended.
+#[tokio::test]
+async fn a_statement_running_when_the_gateway_cuts_its_session_is_cancelled_at_the_database() {
+    let mut h = GatewayHarness::start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let (client, _) = h.connect("dana", &h.token(&grant).await).await.unwrap();
+    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(60)").await });
+    let superuser = h.cluster().connect(DATABASE).await.unwrap();
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(60)'";
+    let count = || async { superuser.query_one(sleeping, &[]).await.unwrap().get::<_, i64>(0) };
+    eventually(|| async { count().await == 1 }).await;
+
+    h.stop_gateway().await;
+    let cut = tokio::time::timeout(Duration::from_secs(5), running).await.expect("the session is cut").unwrap();
+    assert_eq!(code(&cut.expect_err("mid-query, the client gets an error")), Some(&SqlState::ADMIN_SHUTDOWN));
+    eventually(|| async { count().await == 0 }).await;
+    assert!(h.broker.live_grant(&grant.id).await.unwrap().is_some(), "the grant itself is still live");
+}
+
 #[tokio::test]
 async fn a_session_ends_when_its_grant_expires() {
     let h = GatewayHarness::start(Settings::default()).await;

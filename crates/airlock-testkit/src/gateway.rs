@@ -201,6 +201,12 @@ impl GatewayHarness {
     /// Stops the gateway (cutting its sessions) and waits until its audit records are written,
     /// then stops the reconciler and the cluster.
     pub async fn shutdown(mut self) {
+        self.stop_gateway().await;
+    }
+
+    /// Stops the gateway (cutting its sessions) and the reconciler, and waits until the gateway's
+    /// audit records are written; the cluster stays up. Grants stay live.
+    pub async fn stop_gateway(&mut self) {
         let _ = self.stop.send(true);
         if let Some(gateway) = self.gateway.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), gateway).await;
