@@ -24,7 +24,8 @@
 //!   as if in another process): `SELECT abalance FROM pgbench_accounts WHERE aid = …` prepared, and
 //!   as simple-protocol text, in blocks that alternate between the paths;
 //! - **throughput**: pgbench select-only (`-S`) and TPC-B-like, `-M simple` and `-M prepared`,
-//!   the paths interleaved (the starting path rotates each round), medians over rounds, and the
+//!   and TPC-B-like again with the cluster's `fsync` turned on (every commit waits for the disk,
+//!   as on a database whose data matters), the paths interleaved (the starting path rotates each round), medians over rounds, and the
 //!   CPU time the proxying process spent per transaction, by thread (from /proc). After each
 //!   gateway run the bench waits until every session's records are in the audit chain and counts
 //!   the `statement.executed` records against pgbench's transactions;
@@ -35,7 +36,7 @@
 //! Settings (environment): `AIRLOCK_BENCH_SECONDS` (10, per pgbench run), `AIRLOCK_BENCH_ROUNDS`
 //! (3), `AIRLOCK_BENCH_CLIENTS` (8), `AIRLOCK_BENCH_THREADS` (2), `AIRLOCK_BENCH_SCALE` (10),
 //! `AIRLOCK_BENCH_PROTOCOLS` (`simple,prepared`), `AIRLOCK_BENCH_STATEMENTS` (10000 per path and
-//! kind), `AIRLOCK_BENCH_CUT_SESSIONS` (100), `AIRLOCK_BENCH_CUT_ROUNDS` (10),
+//! kind), `AIRLOCK_BENCH_DURABLE` (`true`: the fsync-on TPC-B-like runs), `AIRLOCK_BENCH_CUT_SESSIONS` (100), `AIRLOCK_BENCH_CUT_ROUNDS` (10),
 //! `AIRLOCK_BENCH_EXPIRY_SECONDS` (5, the expiring grants' length), `AIRLOCK_BENCH_CUT_TLS`
 //! (`true`: the cut sessions use TLS), `AIRLOCK_BENCH_IDLE_SESSIONS`
 //! (500), `AIRLOCK_BENCH_PATHS` (`direct,relay,pgbouncer,gateway,gateway-tls`),
@@ -149,6 +150,8 @@ struct Knobs {
     idle_sessions: usize,
     paths: Vec<Route>,
     parts: Vec<String>,
+    /// Also run TPC-B-like with the cluster's fsync on.
+    durable: bool,
 }
 
 impl Knobs {
@@ -172,6 +175,7 @@ impl Knobs {
             scale: setting("AIRLOCK_BENCH_SCALE", 10),
             protocols: list("AIRLOCK_BENCH_PROTOCOLS", "simple,prepared"),
             statements: setting("AIRLOCK_BENCH_STATEMENTS", 10_000),
+            durable: setting("AIRLOCK_BENCH_DURABLE", true),
             cut_sessions: setting("AIRLOCK_BENCH_CUT_SESSIONS", 100),
             cut_rounds: setting("AIRLOCK_BENCH_CUT_ROUNDS", 10),
             expiry_seconds: setting("AIRLOCK_BENCH_EXPIRY_SECONDS", 5),
@@ -842,11 +846,18 @@ async fn measure_latency(
 struct Workload {
     select_only: bool,
     protocol: String,
+    /// Run with the cluster's `fsync` on: every commit waits for the disk, as on a database
+    /// whose data matters (the throwaway cluster otherwise runs with it off).
+    durable: bool,
 }
 
 impl Workload {
     fn name(&self) -> String {
-        let script = if self.select_only { "select-only (-S)" } else { "TPC-B-like" };
+        let script = match (self.select_only, self.durable) {
+            (true, _) => "select-only (-S)",
+            (false, false) => "TPC-B-like",
+            (false, true) => "TPC-B-like, durable (fsync on)",
+        };
         format!("{script}, -M {}", self.protocol)
     }
 
@@ -882,9 +893,10 @@ fn pgbench_command(program: &Path, port: u16, user: &str, password: &str, tls: b
 impl Bench {
     async fn throughput(&self, report: &mut Report) {
         let mut workloads = Vec::new();
-        for select_only in [true, false] {
+        let kinds = [(true, false), (false, false)].into_iter().chain(self.knobs.durable.then_some((false, true)));
+        for (select_only, durable) in kinds {
             for protocol in &self.knobs.protocols {
-                workloads.push(Workload { select_only, protocol: protocol.clone() });
+                workloads.push(Workload { select_only, protocol: protocol.clone(), durable });
             }
         }
         let paths = &self.knobs.paths;
@@ -897,6 +909,7 @@ impl Bench {
         );
         let ticks = clock_ticks();
         for workload in workloads {
+            self.set_fsync(workload.durable).await;
             let mut tps: HashMap<Route, Vec<f64>> = HashMap::new();
             let mut records = Vec::new();
             // Per route: CPU seconds of the serving process by thread group, and transactions.
@@ -1016,6 +1029,23 @@ impl Bench {
             Route::Bouncer => Some(self.bouncer.child.id()),
             Route::Relay | Route::Gateway | Route::GatewayTls => Some(std::process::id()),
         }
+    }
+
+    /// Turns the cluster's `fsync` on or off (ALTER SYSTEM, then a reload), waiting until it took.
+    async fn set_fsync(&self, on: bool) {
+        let value = if on { "on" } else { "off" };
+        // Two calls: ALTER SYSTEM refuses to run in the implicit transaction of a multi-statement text.
+        for statement in [&format!("ALTER SYSTEM SET fsync = {value}"), "SELECT pg_reload_conf()"] {
+            self.superuser.batch_execute(statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        for _ in 0..100 {
+            let row = self.superuser.query_one("SHOW fsync", &[]).await.expect("SHOW fsync");
+            if row.get::<_, String>(0) == value {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cluster did not take fsync = {value}");
     }
 
     /// What pgbench does before a run unless told `-n`, done here as the superuser for every path.

@@ -125,6 +125,10 @@ impl LocalCluster {
         };
         run_as.hand_over(&[&cluster.data_dir, &cluster.log_path, &socket_dir]).await?;
         init(&binaries.initdb, run_as, &dir, &cluster.data_dir, &cluster.password).await?;
+        // A throwaway cluster need not survive a crash of the machine. Set in the file rather than
+        // on the command line, so that a superuser can turn it on with ALTER SYSTEM and a reload
+        // (the gateway's bench does, for its durable workload).
+        append_setting(&cluster.data_dir, "fsync = off").await?;
         if let Some(certificate) = certificate {
             enable_tls(run_as, &cluster.data_dir, certificate).await?;
         }
@@ -213,7 +217,7 @@ impl LocalCluster {
                 .arg("-l")
                 .arg(&self.log_path)
                 .args(["-w", "-o"])
-                .arg(format!("-p {port} -k {} -c listen_addresses={HOST} -c fsync=off", socket_dir.display()))
+                .arg(format!("-p {port} -k {} -c listen_addresses={HOST}", socket_dir.display()))
                 .arg("start");
             let output = command_output("pg_ctl start", command).await?;
             if output.status.success() {
@@ -387,12 +391,17 @@ async fn enable_tls(run_as: RunAs, data_dir: &Path, certificate: &ServerCertific
     write_new(&cert, &certificate.cert_pem, 0o644).await?;
     write_new(&key, &certificate.key_pem, 0o600).await?;
     run_as.hand_over(&[&cert, &key]).await?;
+    append_setting(data_dir, "ssl = on").await
+}
+
+/// Appends `setting` to the cluster's `postgresql.conf`.
+async fn append_setting(data_dir: &Path, setting: &str) -> Result<(), ClusterError> {
     let conf = data_dir.join("postgresql.conf");
     let appended = async {
         let mut file = fs::OpenOptions::new().append(true).open(&conf).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut file, b"\nssl = on\n").await
+        tokio::io::AsyncWriteExt::write_all(&mut file, format!("\n{setting}\n").as_bytes()).await
     };
-    appended.await.map_err(io_error(format!("turn ssl on in {}", conf.display())))
+    appended.await.map_err(io_error(format!("write `{setting}` in {}", conf.display())))
 }
 
 /// Creates the file `path` (it must not exist) with `mode`, holding `contents`.
