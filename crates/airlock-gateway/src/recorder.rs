@@ -1,13 +1,14 @@
 //! Gets the gateway's events (sessions, statements) into the audit chain in order and without
-//! loss: sessions hand events to one bounded queue; one task appends whatever has gathered in a
-//! single transaction (group commit), and retries a failed append until it lands. A full queue
-//! makes sessions wait (back-pressure) rather than drop a record.
+//! loss: sessions hand events to one bounded queue; one task appends whatever has gathered within
+//! a few milliseconds in a single transaction (group commit), and retries a failed append until it
+//! lands. A full queue makes sessions wait (back-pressure) rather than drop a record.
 
 use std::time::Duration;
 
 use airlock_core::audit::AuditEvent;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::authority::Authority;
 
@@ -15,6 +16,8 @@ use crate::authority::Authority;
 const QUEUE: usize = 16_384;
 /// Events written in one transaction, at most.
 const BATCH: usize = 4_096;
+/// How long the first event of a batch waits for others to join it.
+const GATHER_FOR: Duration = Duration::from_millis(10);
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -42,6 +45,17 @@ impl Recorder {
 async fn write(authority: impl Authority, mut receiver: mpsc::Receiver<AuditEvent>) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        // Gather a moment longer: one commit of many statements costs the store far less than
+        // many commits of a few, each of which rewrites the same last pages of the chain's table
+        // and indexes and syncs the disk. Sessions do not wait for this.
+        let until = Instant::now() + GATHER_FOR;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            match tokio::time::timeout_at(until, receiver.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         let mut wait = RETRY_FIRST;
         while let Err(error) = authority.record(&batch).await {
             tracing::warn!(%error, events = batch.len(), "cannot record gateway events yet; retrying");
