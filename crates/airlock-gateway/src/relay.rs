@@ -452,8 +452,12 @@ async fn target_to_client(
     let mut scanner = Scanner::new(MAX_SERVER_MESSAGE, b"Dd");
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut outcomes = Outcomes::default();
+    // Two timers for the whole session, not two per read: the idle one is armed for the last
+    // activity it knew of, and moved on when it fires after more traffic.
+    let expiry = tokio::time::sleep_until(session.ends_at);
+    let idle = tokio::time::sleep_until(Instant::now() + session.idle_timeout);
+    tokio::pin!(expiry, idle);
     let ending = loop {
-        let idle_at = lock(exchange).last_activity.unwrap_or_else(Instant::now) + session.idle_timeout;
         let read = tokio::select! {
             biased;
             changed = cut.changed() => match changed {
@@ -463,16 +467,18 @@ async fn target_to_client(
                 },
                 Err(_) => break Ending::Shutdown,
             },
-            () = tokio::time::sleep_until(session.ends_at) => break Ending::Expired,
-            () = tokio::time::sleep_until(idle_at) => {
+            () = &mut expiry => break Ending::Expired,
+            () = &mut idle => {
                 let mut exchange = lock(exchange);
-                let quiet = exchange.last_activity.is_none_or(|at| at + session.idle_timeout <= Instant::now());
-                if quiet && !exchange.busy() {
-                    break Ending::Idle(session.idle_timeout);
-                }
-                if exchange.busy() {
-                    // A running statement is activity: look again a whole timeout from now.
-                    exchange.last_activity = Some(Instant::now());
+                let now = Instant::now();
+                match exchange.last_activity.map(|at| at + session.idle_timeout) {
+                    Some(deadline) if deadline > now => idle.as_mut().reset(deadline),
+                    _ if exchange.busy() => {
+                        // A running statement is activity: look again a whole timeout from now.
+                        exchange.last_activity = Some(now);
+                        idle.as_mut().reset(now + session.idle_timeout);
+                    }
+                    _ => break Ending::Idle(session.idle_timeout),
                 }
                 continue;
             }

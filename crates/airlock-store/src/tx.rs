@@ -223,10 +223,10 @@ impl Tx {
             records.push(record);
             self.appended.push(event);
         }
-        for batch in records.chunks(RECORDS_PER_INSERT) {
+        for batch in insert_shaped(&records) {
             insert_records(&mut self.inner, batch).await?;
         }
-        for batch in commitments.chunks(RECORDS_PER_INSERT) {
+        for batch in insert_shaped(&commitments) {
             let mut insert = QueryBuilder::new("INSERT INTO audit_salts (commitment, salt) ");
             insert.push_values(batch, |mut row, commitment| {
                 row.push_bind(&commitment.digest).push_bind(hex::encode(commitment.salt));
@@ -245,9 +245,26 @@ fn fresh_salt() -> [u8; 16] {
     salt
 }
 
-/// Rows per `INSERT` (of records or salts): each statement is a round trip to SQLite's thread,
-/// and 8 bound values a row stays far below SQLite's limit of 32,766 variables.
+/// Rows per `INSERT` (of records or salts), at most: each statement is a round trip to SQLite's
+/// thread, and 8 bound values a row stays far below SQLite's limit of 32,766 variables.
 const RECORDS_PER_INSERT: usize = 512;
+
+/// `rows` cut into pieces of [`RECORDS_PER_INSERT`] rows, then of the powers of two below it,
+/// largest first: so every `INSERT` has one of ten shapes, each prepared once per connection and
+/// then taken from its statement cache. (Preparing an `INSERT` of a few hundred rows, as a piece
+/// of any length would need, costs SQLite more than inserting them.)
+fn insert_shaped<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = if rest.len() >= RECORDS_PER_INSERT { RECORDS_PER_INSERT } else { 1 << rest.len().ilog2() };
+        let (piece, after) = rest.split_at(size);
+        rest = after;
+        Some(piece)
+    })
+}
 
 async fn insert_records(tx: &mut Transaction<'static, Sqlite>, records: &[ChainRecord]) -> Result<(), StoreError> {
     let mut insert =
@@ -264,4 +281,22 @@ async fn insert_records(tx: &mut Transaction<'static, Sqlite>, records: &[ChainR
     });
     insert.build().execute(&mut **tx).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_come_in_few_shapes_and_keep_every_row_in_order() {
+        for len in [0, 1, 2, 3, 200, 511, 512, 513, 1500] {
+            let rows: Vec<usize> = (0..len).collect();
+            let pieces: Vec<&[usize]> = insert_shaped(&rows).collect();
+            assert_eq!(pieces.concat(), rows, "{len} rows");
+            assert!(pieces.iter().all(|p| p.len() == RECORDS_PER_INSERT || p.len().is_power_of_two()), "{len} rows");
+        }
+        let sizes = |len: usize| insert_shaped(&vec![(); len]).map(<[()]>::len).collect::<Vec<_>>();
+        assert_eq!(sizes(200), [128, 64, 8]);
+        assert_eq!(sizes(1500), [512, 512, 256, 128, 64, 16, 8, 4]);
+    }
 }
