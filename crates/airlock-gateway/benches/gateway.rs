@@ -1288,15 +1288,18 @@ impl Bench {
                 }
             };
             let ends = ends.await.expect("the client thread finishes");
+            let mut slowest = 0.0_f64;
             for end in ends {
                 *hows.entry(end.how).or_insert(0) += 1;
-                samples.push(match origin {
+                let sample = match origin {
                     Ok(from) => end.at.saturating_duration_since(from).as_secs_f64() * 1000.0,
                     Err(ends_at) => (end.wall - ends_at).as_seconds_f64() * 1000.0,
-                });
+                };
+                slowest = slowest.max(sample);
+                samples.push(sample);
             }
             eprintln!(
-                "{} round {}: {} sessions cut",
+                "{} round {}: {} sessions cut, the last after {slowest:.1} ms",
                 if cut == Cut::Revoke { "revoke" } else { "expiry" },
                 round + 1,
                 sessions
