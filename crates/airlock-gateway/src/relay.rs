@@ -40,7 +40,7 @@ use crate::guard::{Allowed, Guard, Refusal};
 use crate::recorder::Recorder;
 use crate::registry::Backend;
 use crate::target::{self, error_fields};
-use crate::wire::{self, Piece, Scanner, Severity, body, cstr, tag};
+use crate::wire::{self, Piece, ReadBuffer, Scanner, Severity, body, cstr, tag};
 
 /// The largest message a client may send, other than COPY data (which is streamed).
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024 * 1024;
@@ -48,7 +48,6 @@ pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024 * 1024;
 const MAX_SERVER_MESSAGE: usize = 256 * 1024 * 1024;
 /// Statement text kept in an audit record, at most; longer texts keep their length and hash.
 const MAX_RECORDED_TEXT: usize = 8 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
 /// How long a cut session waits for its running statement's cancel request to be taken.
 const CANCEL_WITHIN: Duration = Duration::from_secs(2);
 /// How long after a cut the database's side of the session is closed.
@@ -279,21 +278,20 @@ async fn client_to_target(
     exchange: &Mutex<Exchange>,
 ) -> Ending {
     let mut scanner = Scanner::new(MAX_CLIENT_MESSAGE, b"d");
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut reader = ReadBuffer::default();
     let mut statements: HashMap<String, Arc<str>> = HashMap::new();
     let mut portals: HashMap<String, (Arc<str>, usize)> = HashMap::new();
     loop {
-        buffer.reserve(READ_CHUNK);
-        match client.read_buf(&mut buffer).await {
+        let buffer = match client.read_buf(reader.for_read()).await {
             Ok(0) => return Ending::ClientLeft,
-            Ok(_) => {}
+            Ok(read) => reader.after_read(read),
             Err(error) => return Ending::Broken(format!("reading from the client: {error}")),
-        }
+        };
         let mut out = BytesMut::new();
         let mut refusals = Vec::new();
         let mut leaving = false;
         loop {
-            let piece = match scanner.next(&mut buffer) {
+            let piece = match scanner.next(buffer) {
                 Ok(Some(piece)) => piece,
                 Ok(None) => break,
                 Err(error) => return Ending::Broken(format!("the client sent an invalid message: {error}")),
@@ -452,7 +450,7 @@ async fn target_to_client(
     cut: &mut watch::Receiver<Option<Ending>>,
 ) -> Ended {
     let mut scanner = Scanner::new(MAX_SERVER_MESSAGE, b"Dd");
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut reader = ReadBuffer::default();
     let mut outcomes = Outcomes::default();
     // Two timers for the whole session, not two per read: the idle one is armed for the last
     // activity it knew of, and moved on when it fires after more traffic.
@@ -485,17 +483,17 @@ async fn target_to_client(
                 continue;
             }
             ending = &mut outbound => break ending,
-            read = { buffer.reserve(READ_CHUNK); target.read_buf(&mut buffer) } => read,
+            read = target.read_buf(reader.for_read()) => read,
         };
-        match read {
+        let buffer = match read {
             Ok(0) => break Ending::TargetClosed,
-            Ok(_) => {}
+            Ok(read) => reader.after_read(read),
             Err(error) => break Ending::Broken(format!("reading from the database: {error}")),
-        }
+        };
         let mut out = BytesMut::new();
         let mut events = Vec::new();
         loop {
-            let frame = match scanner.next(&mut buffer) {
+            let frame = match scanner.next(buffer) {
                 Ok(Some(Piece::Frame(frame))) => frame,
                 Ok(Some(Piece::Stream(bytes))) => {
                     out.unsplit(bytes);

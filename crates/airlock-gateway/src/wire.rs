@@ -128,6 +128,49 @@ pub fn body(frame: &[u8]) -> &[u8] {
     &frame[5..]
 }
 
+/// Room a [`ReadBuffer`] offers a read, at least and at most.
+const READ_AT_LEAST: usize = 2 * 1024;
+const READ_AT_MOST: usize = 16 * 1024;
+
+/// Where a relay reads one direction of a session into. It offers each read room for about what
+/// the reads before brought: a read that fills it doubles the next one's (bulk results stream in
+/// 16 KiB reads), one that brings less than a quarter halves it. When the buffer is empty and far
+/// larger than that, it is given back, so an idle session holds a few KiB, not what its last
+/// large result needed.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    bytes: BytesMut,
+    room: usize,
+}
+
+impl Default for ReadBuffer {
+    fn default() -> Self {
+        Self { bytes: BytesMut::new(), room: READ_AT_LEAST }
+    }
+}
+
+impl ReadBuffer {
+    /// The buffer, with room for the next read.
+    pub fn for_read(&mut self) -> &mut BytesMut {
+        if self.bytes.is_empty() && self.bytes.capacity() > 2 * self.room {
+            self.bytes = BytesMut::new();
+        }
+        self.bytes.reserve(self.room);
+        &mut self.bytes
+    }
+
+    /// Takes note that the last read brought `read` bytes; returns what has been read and not
+    /// yet taken.
+    pub fn after_read(&mut self, read: usize) -> &mut BytesMut {
+        if read >= self.room {
+            self.room = (self.room * 2).min(READ_AT_MOST);
+        } else if read < self.room / 4 {
+            self.room = (self.room / 2).max(READ_AT_LEAST);
+        }
+        &mut self.bytes
+    }
+}
+
 /// Cuts a message stream into frames, refusing impossible lengths before anything else.
 #[derive(Debug)]
 pub struct Scanner {
@@ -272,6 +315,34 @@ mod tests {
         out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
         out.extend_from_slice(body);
         out
+    }
+
+    /// Reads `n` bytes into `reader` as a socket would: no more than the room it offers.
+    fn read(reader: &mut ReadBuffer, n: usize) -> usize {
+        let buffer = reader.for_read();
+        let n = n.min(buffer.capacity() - buffer.len());
+        buffer.put_bytes(b'x', n);
+        reader.after_read(n);
+        n
+    }
+
+    #[test]
+    fn read_room_grows_with_full_reads_and_an_idle_buffer_is_given_back() {
+        let mut reader = ReadBuffer::default();
+        read(&mut reader, 100);
+        assert!(reader.bytes.capacity() < 4 * 1024, "small reads get little room");
+        let mut largest = 0;
+        for _ in 0..8 {
+            largest = largest.max(read(&mut reader, usize::MAX));
+        }
+        assert!(largest >= READ_AT_MOST, "full reads grow the room to {READ_AT_MOST}, got {largest}");
+        assert!(reader.bytes.len() > 8 * READ_AT_LEAST, "what was read stays until taken");
+        reader.bytes.clear();
+        for _ in 0..4 {
+            read(&mut reader, 10);
+            reader.bytes.clear();
+        }
+        assert!(reader.bytes.capacity() <= 4 * READ_AT_LEAST, "an idle buffer holds {} bytes", reader.bytes.capacity());
     }
 
     #[test]
