@@ -368,9 +368,9 @@ async fn run<A, S>(
     let target_read = Prefixed { prefix: leftover, inner: target_read };
     let mut ends = Ends { client_read, client_write, target_read, target_write };
     let ended = relay::relay(&session, &mut ends, &mut cut).await;
-    relay::close(ends, &ended, &backend).await;
     let details = json!({ "reason": ended.ending.code(), "duration_ms": begun.elapsed().as_millis() as u64 });
     shared.recorder.record(session.event(EventKind::SessionEnded, details)).await;
+    relay::close(ends, &ended, &backend).await;
     drop(registration);
 }
 

@@ -240,8 +240,10 @@ pub struct Ended {
     pub statement_running: bool,
 }
 
-/// Closes a session's connections once [`relay`] has returned `ended`. When the gateway ended
-/// the session (and so told the client why and closed the client's connection):
+/// Closes a session's connections once [`relay`] has returned `ended`. A client that left is
+/// treated as PostgreSQL treats it: whatever it sent runs to its end (the grant's end still
+/// reaches that backend through the connector). When the gateway ended the session (and so told
+/// the client why and closed the client's connection):
 /// - a statement still running is cancelled at the database (`backend`) at once: PostgreSQL does
 ///   not notice a closed connection until it has something to send, so a long statement would
 ///   run on, and commit, after its session ended;
@@ -492,6 +494,7 @@ async fn target_to_client(
         };
         let mut out = BytesMut::new();
         let mut events = Vec::new();
+        let mut invalid = None;
         loop {
             let frame = match scanner.next(buffer) {
                 Ok(Some(Piece::Frame(frame))) => frame,
@@ -501,7 +504,9 @@ async fn target_to_client(
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    return ended(Ending::Broken(format!("the database sent an invalid message: {error}")), exchange);
+                    // What came before it is passed on and recorded; then the session ends.
+                    invalid = Some(Ending::Broken(format!("the database sent an invalid message: {error}")));
+                    break;
                 }
             };
             let replaced = outcomes.observe(session, &frame, exchange, &mut events);
@@ -516,6 +521,9 @@ async fn target_to_client(
         }
         if let Err(error) = wire::send(client, &out).await {
             return ended(Ending::Broken(format!("writing to the client: {error}")), exchange);
+        }
+        if let Some(ending) = invalid {
+            break ending;
         }
     };
     if let Some((sqlstate, message)) = ending.notice(&session.grant)

@@ -152,10 +152,12 @@ impl Default for ReadBuffer {
 impl ReadBuffer {
     /// The buffer, with room for the next read.
     pub fn for_read(&mut self) -> &mut BytesMut {
-        if self.bytes.is_empty() && self.bytes.capacity() > 2 * self.room {
-            self.bytes = BytesMut::new();
-        }
+        // Reserving first: an empty view may take back its whole allocation (after a large
+        // frame was split off and sent), which is then seen and given back.
         self.bytes.reserve(self.room);
+        if self.bytes.is_empty() && self.bytes.capacity() > 2 * self.room {
+            self.bytes = BytesMut::with_capacity(self.room);
+        }
         &mut self.bytes
     }
 
@@ -343,6 +345,13 @@ mod tests {
             reader.bytes.clear();
         }
         assert!(reader.bytes.capacity() <= 4 * READ_AT_LEAST, "an idle buffer holds {} bytes", reader.bytes.capacity());
+
+        // A large frame held whole, split off and sent: the allocation behind it is given back.
+        let buffer = reader.for_read();
+        buffer.reserve(1 << 20);
+        buffer.put_bytes(b'x', 1 << 20);
+        drop(reader.after_read(1 << 20).split_to(1 << 20));
+        assert!(reader.for_read().capacity() <= 4 * READ_AT_MOST, "after a large frame: {}", reader.bytes.capacity());
     }
 
     #[test]
