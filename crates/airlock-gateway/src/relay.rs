@@ -763,6 +763,35 @@ mod tests {
         assert_eq!(heard, ["client told", "client told", "database closed", "database closed"]);
     }
 
+    /// The database answers a statement, then sends bytes that are no message: the answer still
+    /// reaches the client, and then the reason the session ends.
+    #[tokio::test]
+    async fn answers_before_an_invalid_message_from_the_database_are_passed_on() {
+        let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+        let (mut target, gateway_target) = tokio::io::duplex(1 << 16);
+        let (client_read, client_write) = tokio::io::split(gateway_client);
+        let (target_read, target_write) = tokio::io::split(gateway_target);
+        let mut ends = Ends { client_read, client_write, target_read, target_write };
+        let (_cut, mut cut) = watch::channel(None);
+        let relaying = tokio::spawn(async move { relay(&session(), &mut ends, &mut cut).await.ending });
+
+        let mut query = BytesMut::new();
+        frontend::query("SELECT 1", &mut query).unwrap();
+        client.write_all(&query).await.unwrap();
+        let mut sent = vec![0; query.len()];
+        target.read_exact(&mut sent).await.unwrap();
+        let answer = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I";
+        target.write_all(&[&answer[..], b"D\0\0\0\x01"].concat()).await.unwrap();
+
+        let ending = relaying.await.unwrap();
+        assert!(matches!(&ending, Ending::Broken(why) if why.contains("invalid message")), "{ending:?}");
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        assert!(received.starts_with(answer), "the answer comes first: {received:?}");
+        let notice = String::from_utf8_lossy(&received[answer.len()..]).into_owned();
+        assert!(notice.starts_with('E') && notice.contains("08P01"), "then the reason: {notice:?}");
+    }
+
     #[test]
     fn row_counts_come_from_command_tags() {
         assert_eq!(rows_of("SELECT 5"), Some(5));
