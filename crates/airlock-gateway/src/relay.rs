@@ -656,7 +656,7 @@ fn rows_of(tag: &str) -> Option<u64> {
 mod tests {
     use std::collections::HashSet;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, DuplexStream, ReadHalf, WriteHalf};
 
     use super::*;
     use crate::authority::{Authority, AuthorityError, LiveGrant};
@@ -697,6 +697,16 @@ mod tests {
         }
     }
 
+    type Halves = (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>);
+
+    /// In-memory connections for one session: the client's and the database's far ends, and the
+    /// gateway's ends of both, split.
+    fn connections() -> (DuplexStream, DuplexStream, Halves, Halves) {
+        let (client, gateway_client) = tokio::io::duplex(1 << 16);
+        let (target, gateway_target) = tokio::io::duplex(1 << 16);
+        (client, target, tokio::io::split(gateway_client), tokio::io::split(gateway_target))
+    }
+
     /// A backend for sessions that never run a statement (nothing is sent to it).
     fn nowhere() -> Backend {
         let address = target::TargetAddress { host: "127.0.0.1".into(), port: 9, database: "d".into(), tls: None };
@@ -708,10 +718,7 @@ mod tests {
     /// while the database waits for the client and sends nothing more.
     #[tokio::test]
     async fn answers_reach_a_client_whose_stream_holds_writes_until_flushed() {
-        let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
-        let (mut target, gateway_target) = tokio::io::duplex(1 << 16);
-        let (client_read, client_write) = tokio::io::split(gateway_client);
-        let (target_read, target_write) = tokio::io::split(gateway_target);
+        let (mut client, mut target, (client_read, client_write), (target_read, target_write)) = connections();
         let ends = Ends { client_read, client_write: BufWriter::new(client_write), target_read, target_write };
         let (_cut, mut cut) = watch::channel(None);
         let relaying = tokio::spawn(async move { relay(&session(), &mut { ends }, &mut cut).await.ending });
@@ -733,10 +740,7 @@ mod tests {
         let mut cuts = Vec::new();
         let mut watchers = Vec::new();
         for _ in 0..2 {
-            let (client, gateway_client) = tokio::io::duplex(1 << 16);
-            let (target, gateway_target) = tokio::io::duplex(1 << 16);
-            let (client_read, client_write) = tokio::io::split(gateway_client);
-            let (target_read, target_write) = tokio::io::split(gateway_target);
+            let (client, target, (client_read, client_write), (target_read, target_write)) = connections();
             let mut ends = Ends { client_read, client_write, target_read, target_write };
             let (cut, mut cuts_seen) = watch::channel(None);
             cuts.push(cut);
@@ -767,10 +771,7 @@ mod tests {
     /// reaches the client, and then the reason the session ends.
     #[tokio::test]
     async fn answers_before_an_invalid_message_from_the_database_are_passed_on() {
-        let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
-        let (mut target, gateway_target) = tokio::io::duplex(1 << 16);
-        let (client_read, client_write) = tokio::io::split(gateway_client);
-        let (target_read, target_write) = tokio::io::split(gateway_target);
+        let (mut client, mut target, (client_read, client_write), (target_read, target_write)) = connections();
         let mut ends = Ends { client_read, client_write, target_read, target_write };
         let (_cut, mut cut) = watch::channel(None);
         let relaying = tokio::spawn(async move { relay(&session(), &mut ends, &mut cut).await.ending });
