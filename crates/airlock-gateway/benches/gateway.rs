@@ -25,10 +25,11 @@
 //!   as simple-protocol text, in blocks that alternate between the paths;
 //! - **throughput**: pgbench select-only (`-S`) and TPC-B-like, `-M simple` and `-M prepared`,
 //!   and TPC-B-like again with the cluster's `fsync` turned on (every commit waits for the disk,
-//!   as on a database whose data matters), the paths interleaved (the starting path rotates each round), medians over rounds, and the
-//!   CPU time the proxying process spent per transaction, by thread (from /proc). After each
-//!   gateway run the bench waits until every session's records are in the audit chain and counts
-//!   the `statement.executed` records against pgbench's transactions;
+//!   as on a database whose data matters), the paths interleaved (the starting path rotates each
+//!   round), medians over rounds, and the CPU time the proxying process spent per transaction, by
+//!   thread (from /proc). After each gateway run the bench waits until every session's records
+//!   are in the audit chain and counts the `statement.executed` records against pgbench's
+//!   transactions;
 //! - **revoke → disconnect** and **expiry → disconnect**: idle sessions under one grant; for
 //!   each, the time from the start of `broker.revoke` (or from the grant's `ends_at`) until that
 //!   client's connection has received the error and the close.
@@ -36,10 +37,10 @@
 //! Settings (environment): `AIRLOCK_BENCH_SECONDS` (10, per pgbench run), `AIRLOCK_BENCH_ROUNDS`
 //! (3), `AIRLOCK_BENCH_CLIENTS` (8), `AIRLOCK_BENCH_THREADS` (2), `AIRLOCK_BENCH_SCALE` (10),
 //! `AIRLOCK_BENCH_PROTOCOLS` (`simple,prepared`), `AIRLOCK_BENCH_STATEMENTS` (10000 per path and
-//! kind), `AIRLOCK_BENCH_DURABLE` (`true`: the fsync-on TPC-B-like runs), `AIRLOCK_BENCH_CUT_SESSIONS` (100), `AIRLOCK_BENCH_CUT_ROUNDS` (10),
+//! kind), `AIRLOCK_BENCH_DURABLE` (`true`: the fsync-on TPC-B-like runs),
+//! `AIRLOCK_BENCH_CUT_SESSIONS` (100), `AIRLOCK_BENCH_CUT_ROUNDS` (10),
 //! `AIRLOCK_BENCH_EXPIRY_SECONDS` (5, the expiring grants' length), `AIRLOCK_BENCH_CUT_TLS`
-//! (`true`: the cut sessions use TLS), `AIRLOCK_BENCH_IDLE_SESSIONS`
-//! (500), `AIRLOCK_BENCH_PATHS` (`direct,relay,pgbouncer,gateway,gateway-tls`),
+//! (`true`: the cut sessions use TLS), `AIRLOCK_BENCH_IDLE_SESSIONS` (500), `AIRLOCK_BENCH_PATHS` (`direct,relay,pgbouncer,gateway,gateway-tls`),
 //! `AIRLOCK_BENCH_PARTS` (`memory,latency,throughput,cuts`). A quick run:
 //! `AIRLOCK_BENCH_SECONDS=2 AIRLOCK_BENCH_ROUNDS=1 AIRLOCK_BENCH_CUT_ROUNDS=2 cargo bench -p airlock-gateway --bench gateway`.
 //!

@@ -159,8 +159,8 @@ async fn negotiate<A: Authority>(shared: &Shared<A>, socket: &mut TcpStream) -> 
 
 async fn cancel<A: Authority>(shared: &Shared<A>, key: CancelKey) {
     // PostgreSQL answers a cancel request with nothing, whether or not it matched.
-    if let Some(Backend { address, process_id, secret_key }) = shared.registry.backend(key)
-        && let Err(error) = target::cancel(&address, process_id, secret_key).await
+    if let Some(backend) = shared.registry.backend(key)
+        && let Err(error) = backend.cancel().await
     {
         tracing::warn!(%error, "cannot pass a cancel request on to the database");
     }

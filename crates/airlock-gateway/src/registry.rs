@@ -12,7 +12,7 @@ use airlock_core::ids::GrantId;
 use tokio::sync::watch;
 
 use crate::relay::Ending;
-use crate::target::TargetAddress;
+use crate::target::{TargetAddress, TargetError};
 
 /// What the gateway tells a client to quote in a cancel request (its own, random: the target's
 /// real key data never reaches the client).
@@ -28,6 +28,13 @@ pub struct Backend {
     pub address: TargetAddress,
     pub process_id: i32,
     pub secret_key: i32,
+}
+
+impl Backend {
+    /// Asks the database to cancel what this backend is running.
+    pub async fn cancel(&self) -> Result<(), TargetError> {
+        crate::target::cancel(&self.address, self.process_id, self.secret_key).await
+    }
 }
 
 struct Entry {

@@ -39,7 +39,7 @@ use uuid::Uuid;
 use crate::guard::{Allowed, Guard, Refusal};
 use crate::recorder::Recorder;
 use crate::registry::Backend;
-use crate::target::{self, error_fields};
+use crate::target::error_fields;
 use crate::wire::{self, Piece, ReadBuffer, Scanner, Severity, body, cstr, tag};
 
 /// The largest message a client may send, other than COPY data (which is streamed).
@@ -255,8 +255,7 @@ pub struct Ended {
 pub async fn close<CR, CW, SR, SW>(ends: Ends<CR, CW, SR, SW>, ended: &Ended, backend: &Backend) {
     if ended.ending.told_client() {
         if ended.statement_running {
-            let cancel = target::cancel(&backend.address, backend.process_id, backend.secret_key);
-            match tokio::time::timeout(CANCEL_WITHIN, cancel).await {
+            match tokio::time::timeout(CANCEL_WITHIN, backend.cancel()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "cannot cancel a cut session's running statement"),
                 Err(_) => tracing::warn!("cannot cancel a cut session's running statement in time"),
@@ -709,7 +708,8 @@ mod tests {
 
     /// A backend for sessions that never run a statement (nothing is sent to it).
     fn nowhere() -> Backend {
-        let address = target::TargetAddress { host: "127.0.0.1".into(), port: 9, database: "d".into(), tls: None };
+        let address =
+            crate::target::TargetAddress { host: "127.0.0.1".into(), port: 9, database: "d".into(), tls: None };
         Backend { address, process_id: 0, secret_key: 0 }
     }
 
