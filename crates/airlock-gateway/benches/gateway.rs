@@ -40,8 +40,8 @@
 //! kind), `AIRLOCK_BENCH_DURABLE` (`true`: the fsync-on TPC-B-like runs),
 //! `AIRLOCK_BENCH_CUT_SESSIONS` (100), `AIRLOCK_BENCH_CUT_ROUNDS` (10),
 //! `AIRLOCK_BENCH_EXPIRY_SECONDS` (5, the expiring grants' length), `AIRLOCK_BENCH_CUT_TLS`
-//! (`true`: the cut sessions use TLS), `AIRLOCK_BENCH_IDLE_SESSIONS` (500), `AIRLOCK_BENCH_PATHS` (`direct,relay,pgbouncer,gateway,gateway-tls`),
-//! `AIRLOCK_BENCH_PARTS` (`memory,latency,throughput,cuts`). A quick run:
+//! (`true`: the cut sessions use TLS), `AIRLOCK_BENCH_IDLE_SESSIONS` (500),
+//! `AIRLOCK_BENCH_PATHS` (`direct,relay,pgbouncer,gateway,gateway-tls`), `AIRLOCK_BENCH_PARTS` (`memory,latency,throughput,cuts`). A quick run:
 //! `AIRLOCK_BENCH_SECONDS=2 AIRLOCK_BENCH_ROUNDS=1 AIRLOCK_BENCH_CUT_ROUNDS=2 cargo bench -p airlock-gateway --bench gateway`.
 //!
 //! Everything started here stops when the bench ends, fails or is interrupted (Ctrl-C): the
