@@ -181,6 +181,7 @@ mod tests {
             break_glass_max: GrantDuration::parse("1h").unwrap(),
             database_roles: Vec::new(),
             allow_statements: Vec::new(),
+            keep_tables: false,
         }
     }
 

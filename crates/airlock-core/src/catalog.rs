@@ -70,6 +70,13 @@ pub struct PostgresTarget {
     pub admin: Option<(String, SecretSource)>,
     /// Always [`TlsMode::Disable`] without an address.
     pub tls: TlsMode,
+    /// The connector may log in as a superuser (`allow_superuser_connector = true`): a known risk,
+    /// refused by default. A superuser connector gives every grant role's leftovers, and every
+    /// mistake of the connector, the whole cluster.
+    pub allow_superuser_connector: bool,
+    /// Roles the standing report accepts with `SUPERUSER`, `CREATEROLE` or `BYPASSRLS` (beyond the
+    /// cluster's bootstrap superuser and the connector's own login).
+    pub privileged_roles: Vec<String>,
 }
 
 /// The default ceiling of a role that names none.
@@ -90,6 +97,9 @@ pub struct Role {
     /// For `postgres` resources: classes of statements the gateway lets this role send that it
     /// refuses by default (e.g. `role_change`); checked by the gateway at start.
     pub allow_statements: Vec<String>,
+    /// For `postgres` resources: tables a grant of this role creates outlive it, owned by the
+    /// powerless holding role; everything else the grant role owned is dropped with it.
+    pub keep_tables: bool,
 }
 
 /// One resource of the catalog.
@@ -151,6 +161,10 @@ struct PostgresEntry {
     admin_password_file: Option<PathBuf>,
     tls: Option<String>,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_superuser_connector: bool,
+    #[serde(default)]
+    privileged_roles: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +178,8 @@ struct RoleEntry {
     database_roles: Vec<String>,
     #[serde(default)]
     allow_statements: Vec<String>,
+    #[serde(default)]
+    keep_tables: bool,
 }
 
 fn one() -> u32 {
@@ -263,7 +279,14 @@ impl PostgresEntry {
             return Err(error(&format!("address `{address}` is not host:port")));
         }
         let tls = tls_mode(self.tls.as_deref(), self.ca_file, self.address.is_some()).map_err(|m| error(&m))?;
-        Ok(PostgresTarget { address: self.address, database: self.database, admin, tls })
+        Ok(PostgresTarget {
+            address: self.address,
+            database: self.database,
+            admin,
+            tls,
+            allow_superuser_connector: self.allow_superuser_connector,
+            privileged_roles: self.privileged_roles,
+        })
     }
 }
 
@@ -322,9 +345,16 @@ impl ResourceEntry {
                 })?;
             }
             let (database_roles, allow_statements) = (entry.database_roles, entry.allow_statements);
-            let approvals = entry.approvals;
-            let role =
-                Role { name: name.clone(), max_duration, approvals, break_glass_max, database_roles, allow_statements };
+            let (approvals, keep_tables) = (entry.approvals, entry.keep_tables);
+            let role = Role {
+                name: name.clone(),
+                max_duration,
+                approvals,
+                break_glass_max,
+                database_roles,
+                allow_statements,
+                keep_tables,
+            };
             roles.insert(name, role);
         }
         let postgres = match self.postgres {

@@ -11,7 +11,7 @@
 //! ([`crate::standing`]) and records them (`target.standing`) whenever they differ from what it
 //! recorded last, so reports show what was found and since when.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use airlock_broker::{Broker, BrokerError};
@@ -54,6 +54,12 @@ pub struct Target {
     /// TLS to the target; none for plaintext (`tls = "disable"`, or a throwaway cluster).
     pub tls: Option<TargetTls>,
     pub database_roles: BTreeMap<RoleName, Vec<String>>,
+    /// The Airlock roles whose grants' tables outlive them (owned by [`crate::roles::HOLDING_ROLE`]).
+    pub keep_tables: BTreeSet<RoleName>,
+    /// The connector may be a superuser (the catalog's `allow_superuser_connector`).
+    pub allow_superuser_connector: bool,
+    /// Roles the standing report accepts with `SUPERUSER`, `CREATEROLE` or `BYPASSRLS`.
+    pub privileged_roles: Vec<String>,
 }
 
 impl Target {
@@ -83,7 +89,20 @@ impl Target {
         tls: Option<TargetTls>,
     ) -> Self {
         let database_roles = resource.roles.values().map(|r| (r.name.clone(), r.database_roles.clone())).collect();
-        Self { resource: resource.name.clone(), connection, tls, database_roles }
+        let keep_tables = resource.roles.values().filter(|r| r.keep_tables).map(|r| r.name.clone()).collect();
+        let (allow_superuser_connector, privileged_roles) = match &resource.postgres {
+            Some(postgres) => (postgres.allow_superuser_connector, postgres.privileged_roles.clone()),
+            None => (false, Vec::new()),
+        };
+        Self {
+            resource: resource.name.clone(),
+            connection,
+            tls,
+            database_roles,
+            keep_tables,
+            allow_superuser_connector,
+            privileged_roles,
+        }
     }
 
     /// The TCP host and port of the target, when it is reached over TCP.

@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 /// What every per-grant role's name starts with.
 pub const ROLE_PREFIX: &str = "airlock_";
+/// The role that owns what an ended grant left and the catalog keeps (`keep_tables`): it cannot
+/// log in, is a member of nothing and holds no privilege, so nothing it owns lends any power.
+pub const HOLDING_ROLE: &str = "airlock_holding";
 
 /// Why a target refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
