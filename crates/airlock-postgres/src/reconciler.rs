@@ -11,7 +11,8 @@
 //! ([`crate::standing`]) and records them (`target.standing`) whenever they differ from what it
 //! recorded last, so reports show what was found and since when.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::pin::Pin;
 use std::time::Duration;
 
 use airlock_broker::{Broker, BrokerError};
@@ -26,7 +27,9 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Connection, NoTls, Socket};
 
-use crate::roles::{RoleError, RoleKey, TargetRoles, describe, grant_of_role, role_name};
+use crate::roles::{
+    RoleError, RoleKey, TargetRoles, database, describe, ensure_holding_role, grant_of_role, role_name,
+};
 use crate::standing::{Finding, standing};
 use crate::tls::{TargetTls, TlsError};
 
@@ -41,6 +44,10 @@ pub enum ReconcileError {
     Connect { resource: ResourceName, address: String, message: String },
     #[error("resource `{resource}`: {source}")]
     Role { resource: ResourceName, source: RoleError },
+    #[error(
+        "resource `{resource}`: the connector logs in as `{user}`, a superuser; give it a login with CREATEROLE and the mapped roles WITH ADMIN OPTION only (docs/postgres.md), or set allow_superuser_connector = true to accept the risk"
+    )]
+    SuperuserConnector { resource: ResourceName, user: String },
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -163,6 +170,7 @@ pub fn connection(host: &str, port: u16, database: &str, user: &str, password: &
         .user(user)
         .password(password)
         .application_name("airlock-connector")
+        .options(crate::roles::TIMEOUTS)
         .connect_timeout(Duration::from_secs(5));
     config
 }
@@ -173,8 +181,17 @@ pub struct Pass {
     pub created: usize,
     pub dropped: usize,
     pub sessions_ended: i64,
-    /// Targets that could not be reconciled (each is logged and audited).
+    /// Targets or roles that could not be reconciled (each is logged and audited, and retried).
     pub failed: usize,
+}
+
+impl Pass {
+    fn add(&mut self, other: Pass) {
+        self.created += other.created;
+        self.dropped += other.dropped;
+        self.sessions_ended += other.sessions_ended;
+        self.failed += other.failed;
+    }
 }
 
 /// How often the standing privileges of each target are read.
@@ -200,20 +217,44 @@ impl Reconciler {
         Self { broker, targets, key, every, standing: Mutex::new(HashMap::new()) }
     }
 
-    /// Runs passes until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs passes until `shutdown` turns true. Roles are created and dropped by two loops of
+    /// their own, each woken at start, on every grant change and every [`Reconciler::every`], so
+    /// a role that is slow to end (its sessions hold locks, say) never delays another grant's start.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let this = &self;
+        let creating = this.repeat(shutdown.clone(), |live| {
+            Box::pin(async move {
+                this.create_all(&live).await;
+            })
+        });
+        let standing_due = Mutex::new(tokio::time::Instant::now());
+        let dropping = this.repeat(shutdown, |live| {
+            let standing_due = &standing_due;
+            Box::pin(async move {
+                this.drop_all(&live).await;
+                let mut due = standing_due.lock().await;
+                if tokio::time::Instant::now() >= *due {
+                    *due += STANDING_EVERY;
+                    if let Err(error) = this.record_standing().await {
+                        tracing::warn!(%error, "standing privileges not recorded");
+                    }
+                }
+            })
+        });
+        tokio::join!(creating, dropping);
+    }
+
+    /// Runs `step` on the live grants at start, on every grant change and every [`Self::every`].
+    async fn repeat<'a, F>(&'a self, mut shutdown: watch::Receiver<bool>, step: F)
+    where
+        F: Fn(Vec<Grant>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    {
         let mut changes = self.broker.watch_grants();
-        let mut standing_due = tokio::time::Instant::now();
         loop {
             changes.mark_unchanged();
-            if let Err(error) = self.pass().await {
-                tracing::warn!(%error, "reconciler pass failed");
-            }
-            if tokio::time::Instant::now() >= standing_due {
-                standing_due += STANDING_EVERY;
-                if let Err(error) = self.record_standing().await {
-                    tracing::warn!(%error, "standing privileges not recorded");
-                }
+            match self.broker.live_grants().await {
+                Ok(live) => step(live).await,
+                Err(error) => tracing::warn!(%error, "reconciler pass failed"),
             }
             tokio::select! {
                 _ = changes.changed() => {}
@@ -223,26 +264,12 @@ impl Reconciler {
         }
     }
 
-    /// One pass over every target.
+    /// One pass over every target: the missing roles created, then the ended ones dropped.
     pub async fn pass(&self) -> Result<Pass, ReconcileError> {
         let live = self.broker.live_grants().await?;
-        let mut total = Pass::default();
-        for target in &self.targets {
-            match self.reconcile(target, &live).await {
-                Ok(pass) => {
-                    total.created += pass.created;
-                    total.dropped += pass.dropped;
-                    total.sessions_ended += pass.sessions_ended;
-                }
-                Err(error) => {
-                    total.failed += 1;
-                    tracing::warn!(%error, "target not reconciled");
-                    let details = json!({ "resource": target.resource, "error": error.to_string() });
-                    self.broker.record_target_event(EventKind::TargetFailed, details).await?;
-                }
-            }
-        }
-        Ok(total)
+        let mut pass = self.create_all(&live).await;
+        pass.add(self.drop_all(&live).await);
+        Ok(pass)
     }
 
     /// Reads every target's standing privileges and records those that changed since last time.
@@ -277,42 +304,135 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn reconcile(&self, target: &Target, live: &[Grant]) -> Result<Pass, ReconcileError> {
-        let resource = &target.resource;
+    /// Creates the missing role of every live grant, on every target.
+    async fn create_all(&self, live: &[Grant]) -> Pass {
+        let mut total = Pass::default();
+        for target in &self.targets {
+            match self.create_missing(target, live).await {
+                Ok(pass) => total.add(pass),
+                Err(error) => {
+                    total.failed += 1;
+                    self.record_failure(target, None, &error).await;
+                }
+            }
+        }
+        total
+    }
+
+    /// Drops every per-grant role no live grant explains, on every target.
+    async fn drop_all(&self, live: &[Grant]) -> Pass {
+        let mut total = Pass::default();
+        for target in &self.targets {
+            match self.drop_ended(target, live).await {
+                Ok(pass) => total.add(pass),
+                Err(error) => {
+                    total.failed += 1;
+                    self.record_failure(target, None, &error).await;
+                }
+            }
+        }
+        total
+    }
+
+    /// Logs and audits that `target` (or one of its roles) could not be reconciled; it is
+    /// retried at the next pass.
+    async fn record_failure(&self, target: &Target, database_role: Option<&str>, error: &ReconcileError) {
+        tracing::warn!(%error, "target not reconciled");
+        let mut details = json!({ "resource": target.resource, "error": error.to_string() });
+        if let Some(role) = database_role {
+            details["database_role"] = json!(role);
+        }
+        if let Err(error) = self.broker.record_target_event(EventKind::TargetFailed, details).await {
+            tracing::warn!(%error, "a connector failure was not recorded");
+        }
+    }
+
+    /// Logs in to `target` as the connector, refusing a superuser login unless the catalog
+    /// accepts the risk.
+    async fn connect(&self, target: &Target) -> Result<(Client, JoinHandle<()>), ReconcileError> {
         let (client, connection) = target.connect().await?;
+        let superuser: bool = client
+            .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+            .await
+            .map_err(|e| ReconcileError::Role {
+                resource: target.resource.clone(),
+                source: database("checking the connector's own login")(e),
+            })?
+            .get(0);
+        if superuser && !target.allow_superuser_connector {
+            let user = target.connection.get_user().unwrap_or_default().to_owned();
+            return Err(ReconcileError::SuperuserConnector { resource: target.resource.clone(), user });
+        }
+        Ok((client, connection))
+    }
+
+    async fn create_missing(&self, target: &Target, live: &[Grant]) -> Result<Pass, ReconcileError> {
+        let resource = &target.resource;
+        let wanted: Vec<&Grant> = live.iter().filter(|g| &g.resource == resource).collect();
+        let mut pass = Pass::default();
+        if wanted.is_empty() {
+            return Ok(pass);
+        }
+        let (client, connection) = self.connect(target).await?;
         let roles = TargetRoles::new(&client);
         let role_error = |source| ReconcileError::Role { resource: resource.clone(), source };
-        let wanted: HashMap<String, &Grant> =
-            live.iter().filter(|g| &g.resource == resource).map(|g| (role_name(&g.id), g)).collect();
         let existing = roles.existing().await.map_err(role_error)?;
-        let mut pass = Pass::default();
-
-        for name in &existing {
-            if wanted.contains_key(name) || self.belongs_elsewhere(name, resource).await? {
-                continue;
-            }
-            let dropped = roles.drop(name).await.map_err(role_error)?;
-            pass.dropped += 1;
-            pass.sessions_ended += dropped.sessions_ended;
-            let details = json!({
-                "resource": resource, "grant": grant_of_role(name), "database_role": name,
-                "sessions_ended": dropped.sessions_ended,
-            });
-            self.broker.record_target_event(EventKind::TargetRoleDropped, details).await?;
-            self.measure_revocation(name).await;
-        }
-        for (name, grant) in &wanted {
-            if existing.contains(name) {
+        for grant in wanted {
+            let name = role_name(&grant.id);
+            if existing.contains(&name) {
                 continue;
             }
             let mapped = target.database_roles.get(&grant.role).map(Vec::as_slice).unwrap_or_default();
-            roles.create(grant, mapped, &self.key.password(&grant.id)).await.map_err(role_error)?;
+            if let Err(source) = roles.create(grant, mapped, &self.key.password(&grant.id)).await {
+                pass.failed += 1;
+                self.record_failure(target, Some(&name), &role_error(source)).await;
+                continue;
+            }
             pass.created += 1;
             let details = json!({
                 "resource": resource, "grant": grant.id, "role": grant.role, "database_role": name,
                 "member_of": mapped, "valid_until": grant.ends_at.unix_timestamp(),
             });
             self.broker.record_target_event(EventKind::TargetRoleCreated, details).await?;
+        }
+        drop(client);
+        let _ = connection.await;
+        Ok(pass)
+    }
+
+    async fn drop_ended(&self, target: &Target, live: &[Grant]) -> Result<Pass, ReconcileError> {
+        let resource = &target.resource;
+        let (client, connection) = self.connect(target).await?;
+        let roles = TargetRoles::new(&client);
+        let role_error = |source| ReconcileError::Role { resource: resource.clone(), source };
+        let wanted: HashSet<String> =
+            live.iter().filter(|g| &g.resource == resource).map(|g| role_name(&g.id)).collect();
+        let existing = roles.existing().await.map_err(role_error)?;
+        let mut pass = Pass::default();
+        let mut holding_ready = false;
+        for name in existing.iter().filter(|name| !wanted.contains(*name)) {
+            let Some(role) = self.ended_here(name, resource).await? else { continue };
+            let keep_tables = role.is_some_and(|role| target.keep_tables.contains(&role));
+            if keep_tables && !holding_ready {
+                ensure_holding_role(&client).await.map_err(role_error)?;
+                holding_ready = true;
+            }
+            let dropped = match roles.drop(name, keep_tables).await {
+                Ok(dropped) => dropped,
+                Err(source) => {
+                    pass.failed += 1;
+                    self.record_failure(target, Some(name), &role_error(source)).await;
+                    continue;
+                }
+            };
+            pass.dropped += 1;
+            pass.sessions_ended += dropped.sessions_ended;
+            let details = json!({
+                "resource": resource, "grant": grant_of_role(name), "database_role": name,
+                "sessions_ended": dropped.sessions_ended, "tables_kept": keep_tables,
+            });
+            self.broker.record_target_event(EventKind::TargetRoleDropped, details).await?;
+            self.measure_revocation(name).await;
         }
         drop(client);
         let _ = connection.await;
@@ -329,10 +449,20 @@ impl Reconciler {
         }
     }
 
-    /// Whether the role `name` is another resource's grant role on the same database cluster.
-    async fn belongs_elsewhere(&self, name: &str, resource: &ResourceName) -> Result<bool, ReconcileError> {
-        let Some(grant) = grant_of_role(name) else { return Ok(false) };
+    /// Whether the role `name` is to be ended on `resource`'s database: `None` when it is
+    /// another resource's grant role on the same cluster, else the Airlock role of its grant
+    /// (`Some(None)` when the broker does not know the grant).
+    async fn ended_here(
+        &self,
+        name: &str,
+        resource: &ResourceName,
+    ) -> Result<Option<Option<RoleName>>, ReconcileError> {
+        let Some(grant) = grant_of_role(name) else { return Ok(Some(None)) };
         let grant = self.broker.store().grant(&grant.to_string()).await.map_err(BrokerError::from)?;
-        Ok(grant.is_some_and(|g| &g.resource != resource))
+        match grant {
+            Some(grant) if &grant.resource != resource => Ok(None),
+            Some(grant) => Ok(Some(Some(grant.role))),
+            None => Ok(Some(None)),
+        }
     }
 }

@@ -3,13 +3,16 @@
 //! A live grant on a `postgres` resource has exactly one login role on its database, named
 //! `airlock_<grant id as 32 hex digits>`, valid until the grant's end, a member of the database
 //! roles its Airlock role maps to and of nothing else. When the grant ends, the role loses its
-//! login, its sessions are terminated, what it owns passes to the connector's own role, and it
-//! is dropped.
+//! login and its memberships, its sessions are terminated (and waited for), what it owns is
+//! dropped (its tables kept by a powerless holding role when the catalog says so), and it is
+//! dropped. Nothing a grant's role owned ever passes to a role with more power.
 //!
 //! The role's password is derived, not stored: HMAC-SHA256 of the grant id under the
 //! connector's secret ([`RoleKey`]), so a gateway holding the secret can log in as the grant and
 //! nobody else ever learns it. PostgreSQL receives only a SCRAM-SHA-256 verifier of it, so the
 //! password is not in the server's statement log either.
+
+use std::time::Duration;
 
 use airlock_core::ids::GrantId;
 use airlock_core::lifecycle::Grant;
@@ -31,7 +34,15 @@ pub const HOLDING_ROLE: &str = "airlock_holding";
 pub enum RoleError {
     #[error("{what}: {message}")]
     Database { what: String, message: String },
+    #[error("role {role}: {left} session(s) still open after being terminated (left disarmed for the next pass)")]
+    SessionsRemain { role: String, left: i64 },
 }
+
+/// Every statement of the connector gives up after these (set on its connection), so one stuck
+/// role never holds up the others.
+pub const TIMEOUTS: &str = "-c lock_timeout=3s -c statement_timeout=30s -c idle_in_transaction_session_timeout=60s";
+/// How long ending a role waits for its terminated sessions to be gone.
+pub const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(3);
 
 pub(crate) fn database(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> RoleError {
     let what = what.into();
@@ -133,25 +144,77 @@ impl<'a> TargetRoles<'a> {
         Ok(())
     }
 
-    /// Ends the role `name`: no new logins, live sessions terminated, owned objects handed to
-    /// the connector's role, then dropped. Dropping a role that is already gone is not an error.
-    pub async fn drop(&self, name: &str) -> Result<Dropped, RoleError> {
-        let role = escape_identifier(name);
+    /// Ends the role `name` so that nothing it did outlives it, and no power it had passes on:
+    ///
+    /// 1. **Disarm**, in one transaction: no more logins, and every role membership revoked, so
+    ///    whatever it still owns (a `SECURITY DEFINER` function, a view) runs with no privilege.
+    /// 2. **Terminate its sessions and wait until they are gone** (a backend cleans up its
+    ///    temporary objects as it exits; a session holding a lock it needs keeps it from going):
+    ///    a role whose sessions remain is left, disarmed, for the next pass.
+    /// 3. **Drop what it owned** (tables, functions, temporary objects, large objects, default
+    ///    privileges, and objects built on them), and the role. When `keep_tables`, its tables
+    ///    first pass to the powerless [`HOLDING_ROLE`], which keeps no function or view.
+    ///
+    /// Nothing is ever handed to the connector's own role, which can do more than a grant. Each
+    /// step runs under the connection's `lock_timeout` and `statement_timeout` ([`TIMEOUTS`]),
+    /// so a role that cannot be ended now fails fast and is retried. A role already gone is not
+    /// an error.
+    pub async fn drop(&self, name: &str, keep_tables: bool) -> Result<Dropped, RoleError> {
         let what = || format!("dropping role {name}");
+        if !self.disarm(name).await? {
+            return Ok(Dropped { sessions_ended: 0 });
+        }
+        let sessions_ended = self.end_sessions(name).await?;
+        let role = escape_identifier(name);
+        let mut statement = String::from("BEGIN;");
+        if keep_tables {
+            // The holding role keeps tables (with their indexes, sequences and types) only.
+            statement.push_str(&drop_code(name));
+            statement.push_str(&format!(" REASSIGN OWNED BY {role} TO {HOLDING_ROLE};"));
+        }
+        statement.push_str(&format!(" DROP OWNED BY {role} CASCADE; DROP ROLE {role}; COMMIT;"));
+        self.transaction(&statement, what).await?;
+        Ok(Dropped { sessions_ended })
+    }
+
+    /// Takes `name`'s login and memberships away, and gives the connector its privileges (to
+    /// terminate its sessions and drop what it owns). False when the role does not exist.
+    async fn disarm(&self, name: &str) -> Result<bool, RoleError> {
+        let what = || format!("disarming role {name}");
+        let memberships = self
+            .client
+            .query(
+                "SELECT m.roleid::regrole::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+                 WHERE r.rolname = $1 ORDER BY 1",
+                &[&name],
+            )
+            .await
+            .map_err(database(what()))?;
         let exists = self
             .client
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
             .await
             .map_err(database(what()))?;
         if exists.is_none() {
-            return Ok(Dropped { sessions_ended: 0 });
+            return Ok(false);
         }
-        // Terminating a role's sessions and taking over what it owns both need its privileges.
-        self.client
-            .batch_execute(&format!("ALTER ROLE {role} NOLOGIN; GRANT {role} TO CURRENT_USER"))
-            .await
-            .map_err(database(what()))?;
-        let sessions_ended: i64 = self
+        let role = escape_identifier(name);
+        let mut statement = format!("BEGIN; ALTER ROLE {role} NOLOGIN;");
+        for row in memberships {
+            // `regrole` text is already a quoted identifier.
+            let member_of: String = row.get(0);
+            statement.push_str(&format!(" REVOKE {member_of} FROM {role};"));
+        }
+        statement.push_str(&format!(" GRANT {role} TO CURRENT_USER; COMMIT;"));
+        self.transaction(&statement, what).await?;
+        Ok(true)
+    }
+
+    /// Terminates every session of `name` and waits up to [`SESSIONS_GONE_WITHIN`] until none is
+    /// left; returns how many there were.
+    async fn end_sessions(&self, name: &str) -> Result<i64, RoleError> {
+        let what = || format!("ending the sessions of role {name}");
+        let ended: i64 = self
             .client
             .query_one(
                 "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1) ended",
@@ -160,14 +223,74 @@ impl<'a> TargetRoles<'a> {
             .await
             .map_err(database(what()))?
             .get(0);
-        let statement =
-            format!("BEGIN; REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}; COMMIT;");
-        if let Err(source) = self.client.batch_execute(&statement).await {
+        let give_up = tokio::time::Instant::now() + SESSIONS_GONE_WITHIN;
+        loop {
+            let left: i64 = self
+                .client
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&name])
+                .await
+                .map_err(database(what()))?
+                .get(0);
+            if left == 0 {
+                return Ok(ended);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(RoleError::SessionsRemain { role: name.to_owned(), left });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs `statement` (a whole `BEGIN; …; COMMIT;`), rolling back when it fails.
+    async fn transaction(&self, statement: &str, what: impl FnOnce() -> String) -> Result<(), RoleError> {
+        if let Err(source) = self.client.batch_execute(statement).await {
+            // A failed batch leaves the session inside an aborted transaction; end it.
             let _ = self.client.batch_execute("ROLLBACK").await;
             return Err(database(what())(source));
         }
-        Ok(Dropped { sessions_ended })
+        Ok(())
     }
+}
+
+/// Drops every routine, view and large object `role` owns, whatever depends on them (a
+/// trigger of a kept table, a column default): the tables it hands to the holding role go
+/// without any code that could run.
+fn drop_code(role: &str) -> String {
+    format!(
+        "DO $drop$
+        DECLARE
+            owner oid := (SELECT oid FROM pg_roles WHERE rolname = {role});
+            object record;
+        BEGIN
+            FOR object IN SELECT oid::regprocedure AS name, prokind FROM pg_proc WHERE proowner = owner LOOP
+                EXECUTE format(CASE object.prokind WHEN 'a' THEN 'DROP AGGREGATE IF EXISTS %s CASCADE'
+                                                   WHEN 'p' THEN 'DROP PROCEDURE IF EXISTS %s CASCADE'
+                                                   ELSE 'DROP FUNCTION IF EXISTS %s CASCADE' END, object.name);
+            END LOOP;
+            FOR object IN SELECT oid::regclass AS name, relkind FROM pg_class
+                          WHERE relowner = owner AND relkind IN ('v', 'm', 'f') LOOP
+                EXECUTE format(CASE object.relkind WHEN 'v' THEN 'DROP VIEW IF EXISTS %s CASCADE'
+                                                   WHEN 'm' THEN 'DROP MATERIALIZED VIEW IF EXISTS %s CASCADE'
+                                                   ELSE 'DROP FOREIGN TABLE IF EXISTS %s CASCADE' END, object.name);
+            END LOOP;
+            PERFORM lo_unlink(oid) FROM pg_largeobject_metadata WHERE lomowner = owner;
+        END
+        $drop$;",
+        role = escape_literal(role)
+    )
+}
+
+/// Makes the holding role if it is missing, and lets the connector act as it (to hand it tables).
+pub async fn ensure_holding_role(client: &Client) -> Result<(), RoleError> {
+    let statement = format!(
+        "DO $make$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{HOLDING_ROLE}') THEN
+                 CREATE ROLE {HOLDING_ROLE} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+             END IF;
+         END $make$;
+         GRANT {HOLDING_ROLE} TO CURRENT_USER;"
+    );
+    client.batch_execute(&statement).await.map_err(database("making the holding role"))
 }
 
 #[cfg(test)]

@@ -34,9 +34,18 @@ async fn setup() -> Setup {
     setup_with(DatabaseTls::OFF).await
 }
 
+async fn setup_editing(edit: impl FnOnce(String) -> String) -> Setup {
+    setup_full(DatabaseTls::OFF, edit).await
+}
+
 async fn setup_with(tls: DatabaseTls) -> Setup {
+    setup_full(tls, |catalog| catalog).await
+}
+
+async fn setup_full(tls: DatabaseTls, edit: impl FnOnce(String) -> String) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, catalog) = airlock_testkit::managed_database_with(dir.path(), tls).await;
+    let catalog = edit(catalog);
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
     let broker = airlock_testkit::broker(dir.path(), &catalog, clock.clone() as Arc<dyn Clock>).await;
     let targets = Target::from_catalog(&broker.policies().catalog).unwrap();
@@ -93,6 +102,53 @@ impl Setup {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
+    /// Every object outside PostgreSQL's own schemas owned by a grant role, the holding role or
+    /// a role that can log in (the connector, the superuser), and every large object.
+    async fn left_behind(&self) -> Vec<String> {
+        let rows = self
+            .superuser()
+            .await
+            .query(
+                "SELECT 'table ' || c.relname || ' owned by ' || pg_get_userbyid(c.relowner) FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND c.relkind IN ('r', 'p', 'v', 'm')
+                   AND c.relname <> 'orders'
+                 UNION ALL
+                 SELECT 'function ' || p.proname || ' owned by ' || pg_get_userbyid(p.proowner) FROM pg_proc p
+                 JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 UNION ALL
+                 SELECT 'large object owned by ' || pg_get_userbyid(lomowner) FROM pg_largeobject_metadata
+                 UNION ALL
+                 SELECT 'default privileges of ' || pg_get_userbyid(defaclrole) FROM pg_default_acl
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// Objects outside PostgreSQL's own schemas owned by a superuser or the connector.
+    async fn owned_by_the_powerful(&self) -> Vec<String> {
+        let rows = self
+            .superuser()
+            .await
+            .query(
+                "SELECT p.proname::text FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+                 JOIN pg_namespace n ON n.oid = p.pronamespace
+                 WHERE (r.rolsuper OR r.rolcreaterole) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 UNION ALL
+                 SELECT c.relname::text FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE (r.rolsuper OR r.rolcreaterole) AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                   AND c.relname <> 'orders'",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     async fn audit_kinds(&self) -> Vec<String> {
         let records = self.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
         records.into_iter().map(|r| r.kind).filter(|k| k.starts_with("target.")).collect()
@@ -133,27 +189,160 @@ async fn a_read_grant_gets_a_role_that_reads_and_loses_it_on_revoke() {
     assert_eq!(s.audit_kinds().await, ["target.role_created", "target.role_dropped"]);
 }
 
+/// What a write grant made (a table, a `SECURITY DEFINER` function, a large object, a default
+/// privilege) ends with it: nothing passes to the connector or any other role with more power.
 #[tokio::test]
-async fn an_expired_write_grant_leaves_its_objects_to_the_connector() {
+async fn an_ended_write_grant_leaves_nothing_behind() {
     let s = setup().await;
     let grant = s.grant("write", "10m").await;
     s.pass().await;
     let session = s.login(&grant.id, &s.key.password(&grant.id)).await.unwrap();
-    session.batch_execute("INSERT INTO orders VALUES (4); CREATE TABLE scratch (x int)").await.unwrap();
+    session.batch_execute(LEAVE_BEHIND).await.unwrap();
 
     s.clock.advance(time::Duration::minutes(10));
     assert_eq!(s.broker.sweep().await.unwrap().grants_expired, 1);
     assert_eq!(s.pass().await.dropped, 1);
-    let owner: String = s
-        .superuser()
+    assert_eq!(s.left_behind().await, Vec::<String>::new());
+    assert!(s.grant_roles().await.is_empty());
+}
+
+/// With `keep_tables`, a grant's tables outlive it, owned by the holding role, which can do
+/// nothing: its trigger function (`SECURITY DEFINER`), view and large object are gone.
+#[tokio::test]
+async fn kept_tables_go_to_a_powerless_holding_role_without_their_code() {
+    let s = setup_editing(|catalog| {
+        catalog.replace("[resource.roles.write]", "[resource.roles.write]\nkeep_tables = true")
+    })
+    .await;
+    let grant = s.grant("write", "10m").await;
+    s.pass().await;
+    let session = s.login(&grant.id, &s.key.password(&grant.id)).await.unwrap();
+    session.batch_execute(LEAVE_BEHIND).await.unwrap();
+    s.clock.advance(time::Duration::minutes(10));
+    s.broker.sweep().await.unwrap();
+    let pass = s.pass().await;
+    let records = s.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+    assert_eq!(pass.dropped, 1, "{:?}", records.last());
+    assert_eq!(s.left_behind().await, ["table scratch owned by airlock_holding"]);
+    let holding: (bool, bool, i64) = {
+        let row = s
+            .superuser()
+            .await
+            .query_one(
+                "SELECT rolcanlogin, rolsuper, (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid)
+                 FROM pg_roles r WHERE rolname = 'airlock_holding'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(holding, (false, false, 0), "the holding role cannot log in and is a member of nothing");
+    let superuser = s.superuser().await;
+    superuser.batch_execute("INSERT INTO scratch VALUES (2)").await.expect("the trigger went with its function");
+}
+
+/// The red team's chain: a write holder leaves a `SECURITY DEFINER` function in its temporary
+/// schema that would make a superuser, a read holder locks that session's temporary table so
+/// its clean-up cannot finish, and the write grant is revoked. The function must never run with
+/// more than the grant had: the role is disarmed at once, and dropped once its session is gone.
+#[tokio::test]
+async fn a_temporary_security_definer_function_never_outlives_its_grant_with_power() {
+    let s = setup().await;
+    let (write, read) = (s.grant("write", "30m").await, s.grant("read", "30m").await);
+    s.pass().await;
+    let writer = s.login(&write.id, &s.key.password(&write.id)).await.unwrap();
+    writer
+        .batch_execute(
+            "CREATE TEMP TABLE t (x int);
+             CREATE FUNCTION pg_temp.pwn() RETURNS void LANGUAGE sql SECURITY DEFINER
+                 AS $$ CREATE ROLE pwn SUPERUSER LOGIN PASSWORD 'pwned' $$;
+             GRANT EXECUTE ON FUNCTION pg_temp.pwn() TO PUBLIC;
+             CREATE FUNCTION public.pwn() RETURNS void LANGUAGE sql SECURITY DEFINER
+                 AS $$ CREATE ROLE pwn SUPERUSER LOGIN PASSWORD 'pwned' $$;",
+        )
         .await
-        .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'scratch'", &[])
+        .unwrap();
+    let temp: String = writer
+        .query_one("SELECT nspname::text FROM pg_namespace WHERE oid = pg_my_temp_schema()", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(owner, "airlock_connector");
-    assert!(s.grant_roles().await.is_empty());
+    let reader = s.login(&read.id, &s.key.password(&read.id)).await.unwrap();
+    reader.batch_execute(&format!("BEGIN; LOCK TABLE {temp}.t IN ACCESS SHARE MODE")).await.unwrap();
+
+    s.broker.revoke(&caller("bob", &["sre"]), &write.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
+    let pass = s.pass().await;
+    assert_eq!((pass.dropped, pass.failed), (0, 1), "the session cannot end while its lock is held: {pass:?}");
+    let write_role = role_name(&write.id);
+    let disarmed: (bool, i64) = {
+        let row = s
+            .superuser()
+            .await
+            .query_one(
+                "SELECT rolcanlogin, (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = $1",
+                &[&write_role],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(disarmed, (false, 0), "the role is disarmed at once");
+    assert_eq!(s.owned_by_the_powerful().await, Vec::<String>::new());
+    // Calling what was left runs as the disarmed role: it cannot make a superuser.
+    for call in [format!("SELECT {temp}.pwn()"), "SELECT public.pwn()".to_owned()] {
+        let error = reader.batch_execute(&call).await.expect_err("the call fails");
+        assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{call}");
+        reader.batch_execute("ROLLBACK; BEGIN").await.unwrap();
+    }
+
+    reader.batch_execute("COMMIT").await.unwrap();
+    eventually(|| async { s.pass().await.dropped == 1 }).await;
+    assert_eq!(s.left_behind().await, Vec::<String>::new());
+    let pwn = s.superuser().await.query_opt("SELECT 1 FROM pg_roles WHERE rolname = 'pwn'", &[]).await.unwrap();
+    assert!(pwn.is_none(), "no superuser was made");
+    let kinds = s.audit_kinds().await;
+    assert!(
+        kinds.contains(&"target.failed".to_owned()) && kinds.contains(&"target.role_dropped".to_owned()),
+        "{kinds:?}"
+    );
 }
+
+/// The connector refuses to work as a superuser unless the catalog accepts the risk: a
+/// superuser takes whatever a grant role leaves, and every mistake of the connector is the
+/// whole cluster's.
+#[tokio::test]
+async fn a_superuser_connector_is_refused_unless_accepted() {
+    let s = setup().await;
+    s.grant("read", "30m").await;
+    let mut targets = s.targets.clone();
+    targets[0].connection.user(s.cluster.superuser()).password(s.cluster.superuser_password());
+    let reconciler = Reconciler::new(s.broker.clone(), targets.clone(), s.key.clone(), Duration::from_secs(5));
+    assert_eq!(reconciler.pass().await.unwrap().created, 0);
+    assert!(s.grant_roles().await.is_empty());
+    let records = s.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
+    let failed = records.iter().find(|r| r.kind == "target.failed").expect("the refusal is audited");
+    assert!(failed.details.contains("a superuser"), "{}", failed.details);
+
+    targets[0].allow_superuser_connector = true;
+    let reconciler = Reconciler::new(s.broker.clone(), targets, s.key.clone(), Duration::from_secs(5));
+    assert_eq!(reconciler.pass().await.unwrap().created, 1);
+}
+
+/// A write grant's leftovers of every kind: a table with a trigger whose function is
+/// `SECURITY DEFINER`, a view, a function granted to everyone, a large object and default
+/// privileges.
+const LEAVE_BEHIND: &str = "
+    CREATE TABLE scratch (x int);
+    CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        AS $$ BEGIN RETURN NEW; END $$;
+    CREATE TRIGGER stamp BEFORE INSERT ON scratch FOR EACH ROW EXECUTE FUNCTION public.stamp();
+    CREATE VIEW scratch_view AS SELECT * FROM scratch;
+    CREATE FUNCTION public.helper() RETURNS int LANGUAGE sql SECURITY DEFINER AS $$ SELECT 1 $$;
+    GRANT EXECUTE ON FUNCTION public.helper() TO PUBLIC;
+    SELECT lo_create(0);
+    ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC;
+";
 
 #[tokio::test]
 async fn roles_no_grant_explains_are_dropped() {
@@ -187,7 +376,7 @@ async fn an_unreachable_target_is_audited_without_its_secret() {
     let mut targets = s.targets.clone();
     targets[0].connection.port(1);
     let pass = Reconciler::new(s.broker.clone(), targets, s.key.clone(), Duration::from_secs(5)).pass().await.unwrap();
-    assert_eq!(pass.failed, 1);
+    assert_eq!(pass.failed, 2, "creating and dropping each failed");
     let records = s.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
     let failed = records.iter().find(|r| r.kind == "target.failed").expect("the failure is audited");
     assert!(failed.details.contains("cannot connect"), "{}", failed.details);
@@ -255,7 +444,8 @@ async fn a_target_that_fails_verification_or_refuses_tls_is_not_used() {
     ] {
         let s = setup_with(tls).await;
         s.grant("read", "30m").await;
-        assert_eq!(s.pass().await, Pass { failed: 1, ..Pass::default() }, "{tls:?}");
+        // Both the creating and the dropping side fail to reach it.
+        assert_eq!(s.pass().await, Pass { failed: 2, ..Pass::default() }, "{tls:?}");
         assert!(s.grant_roles().await.is_empty());
         let records = s.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
         let failed = records.iter().find(|r| r.kind == "target.failed").expect("the failure is audited");

@@ -446,13 +446,19 @@ pub(crate) fn story_csv(story: &Story) -> Outcome {
     )
 }
 
-/// `airlock report standing`: on every catalog database with an address, the privileges that no
-/// live grant explains (read with the connector's login, against the data directory's grants).
+/// `airlock report standing`: on every catalog database with an address, and every throwaway
+/// database a running `serve` started, the privileges that no live grant explains (read with the
+/// connector's login, against the data directory's grants).
 pub async fn standing_privileges(files: &Files, json: bool) -> Outcome {
     let (broker, _) = open_broker(files).await?;
-    let targets = Target::from_catalog(&broker.policies().catalog).map_err(|e| anyhow!("{e}"))?;
+    let catalog = &broker.policies().catalog;
+    let mut targets = Target::from_catalog(catalog).map_err(|e| anyhow!("{e}"))?;
+    targets.extend(crate::throwaway::running(catalog, &files.data_dir));
     if targets.is_empty() {
-        return Err(anyhow!("the catalog names no PostgreSQL database with an address").into());
+        return Err(anyhow!(
+            "the catalog names no PostgreSQL database with an address, and no throwaway database of a running `airlock serve` is in the data directory"
+        )
+        .into());
     }
     let live = broker.live_grants().await.map_err(|e| anyhow!("cannot read the live grants: {e}"))?;
     let mut findings: Vec<Finding> = Vec::new();

@@ -3,16 +3,24 @@
 //!
 //! Each cluster lives in `<data dir>/postgres/<resource>`, starts empty at every `serve` (a server
 //! left running by a killed `serve` is stopped, and the old contents deleted), gets the catalog's database with a small `orders` table to
-//! read, and is stopped when `serve` ends. The connector manages it through its superuser, and
-//! it is reached in plaintext: it listens on loopback only.
+//! read, and is stopped when `serve` ends. It is reached in plaintext: it listens on loopback only.
+//!
+//! The connector never manages it as the superuser: each cluster gets an `airlock_connector`
+//! login with only what docs/postgres.md asks of a real database's connector (`CREATEROLE`, and
+//! the catalog's mapped roles `WITH ADMIN OPTION`), with a fresh random password. Where to reach
+//! it and that password are left in the cluster's directory (`connector.json`, 0600) while it
+//! runs, so `airlock report standing` can check the quickstart's own database too.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use airlock_core::catalog::{Catalog, PostgresTarget};
+use airlock_core::catalog::{Catalog, PostgresTarget, Resource};
 use airlock_postgres::cluster::{ClusterError, LocalCluster};
 use airlock_postgres::reconciler::{Target, connection};
 use airlock_postgres::roles::describe;
-use postgres_protocol::escape::escape_identifier;
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use uuid::Uuid;
 
 /// Rows to look at in a fresh demo database.
 const SEED: &str = "
@@ -36,8 +44,8 @@ pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
     for resource in catalog.resources() {
         let Some(PostgresTarget { address: None, database, .. }) = &resource.postgres else { continue };
         let dir = data_dir.join("postgres").join(resource.name.as_str());
-        match start_one(&dir, database).await {
-            Ok(cluster) => {
+        match start_one(&dir, resource, database).await {
+            Ok((cluster, login)) => {
                 println!(
                     "started a throwaway PostgreSQL for `{}` on {}:{} (database `{database}`, data in {}, discarded at exit)",
                     resource.name,
@@ -45,14 +53,7 @@ pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
                     cluster.port(),
                     dir.display()
                 );
-                let login = connection(
-                    cluster.host(),
-                    cluster.port(),
-                    database,
-                    cluster.superuser(),
-                    cluster.superuser_password(),
-                );
-                started.targets.push(Target::new(resource, login, None));
+                started.targets.push(Target::new(resource, login.config(), None));
                 started.clusters.push(cluster);
             }
             Err(error) => eprintln!(
@@ -64,24 +65,98 @@ pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
     started
 }
 
-async fn start_one(dir: &Path, database: &str) -> Result<LocalCluster, ClusterError> {
+async fn start_one(dir: &Path, resource: &Resource, database: &str) -> Result<(LocalCluster, Login), ClusterError> {
     if dir.exists() {
         LocalCluster::stop_leftover(dir).await?;
         std::fs::remove_dir_all(dir)
             .map_err(|source| ClusterError::Io { what: format!("removing {}", dir.display()), source })?;
     }
     let cluster = LocalCluster::start(dir).await?;
+    let sql = |what: &str| {
+        let what = what.to_owned();
+        move |e: tokio_postgres::Error| ClusterError::Sql { what, message: describe(&e) }
+    };
     if database != "postgres" {
         let create = format!("CREATE DATABASE {}", escape_identifier(database));
-        let created = cluster.connect("postgres").await?.batch_execute(&create).await;
-        created.map_err(|e| ClusterError::Sql {
-            what: format!("creating database `{database}`"),
-            message: describe(&e),
-        })?;
+        cluster.connect("postgres").await?.batch_execute(&create).await.map_err(sql("creating the database"))?;
     }
-    let seeded = cluster.connect(database).await?.batch_execute(SEED).await;
-    seeded.map_err(|e| ClusterError::Sql { what: "adding the demo table".to_owned(), message: describe(&e) })?;
-    Ok(cluster)
+    let login = Login {
+        host: cluster.host().to_owned(),
+        port: cluster.port(),
+        database: database.to_owned(),
+        password: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
+    };
+    let superuser = cluster.connect(database).await?;
+    superuser.batch_execute(SEED).await.map_err(sql("adding the demo table"))?;
+    superuser
+        .batch_execute(&connector_setup(resource, &login.password))
+        .await
+        .map_err(sql("making the connector's login"))?;
+    login.write(dir)?;
+    Ok((cluster, login))
+}
+
+/// The superuser's statements that make the connector's own login: what docs/postgres.md asks
+/// of a real database, nothing more.
+fn connector_setup(resource: &Resource, password: &str) -> String {
+    let mut mapped: Vec<&String> = resource.roles.values().flat_map(|role| &role.database_roles).collect();
+    mapped.sort();
+    mapped.dedup();
+    let mut setup = format!(
+        "CREATE ROLE {CONNECTOR} LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS PASSWORD {};",
+        escape_literal(password)
+    );
+    for role in mapped {
+        setup.push_str(&format!(" GRANT {} TO {CONNECTOR} WITH ADMIN OPTION;", escape_identifier(role)));
+    }
+    setup
+}
+
+/// The throwaway connector's login name.
+const CONNECTOR: &str = "airlock_connector";
+/// The file in a cluster's directory that says how to reach it as the connector, while it runs.
+const LOGIN_FILE: &str = "connector.json";
+
+/// How the connector reaches a throwaway cluster.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Login {
+    host: String,
+    port: u16,
+    database: String,
+    password: String,
+}
+
+impl Login {
+    fn config(&self) -> tokio_postgres::Config {
+        connection(&self.host, self.port, &self.database, CONNECTOR, &self.password)
+    }
+
+    /// Writes the login where `report standing` finds it, readable by its owner only.
+    fn write(&self, dir: &Path) -> Result<(), ClusterError> {
+        let path = dir.join(LOGIN_FILE);
+        let text = serde_json::to_string(self).expect("a login serializes");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        written.map_err(|source| ClusterError::Io { what: format!("writing {}", path.display()), source })
+    }
+}
+
+/// Connector targets for the throwaway clusters a running `serve` on `data_dir` started.
+pub fn running(catalog: &Catalog, data_dir: &Path) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for resource in catalog.resources() {
+        let Some(PostgresTarget { address: None, .. }) = &resource.postgres else { continue };
+        let path = data_dir.join("postgres").join(resource.name.as_str()).join(LOGIN_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        if let Ok(login) = serde_json::from_str::<Login>(&text) {
+            targets.push(Target::new(resource, login.config(), None));
+        }
+    }
+    targets
 }
 
 impl Throwaway {
