@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::guard::{Allowed, Guard, Refusal};
+use crate::guard::{Allowed, Checked, Guard, Refusal, encoding_sensitive};
 use crate::recorder::Recorder;
 use crate::registry::Backend;
 use crate::target::error_fields;
@@ -68,6 +68,9 @@ pub enum Ending {
     Unconfirmed,
     Idle(Duration),
     Shutdown,
+    /// The server now reads statement text differently from the guard (a lexing setting
+    /// changed: `standard_conforming_strings`, `client_encoding`): fail closed.
+    ReadingChanged(String),
     /// A peer broke the protocol, or a connection failed.
     Broken(String),
 }
@@ -83,6 +86,7 @@ impl Ending {
             Ending::Unconfirmed => "grant_unconfirmed",
             Ending::Idle(_) => "idle_timeout",
             Ending::Shutdown => "gateway_shutdown",
+            Ending::ReadingChanged(_) => "reading_changed",
             Ending::Broken(_) => "connection_broken",
         }
     }
@@ -110,6 +114,14 @@ impl Ending {
                 return Some(("57P05", format!("airlock: the session was idle for {after} s; it is closed")));
             }
             Ending::Shutdown => "airlock: the gateway is shutting down; the session is closed".to_owned(),
+            Ending::ReadingChanged(setting) => {
+                return Some((
+                    "42501",
+                    format!(
+                        "airlock: the server now reads statement text differently from the gateway's check ({setting}); the session is closed"
+                    ),
+                ));
+            }
             Ending::Broken(why) => return Some(("08P01", format!("airlock: {why}"))),
         };
         Some(("57P01", text))
@@ -312,7 +324,7 @@ async fn client_to_target(
                         None => return Ending::Broken("the client sent a malformed Query".to_owned()),
                     };
                     let mut exchange = lock(exchange);
-                    match session.guard.check(text, &session.allowed) {
+                    match check(session, text, &exchange) {
                         Ok(checked) => {
                             let now = Instant::now();
                             for statement in checked.statements {
@@ -335,7 +347,8 @@ async fn client_to_target(
                     let (Some(name), Some(text)) = (cstr(&mut rest), cstr(&mut rest)) else {
                         return Ending::Broken("the client sent a malformed Parse".to_owned());
                     };
-                    match session.guard.check(text, &session.allowed) {
+                    let checked = check(session, text, &lock(exchange));
+                    match checked {
                         Ok(_) => {
                             statements.insert(name.to_owned(), Arc::from(text));
                         }
@@ -409,6 +422,16 @@ async fn client_to_target(
             return Ending::ClientLeft;
         }
     }
+}
+
+/// The guard's verdict on a statement text about to go out. A text whose reading depends on the
+/// client encoding waits for nothing: it is refused while anything sent before it is unanswered,
+/// since the server reports a changed encoding only when it is next ready.
+fn check<'a>(session: &Session, text: &'a str, exchange: &Exchange) -> Result<Checked<'a>, Refusal> {
+    if encoding_sensitive(text) && !exchange.expected.is_empty() {
+        return Err(Refusal::Unsettled);
+    }
+    session.guard.check(text, &session.allowed)
 }
 
 fn unknown(name: &str) -> Arc<str> {
@@ -509,6 +532,11 @@ async fn target_to_client(
                 }
             };
             let replaced = outcomes.observe(session, &frame, exchange, &mut events);
+            if let Some(setting) = outcomes.reading_changed.take() {
+                // Nothing from here on reaches the client: it is told why the session ends.
+                invalid = Some(Ending::ReadingChanged(setting));
+                break;
+            }
             match replaced {
                 Some(own) => out.unsplit(own),
                 None => out.unsplit(frame),
@@ -536,6 +564,20 @@ async fn target_to_client(
     ended(ending, exchange)
 }
 
+/// A `ParameterStatus` that says the server no longer reads text as the guard does. The server
+/// reports both settings (`GUC_REPORT`) at the start and whenever they change, however they were
+/// changed (a `SET`, `set_config` in a function, an update of a view over `pg_settings`).
+fn reading_changed(frame: &BytesMut) -> Option<String> {
+    let mut rest = body(frame);
+    let (name, value) = (cstr(&mut rest)?, cstr(&mut rest)?);
+    let reads_as_guard = match name {
+        "standard_conforming_strings" => value == "on",
+        "client_encoding" => value == "UTF8",
+        _ => true,
+    };
+    (!reads_as_guard).then(|| format!("{name} = {value}"))
+}
+
 fn ended(ending: Ending, exchange: &Mutex<Exchange>) -> Ended {
     Ended { statement_running: lock(exchange).busy(), ending }
 }
@@ -547,6 +589,8 @@ struct Outcomes {
     last_done: Option<Instant>,
     /// Rows sent so far for the statement at the front (for a suspended portal).
     rows: u64,
+    /// A lexing setting the server reported changed away from what the guard reads (`name = value`).
+    reading_changed: Option<String>,
 }
 
 impl Outcomes {
@@ -560,6 +604,7 @@ impl Outcomes {
     ) -> Option<BytesMut> {
         match tag(frame) {
             b'D' => self.rows += 1,
+            b'S' => self.reading_changed = reading_changed(frame),
             b'C' => self.complete(session, exchange, events, cstr(&mut body(frame)).and_then(rows_of)),
             b'I' => self.complete(session, exchange, events, Some(0)),
             b's' => self.complete(session, exchange, events, Some(self.rows)),

@@ -1,0 +1,79 @@
+//! Attacks on the gateway's guard from inside a grant, against a real PostgreSQL through the
+//! shared harness: the server made to read statement text differently from the guard (a view
+//! over `pg_settings` changes `standard_conforming_strings`), in turn and pipelined, and the
+//! settings poolers send on every release, which must pass.
+
+use airlock_gateway::gateway::Settings;
+use airlock_testkit::eventually;
+use airlock_testkit::gateway::GatewayHarness;
+use tokio_postgres::Client;
+
+/// The red team's text: one harmless string to a reader whose backslashes do not escape, a
+/// statement (a role setting, visible afterwards) to one whose backslashes do.
+const HIDDEN: &str = "SELECT 'x\\''; ALTER ROLE CURRENT_USER SET work_mem = '77kB'; SELECT current_user; --'";
+const VIEW: &str = "CREATE TEMP VIEW s AS SELECT * FROM pg_settings";
+const TURN_OFF: &str = "UPDATE s SET setting = 'off' WHERE name = 'standard_conforming_strings'";
+
+/// Whether any role got the hidden statement's setting.
+async fn hidden_statement_ran(h: &GatewayHarness) -> bool {
+    let superuser = h.cluster().connect(airlock_testkit::gateway::DATABASE).await.unwrap();
+    let row = superuser
+        .query_one("SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%77kB%'", &[])
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) > 0
+}
+
+async fn session(h: &GatewayHarness) -> Client {
+    let grant = h.read_grant("30m").await;
+    let token = h.token(&grant).await;
+    h.connect("dana", &token).await.expect("the credential logs in").0
+}
+
+/// In turn, as `psql -c … -c … -c …` sends them: the session ends as soon as the server reports
+/// the changed setting, so the hidden statement never gets there.
+#[tokio::test]
+async fn a_session_whose_server_reads_text_differently_is_ended() {
+    let h = GatewayHarness::start(Settings::default()).await;
+    let client = session(&h).await;
+    client.batch_execute(VIEW).await.expect("a view over pg_settings is only a view");
+    let cut = client.batch_execute(TURN_OFF).await.expect_err("the session ends with the change");
+    let message = cut.as_db_error().map(|db| db.message().to_owned()).unwrap_or_default();
+    assert!(
+        message.contains("reads statement text differently") && message.contains("standard_conforming_strings = off"),
+        "{cut}"
+    );
+    assert!(client.batch_execute(HIDDEN).await.is_err());
+    assert!(!hidden_statement_ran(&h).await);
+    eventually(|| async { !h.audit("session.ended").await.is_empty() }).await;
+    assert_eq!(h.audit("session.ended").await[0]["reason"], "reading_changed");
+}
+
+/// Pipelined: the hidden text is sent before the server answers the change, so the gateway
+/// cannot know the reading yet. The guard checks it under both readings and refuses it.
+#[tokio::test]
+async fn a_text_pipelined_behind_the_change_is_checked_under_both_readings() {
+    let h = GatewayHarness::start(Settings::default()).await;
+    let client = session(&h).await;
+    client.batch_execute(VIEW).await.unwrap();
+    let (turned, hidden) = tokio::join!(client.batch_execute(TURN_OFF), client.batch_execute(HIDDEN));
+    assert!(turned.is_err() && hidden.is_err(), "{turned:?} {hidden:?}");
+    assert!(!hidden_statement_ran(&h).await);
+    let executed = h.audit("statement.executed").await;
+    assert!(executed.iter().all(|s| !s["text"].as_str().unwrap_or_default().contains("ALTER ROLE")), "{executed:?}");
+}
+
+/// What poolers and drivers send on every release returns to the grant's own role and the
+/// session's own reading, and is let through.
+#[tokio::test]
+async fn reset_all_and_discard_all_pass_and_keep_the_grant_role() {
+    let h = GatewayHarness::start(Settings::default()).await;
+    let client = session(&h).await;
+    let before: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    client.batch_execute("SET work_mem = '1MB'; RESET ALL").await.expect("RESET ALL passes");
+    client.batch_execute("DISCARD ALL").await.expect("DISCARD ALL passes");
+    let after: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(before, after);
+    let reading: String = client.query_one("SHOW standard_conforming_strings", &[]).await.unwrap().get(0);
+    assert_eq!(reading, "on");
+}
