@@ -77,6 +77,20 @@ pub struct PostgresTarget {
     /// Roles the standing report accepts with `SUPERUSER`, `CREATEROLE` or `BYPASSRLS` (beyond the
     /// cluster's bootstrap superuser and the connector's own login).
     pub privileged_roles: Vec<String>,
+    /// How the gateway logs in as a grant's role (`grant_login`): always [`GrantLogin::Certificate`]
+    /// for a throwaway cluster.
+    pub grant_login: GrantLogin,
+}
+
+/// How the gateway proves a login as a grant's role to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantLogin {
+    /// The role's password, derived from the connector's key. The role can change its own
+    /// password, so this holds only as far as `pg_hba.conf` keeps the role's holder away.
+    Password,
+    /// A TLS client certificate for the role from Airlock's grant CA, which `pg_hba.conf`
+    /// demands of grant roles (docs/postgres.md): no role can change it. Needs TLS.
+    Certificate,
 }
 
 /// The default ceiling of a role that names none.
@@ -165,6 +179,7 @@ struct PostgresEntry {
     allow_superuser_connector: bool,
     #[serde(default)]
     privileged_roles: Vec<String>,
+    grant_login: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -279,7 +294,20 @@ impl PostgresEntry {
             return Err(error(&format!("address `{address}` is not host:port")));
         }
         let tls = tls_mode(self.tls.as_deref(), self.ca_file, self.address.is_some()).map_err(|m| error(&m))?;
+        let grant_login = match (self.grant_login.as_deref(), self.address.is_some()) {
+            (None | Some("certificate"), false) => GrantLogin::Certificate,
+            (Some(_), false) => return Err(error("a throwaway cluster's grant roles always log in with certificates")),
+            (None | Some("password"), true) => GrantLogin::Password,
+            (Some("certificate"), true) if tls == TlsMode::Disable => {
+                return Err(error("grant_login = \"certificate\" needs TLS (tls = \"verify-full\" or \"require\")"));
+            }
+            (Some("certificate"), true) => GrantLogin::Certificate,
+            (Some(other), true) => {
+                return Err(error(&format!("grant_login `{other}` is not one of `password` or `certificate`")));
+            }
+        };
         Ok(PostgresTarget {
+            grant_login,
             address: self.address,
             database: self.database,
             admin,

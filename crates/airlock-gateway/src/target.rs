@@ -73,8 +73,9 @@ impl TargetError {
 /// (`wire::send`): a TLS stream may hold the tail of a write until then.
 pub type TargetStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-/// Connects to the database at `address`, over TLS when its resource asks for it.
-async fn open(address: &TargetAddress) -> Result<TargetStream, TargetError> {
+/// Connects to the database at `address`, over TLS when its resource asks for it; a login as the
+/// grant role `login_as` presents its certificate when the resource logs in with certificates.
+async fn open(address: &TargetAddress, login_as: Option<&str>) -> Result<TargetStream, TargetError> {
     let place = address.place();
     let mut stream = match TcpStream::connect(&place).await {
         Ok(stream) => stream,
@@ -92,7 +93,11 @@ async fn open(address: &TargetAddress) -> Result<TargetStream, TargetError> {
         b'N' => return Err(TargetError::TlsRefused { address: place }),
         other => return Err(TargetError::Protocol(format!("answer {:?} to a TLS request", char::from(other)))),
     }
-    match tls.handshake(stream).await {
+    let handshake = match login_as {
+        Some(role) => tls.handshake_as(stream, role).await,
+        None => tls.handshake(stream).await,
+    };
+    match handshake {
         Ok(stream) => Ok(Either::Right(Box::new(stream))),
         Err(source) => Err(TargetError::Tls { address: place, source }),
     }
@@ -113,7 +118,7 @@ pub async fn log_in(
     password: &str,
     params: &[(String, String)],
 ) -> Result<TargetSession, TargetError> {
-    let mut stream = open(address).await?;
+    let mut stream = open(address, Some(user)).await?;
     let mut out = BytesMut::new();
     let mut startup = vec![("user", user), ("database", address.database.as_str())];
     startup.extend(params.iter().map(|(name, value)| (name.as_str(), value.as_str())));
@@ -208,7 +213,7 @@ pub fn error_fields(body: &postgres_protocol::message::backend::ErrorResponseBod
 /// Asks the target to cancel the statement running on backend `process_id` (over TLS like the
 /// session's own connection: PostgreSQL takes a cancel request after an `SSLRequest` too).
 pub async fn cancel(address: &TargetAddress, process_id: i32, secret_key: i32) -> Result<(), TargetError> {
-    let mut stream = open(address).await?;
+    let mut stream = open(address, None).await?;
     let mut out = BytesMut::new();
     frontend::cancel_request(process_id, secret_key, &mut out);
     wire::send(&mut stream, &out).await.map_err(protocol)?;

@@ -1,12 +1,18 @@
 //! Attacks on the gateway's guard from inside a grant, against a real PostgreSQL through the
 //! shared harness: the server made to read statement text differently from the guard (a view
 //! over `pg_settings` changes `standard_conforming_strings`), in turn and pipelined, and the
-//! settings poolers send on every release, which must pass.
+//! settings poolers send on every release, which must pass; and the database layer alone, with
+//! the guard fooled on purpose: a grant role's own password gets its holder nothing.
 
+use airlock_core::catalog::TlsMode;
 use airlock_gateway::gateway::Settings;
+use airlock_postgres::roles::{RoleKey, role_name};
+use airlock_postgres::tls::TargetTls;
 use airlock_testkit::eventually;
-use airlock_testkit::gateway::GatewayHarness;
-use tokio_postgres::Client;
+use airlock_testkit::gateway::{DATABASE, GatewayHarness, Setup};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
 
 /// The red team's text: one harmless string to a reader whose backslashes do not escape, a
 /// statement (a role setting, visible afterwards) to one whose backslashes do.
@@ -16,7 +22,7 @@ const TURN_OFF: &str = "UPDATE s SET setting = 'off' WHERE name = 'standard_conf
 
 /// Whether any role got the hidden statement's setting.
 async fn hidden_statement_ran(h: &GatewayHarness) -> bool {
-    let superuser = h.cluster().connect(airlock_testkit::gateway::DATABASE).await.unwrap();
+    let superuser = h.cluster().connect(DATABASE).await.unwrap();
     let row = superuser
         .query_one("SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%77kB%'", &[])
         .await
@@ -76,4 +82,39 @@ async fn reset_all_and_discard_all_pass_and_keep_the_grant_role() {
     assert_eq!(before, after);
     let reading: String = client.query_one("SHOW standard_conforming_strings", &[]).await.unwrap().get(0);
     assert_eq!(reading, "on");
+}
+
+/// The database layer alone: fool the guard on purpose (the role's password is changed as if
+/// `ALTER ROLE CURRENT_USER PASSWORD` had got through), and the holder still cannot log in
+/// directly, in plaintext or over TLS, with that password or the derived one: `pg_hba.conf`
+/// admits grant roles only with a certificate from the grant CA, which only the gateway makes.
+#[tokio::test]
+async fn a_grant_roles_own_password_gets_it_nothing_at_the_database() {
+    let h = GatewayHarness::start_with(Setup { grant_logins: true, ..Setup::default() }).await;
+    let grant = h.read_grant("30m").await;
+    let token = h.token(&grant).await;
+    let (client, _) = h.connect("dana", &token).await.expect("the gateway logs in with a certificate");
+    let role: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(role, role_name(&grant.id));
+    let in_group: bool =
+        client.query_one("SELECT pg_has_role('airlock_gateway_login', 'MEMBER')", &[]).await.unwrap().get(0);
+    assert!(in_group);
+
+    let superuser = h.cluster().connect(DATABASE).await.unwrap();
+    superuser.batch_execute(&format!("ALTER ROLE {role} PASSWORD 'chosen-by-the-holder'")).await.unwrap();
+    let any_certificate = TargetTls::new(&TlsMode::Require, "127.0.0.1").unwrap().unwrap().postgres();
+    for (password, tls) in [
+        ("chosen-by-the-holder", false),
+        ("chosen-by-the-holder", true),
+        (&*RoleKey::new([42; 32]).password(&grant.id), true),
+    ] {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(h.cluster().port()).dbname(DATABASE).user(&role).password(password);
+        let refused = match tls {
+            false => config.connect(NoTls).await.map(drop).unwrap_err(),
+            true => config.ssl_mode(SslMode::Require).connect(any_certificate.clone()).await.map(drop).unwrap_err(),
+        };
+        assert_eq!(refused.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "tls {tls}: {refused}");
+    }
+    client.query_one("SELECT 1", &[]).await.expect("the gateway's own session goes on");
 }

@@ -84,17 +84,32 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Creates a cluster in `<dir>/data`, logging to `<dir>/server.log`, and starts it.
     pub async fn start(dir: &Path) -> Result<LocalCluster, ClusterError> {
-        Self::start_with(dir, None).await
+        Self::start_with(dir, None, None).await
     }
 
     /// Like [`LocalCluster::start`], with `ssl = on`: the server presents `certificate`, written
     /// into the data directory (`server.crt`, and `server.key` with mode 0600). Clients may still
     /// connect without TLS.
     pub async fn start_with_tls(dir: &Path, certificate: &ServerCertificate) -> Result<LocalCluster, ClusterError> {
-        Self::start_with(dir, Some(certificate)).await
+        Self::start_with(dir, Some(certificate), None).await
     }
 
-    async fn start_with(dir: &Path, certificate: Option<&ServerCertificate>) -> Result<LocalCluster, ClusterError> {
+    /// Like [`LocalCluster::start_with_tls`], and grant roles (members of
+    /// [`crate::grant_ca::GATEWAY_LOGIN_ROLE`]) log in only with a client certificate from the
+    /// grant CA whose certificate is `grant_ca_pem` ([`crate::grant_ca::HBA_LINES`]).
+    pub async fn start_with_grant_logins(
+        dir: &Path,
+        certificate: &ServerCertificate,
+        grant_ca_pem: &str,
+    ) -> Result<LocalCluster, ClusterError> {
+        Self::start_with(dir, Some(certificate), Some(grant_ca_pem)).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        certificate: Option<&ServerCertificate>,
+        grant_ca_pem: Option<&str>,
+    ) -> Result<LocalCluster, ClusterError> {
         let binaries = Binaries::find()?;
         let run_as = RunAs::detect().await?;
         fs::create_dir_all(dir).await.map_err(io_error(format!("create {}", dir.display())))?;
@@ -131,6 +146,9 @@ impl LocalCluster {
         append_setting(&cluster.data_dir, "fsync = off").await?;
         if let Some(certificate) = certificate {
             enable_tls(run_as, &cluster.data_dir, certificate).await?;
+        }
+        if let Some(pem) = grant_ca_pem {
+            admit_grant_roles_by_certificate(run_as, &cluster.data_dir, pem).await?;
         }
         cluster.port = cluster.start_server(&socket_dir).await?;
         cluster.running = true;
@@ -392,6 +410,19 @@ async fn enable_tls(run_as: RunAs, data_dir: &Path, certificate: &ServerCertific
     write_new(&key, &certificate.key_pem, 0o600).await?;
     run_as.hand_over(&[&cert, &key]).await?;
     append_setting(data_dir, "ssl = on").await
+}
+
+/// Trusts the grant CA for client certificates and puts [`crate::grant_ca::HBA_LINES`] before
+/// `initdb`'s own lines in `pg_hba.conf` (the first matching line decides).
+async fn admit_grant_roles_by_certificate(run_as: RunAs, data_dir: &Path, pem: &str) -> Result<(), ClusterError> {
+    let ca = data_dir.join("grant-ca.pem");
+    write_new(&ca, pem, 0o644).await?;
+    run_as.hand_over(&[&ca]).await?;
+    append_setting(data_dir, "ssl_ca_file = 'grant-ca.pem'").await?;
+    let hba = data_dir.join("pg_hba.conf");
+    let existing = fs::read_to_string(&hba).await.map_err(io_error(format!("read {}", hba.display())))?;
+    let rewritten = format!("{}\n{existing}", crate::grant_ca::HBA_LINES);
+    fs::write(&hba, rewritten).await.map_err(io_error(format!("write {}", hba.display())))
 }
 
 /// Appends `setting` to the cluster's `postgresql.conf`.

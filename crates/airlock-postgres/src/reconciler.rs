@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use airlock_broker::{Broker, BrokerError};
 use airlock_core::audit::EventKind;
-use airlock_core::catalog::{Catalog, PostgresTarget};
+use airlock_core::catalog::{Catalog, GrantLogin, PostgresTarget};
 use airlock_core::ids::{ResourceName, RoleName};
 use airlock_core::lifecycle::Grant;
 use serde_json::json;
@@ -27,8 +27,10 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Connection, NoTls, Socket};
 
+use crate::grant_ca::GATEWAY_LOGIN_ROLE;
 use crate::roles::{
-    RoleError, RoleKey, TargetRoles, database, describe, ensure_holding_role, grant_of_role, role_name,
+    RoleError, RoleKey, TargetRoles, database, describe, ensure_holding_role, ensure_login_group, grant_of_role,
+    role_name,
 };
 use crate::standing::{Finding, standing};
 use crate::tls::{TargetTls, TlsError};
@@ -67,6 +69,9 @@ pub struct Target {
     pub allow_superuser_connector: bool,
     /// Roles the standing report accepts with `SUPERUSER`, `CREATEROLE` or `BYPASSRLS`.
     pub privileged_roles: Vec<String>,
+    /// Grant roles log in with certificates only: each is made a member of
+    /// [`GATEWAY_LOGIN_ROLE`], which `pg_hba.conf` names ([`crate::grant_ca`]).
+    pub certificate_logins: bool,
 }
 
 impl Target {
@@ -97,9 +102,13 @@ impl Target {
     ) -> Self {
         let database_roles = resource.roles.values().map(|r| (r.name.clone(), r.database_roles.clone())).collect();
         let keep_tables = resource.roles.values().filter(|r| r.keep_tables).map(|r| r.name.clone()).collect();
-        let (allow_superuser_connector, privileged_roles) = match &resource.postgres {
-            Some(postgres) => (postgres.allow_superuser_connector, postgres.privileged_roles.clone()),
-            None => (false, Vec::new()),
+        let (allow_superuser_connector, privileged_roles, certificate_logins) = match &resource.postgres {
+            Some(postgres) => (
+                postgres.allow_superuser_connector,
+                postgres.privileged_roles.clone(),
+                postgres.grant_login == GrantLogin::Certificate,
+            ),
+            None => (false, Vec::new(), false),
         };
         Self {
             resource: resource.name.clone(),
@@ -109,6 +118,7 @@ impl Target {
             keep_tables,
             allow_superuser_connector,
             privileged_roles,
+            certificate_logins,
         }
     }
 
@@ -377,13 +387,19 @@ impl Reconciler {
         let roles = TargetRoles::new(&client);
         let role_error = |source| ReconcileError::Role { resource: resource.clone(), source };
         let existing = roles.existing().await.map_err(role_error)?;
+        if target.certificate_logins && wanted.iter().any(|grant| !existing.contains(&role_name(&grant.id))) {
+            ensure_login_group(&client).await.map_err(role_error)?;
+        }
         for grant in wanted {
             let name = role_name(&grant.id);
             if existing.contains(&name) {
                 continue;
             }
-            let mapped = target.database_roles.get(&grant.role).map(Vec::as_slice).unwrap_or_default();
-            if let Err(source) = roles.create(grant, mapped, &self.key.password(&grant.id)).await {
+            let mut mapped = target.database_roles.get(&grant.role).cloned().unwrap_or_default();
+            if target.certificate_logins {
+                mapped.push(GATEWAY_LOGIN_ROLE.to_owned());
+            }
+            if let Err(source) = roles.create(grant, &mapped, &self.key.password(&grant.id)).await {
                 pass.failed += 1;
                 self.record_failure(target, Some(&name), &role_error(source)).await;
                 continue;

@@ -15,6 +15,8 @@
 use std::time::Duration;
 
 use airlock_core::ids::GrantId;
+
+use crate::grant_ca::GATEWAY_LOGIN_ROLE;
 use airlock_core::lifecycle::Grant;
 use hmac::{Hmac, Mac};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
@@ -278,6 +280,19 @@ fn drop_code(role: &str) -> String {
         $drop$;",
         role = escape_literal(role)
     )
+}
+
+/// Makes the group that `pg_hba.conf` admits with grant CA certificates only, if it is missing.
+/// It holds no privilege; the connector (CREATEROLE) adds each grant role to it.
+pub async fn ensure_login_group(client: &Client) -> Result<(), RoleError> {
+    let statement = format!(
+        "DO $make$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{GATEWAY_LOGIN_ROLE}') THEN
+                 CREATE ROLE {GATEWAY_LOGIN_ROLE} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+             END IF;
+         END $make$;"
+    );
+    client.batch_execute(&statement).await.map_err(database("making the gateway login group"))
 }
 
 /// Makes the holding role if it is missing, and lets the connector act as it (to hand it tables).

@@ -25,6 +25,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::grant_ca::GrantCa;
+
 /// Why the TLS settings of a target cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -36,32 +38,47 @@ pub enum TlsError {
     ServerName(String),
 }
 
-/// TLS to one target: the client configuration, and the name the server's certificate must carry.
+/// TLS to one target: the client configuration, the name the server's certificate must carry,
+/// and, for a resource with `grant_login = "certificate"`, the grant CA that signs each login's
+/// client certificate ([`crate::grant_ca`]).
 #[derive(Debug, Clone)]
 pub struct TargetTls {
     config: Arc<ClientConfig>,
+    trust: Trust,
     server_name: ServerName<'static>,
+    grant_ca: Option<Arc<GrantCa>>,
+}
+
+/// How the server's certificate is checked, kept to build a configuration per login.
+#[derive(Debug, Clone)]
+enum Trust {
+    Any(Arc<unverified::AnyCertificate>),
+    Roots(Arc<RootCertStore>),
 }
 
 impl TargetTls {
     /// What `mode` asks for, to the server at `host`; `None` for [`TlsMode::Disable`].
     pub fn new(mode: &TlsMode, host: &str) -> Result<Option<Self>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions");
-        let config = match mode {
+        let trust = match mode {
             TlsMode::Disable => return Ok(None),
-            TlsMode::Require => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(unverified::AnyCertificate::new(provider)))
-                .with_no_client_auth(),
-            TlsMode::VerifyFull { ca_file } => {
-                builder.with_root_certificates(roots(ca_file.as_deref())?).with_no_client_auth()
-            }
+            TlsMode::Require => Trust::Any(Arc::new(unverified::AnyCertificate::new(provider))),
+            TlsMode::VerifyFull { ca_file } => Trust::Roots(Arc::new(roots(ca_file.as_deref())?)),
         };
         let server_name = ServerName::try_from(host.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))?;
-        Ok(Some(Self { config: Arc::new(config), server_name }))
+        let config = Arc::new(trust.builder().with_no_client_auth());
+        Ok(Some(Self { config, trust, server_name, grant_ca: None }))
+    }
+
+    /// The same, with logins as grant roles proved by a certificate from `grant_ca`.
+    pub fn with_grant_ca(mut self, grant_ca: Arc<GrantCa>) -> Self {
+        self.grant_ca = Some(grant_ca);
+        self
+    }
+
+    /// The grant CA that signs logins as grant roles, if the resource logs in that way.
+    pub fn grant_ca(&self) -> Option<&Arc<GrantCa>> {
+        self.grant_ca.as_ref()
     }
 
     /// The TLS handshake over `stream`, once the server has agreed to TLS.
@@ -69,10 +86,37 @@ impl TargetTls {
         TlsConnector::from(self.config.clone()).connect(self.server_name.clone(), stream).await
     }
 
+    /// The handshake of a login as the grant role `role`: with a client certificate naming it
+    /// when the resource logs in with certificates, else as [`TargetTls::handshake`].
+    pub async fn handshake_as<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        role: &str,
+    ) -> std::io::Result<TlsStream<S>> {
+        let Some(grant_ca) = &self.grant_ca else { return self.handshake(stream).await };
+        let login = grant_ca.login_certificate(role, time::OffsetDateTime::now_utc()).map_err(std::io::Error::other)?;
+        let config =
+            self.trust.builder().with_client_auth_cert(login.chain, login.key).map_err(std::io::Error::other)?;
+        TlsConnector::from(Arc::new(config)).connect(self.server_name.clone(), stream).await
+    }
+
     /// The same configuration for tokio-postgres; its `Config` must also say `sslmode=require`,
     /// or a server that refuses TLS would get the login in plaintext.
     pub fn postgres(&self) -> MakeRustlsConnect {
         MakeRustlsConnect::new(ClientConfig::clone(&self.config))
+    }
+}
+
+impl Trust {
+    fn builder(&self) -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions");
+        match self {
+            Trust::Any(verifier) => builder.dangerous().with_custom_certificate_verifier(verifier.clone()),
+            Trust::Roots(roots) => builder.with_root_certificates(roots.clone()),
+        }
     }
 }
 

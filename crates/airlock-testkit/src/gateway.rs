@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::{DatabaseTls, broker, caller, managed_database_with};
+use crate::{DatabaseTls, broker, caller, managed_database_with, managed_database_with_grant_logins};
 
 /// The database the gateway serves `demo-db` from.
 pub const DATABASE: &str = "postgres";
@@ -51,6 +51,9 @@ pub struct Setup {
     /// The catalog sets `bind_credentials_to_device = true` on `demo-db`: credentials are issued
     /// only to a trusted device and work only with a client certificate for its key.
     pub bind_credentials_to_device: bool,
+    /// Grant roles log in only with a certificate from the grant CA (`pg_hba.conf` and the
+    /// catalog's `grant_login = "certificate"`), over verified TLS; `tls` is then not used.
+    pub grant_logins: bool,
 }
 
 /// A cluster, a broker, a reconciler and a gateway; see the module documentation.
@@ -73,7 +76,16 @@ impl GatewayHarness {
 
     pub async fn start_with(setup: Setup) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (cluster, mut catalog) = managed_database_with(dir.path(), setup.tls).await;
+        let (cluster, mut catalog, grant_ca) = match setup.grant_logins {
+            true => {
+                let (cluster, catalog, grant_ca) = managed_database_with_grant_logins(dir.path()).await;
+                (cluster, catalog, Some(grant_ca))
+            }
+            false => {
+                let (cluster, catalog) = managed_database_with(dir.path(), setup.tls).await;
+                (cluster, catalog, None)
+            }
+        };
         if setup.bind_credentials_to_device {
             catalog =
                 catalog.replacen("[resource.postgres]", "bind_credentials_to_device = true\n[resource.postgres]", 1);
@@ -83,7 +95,10 @@ impl GatewayHarness {
         }
         let broker = broker(dir.path(), &catalog, Arc::new(SystemClock) as Arc<dyn Clock>).await;
         let role_key = RoleKey::new([42; 32]);
-        let targets = Target::from_catalog(&broker.policies().catalog).expect("the catalog's targets");
+        let mut targets = Target::from_catalog(&broker.policies().catalog).expect("the catalog's targets");
+        if let Some(grant_ca) = grant_ca {
+            targets[0].tls = targets[0].tls.take().map(|tls| tls.with_grant_ca(grant_ca));
+        }
         let target_tls = targets[0].tls.clone();
         let (stop, stopped) = watch::channel(false);
         let reconciler = Reconciler::new(broker.clone(), targets, role_key.clone(), Duration::from_secs(1));

@@ -22,6 +22,7 @@ use airlock_core::audit::{AuditEvent, ChainHead, chain};
 use airlock_core::policy::Principal;
 use airlock_core::values::GrantDuration;
 use airlock_postgres::cluster::{LocalCluster, ServerCertificate};
+use airlock_postgres::grant_ca::GrantCa;
 use airlock_store::Store;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
@@ -186,7 +187,12 @@ pub async fn managed_database_with(dir: &Path, tls: DatabaseTls) -> (LocalCluste
         true => LocalCluster::start_with_tls(&dir.join("pg"), &ca.server_certificate()).await,
         false => LocalCluster::start(&dir.join("pg")).await,
     };
-    let cluster = started.expect("a throwaway cluster");
+    prepare(dir, started.expect("a throwaway cluster"), tls.catalog).await
+}
+
+/// Gives `cluster` what docs/postgres.md says the connector needs, and returns the catalog naming
+/// it as `demo-db` with `tls_lines` in its `[resource.postgres]`.
+async fn prepare(dir: &Path, cluster: LocalCluster, tls_lines: &str) -> (LocalCluster, String) {
     let superuser = cluster.connect("postgres").await.expect("the superuser connects");
     superuser.batch_execute(PREPARE).await.expect("the target is prepared");
     std::fs::write(dir.join("connector.password"), format!("{CONNECTOR_PASSWORD}\n")).expect("a password file");
@@ -211,9 +217,24 @@ pub async fn managed_database_with(dir: &Path, tls: DatabaseTls) -> (LocalCluste
         database_roles = ["app_writer"]
         "#,
         port = cluster.port(),
-        tls = tls.catalog,
+        tls = tls_lines,
     );
     (cluster, catalog)
+}
+
+/// A [`managed_database`] whose grant roles log in only with a certificate from the grant CA in
+/// `dir` (`pg_hba.conf` as docs/postgres.md says, `grant_login = "certificate"`), over TLS
+/// verified against the test CA; also returns the grant CA, which the gateway signs logins with.
+pub async fn managed_database_with_grant_logins(dir: &Path) -> (LocalCluster, String, Arc<GrantCa>) {
+    let grant_ca = GrantCa::load_or_create(dir).expect("a grant CA");
+    let ca = TestCa::new("airlock test CA");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("the CA's certificate is written");
+    let (pg, server) = (dir.join("pg"), ca.server_certificate());
+    let started = LocalCluster::start_with_grant_logins(&pg, &server, grant_ca.cert_pem()).await;
+    let cluster = started.expect("a throwaway cluster");
+    let (cluster, catalog) =
+        prepare(dir, cluster, "tls = \"verify-full\"\nca_file = \"ca.pem\"\ngrant_login = \"certificate\"").await;
+    (cluster, catalog, grant_ca)
 }
 
 /// Polls `check` until it holds, for at most 10 seconds.
