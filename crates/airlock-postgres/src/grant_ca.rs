@@ -100,6 +100,22 @@ impl GrantCa {
         Ok(Arc::new(Self { issuer: Issuer::new(params, key), cert_pem }))
     }
 
+    /// The CA whose key is in `dir`, which must be there (a gateway running apart uses a copy of
+    /// the broker's).
+    pub fn load(dir: &Path) -> Result<Arc<Self>, GrantCaError> {
+        let path = dir.join(KEY_FILE);
+        if !path.exists() {
+            let source = io::Error::new(io::ErrorKind::NotFound, "copy the broker's grant-ca.key here");
+            return Err(GrantCaError::File { what: "cannot read", path, source });
+        }
+        Self::load_or_create(dir)
+    }
+
+    /// Where the CA's certificate is kept in `dir`.
+    pub fn cert_path(dir: &Path) -> PathBuf {
+        dir.join(CERT_FILE)
+    }
+
     /// The CA's certificate, in PEM: what the database's `ssl_ca_file` must trust.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_broker::{Broker, BrokerError};
@@ -27,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Connection, NoTls, Socket};
 
-use crate::grant_ca::GATEWAY_LOGIN_ROLE;
+use crate::grant_ca::{GATEWAY_LOGIN_ROLE, GrantCa};
 use crate::roles::{
     RoleError, RoleKey, TargetRoles, database, describe, ensure_holding_role, ensure_login_group, grant_of_role,
     role_name,
@@ -119,6 +120,14 @@ impl Target {
             allow_superuser_connector,
             privileged_roles,
             certificate_logins,
+        }
+    }
+
+    /// Makes the gateway's logins as this target's grant roles present certificates from
+    /// `grant_ca`, when the catalog says they log in that way (and the target uses TLS).
+    pub fn sign_logins_with(&mut self, grant_ca: &Arc<GrantCa>) {
+        if self.certificate_logins {
+            self.tls = self.tls.take().map(|tls| tls.with_grant_ca(grant_ca.clone()));
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::config::{Config, GatewaySection};
 use airlock_broker::secrets::read_secret;
-use airlock_core::catalog::Catalog;
+use airlock_core::catalog::{Catalog, GrantLogin};
 use airlock_core::ids::ResourceName;
 use airlock_gateway::authority::Authority;
 use airlock_gateway::gateway::{Parts, ResourceTarget, Settings, Verifier};
@@ -17,6 +17,7 @@ use airlock_gateway::guard::Allowed;
 use airlock_gateway::target::TargetAddress;
 use airlock_gateway::tls::{self, Identity};
 use airlock_http::api::KeyView;
+use airlock_postgres::grant_ca::GrantCa;
 use airlock_postgres::roles::RoleKey;
 use airlock_postgres::tls::TargetTls;
 use anyhow::{Context, anyhow};
@@ -66,12 +67,19 @@ pub fn parts<A: Authority>(
 
 /// The catalog's databases that have an address (throwaway ones live inside `serve`), with the
 /// TLS each asks for.
-fn catalog_addresses(catalog: &Catalog) -> anyhow::Result<Vec<(ResourceName, TargetAddress)>> {
+fn catalog_addresses(catalog: &Catalog, data_dir: &Path) -> anyhow::Result<Vec<(ResourceName, TargetAddress)>> {
     let mut addresses = Vec::new();
     for resource in catalog.resources() {
         let Some(postgres) = &resource.postgres else { continue };
         let Some((host, port)) = postgres.host_and_port() else { continue };
-        let tls = TargetTls::new(&postgres.tls, host).with_context(|| format!("resource `{}`: tls", resource.name))?;
+        let mut tls =
+            TargetTls::new(&postgres.tls, host).with_context(|| format!("resource `{}`: tls", resource.name))?;
+        if postgres.grant_login == GrantLogin::Certificate {
+            let grant_ca = GrantCa::load(data_dir).with_context(|| {
+                format!("resource `{}` logs in with grant certificates: the gateway needs the grant CA", resource.name)
+            })?;
+            tls = tls.map(|tls| tls.with_grant_ca(grant_ca));
+        }
         let address = TargetAddress { host: host.to_owned(), port, database: postgres.database.clone(), tls };
         addresses.push((resource.name.clone(), address));
     }
@@ -97,7 +105,7 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, remote: &Remote) -> 
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .ok_or_else(|| anyhow!("the broker's public key is not 32 bytes of hex"))?;
-    let addresses = catalog_addresses(&bundle.catalog)?;
+    let addresses = catalog_addresses(&bundle.catalog, &files.data_dir)?;
     if addresses.is_empty() {
         return Err(anyhow!("the catalog names no PostgreSQL database with an address to serve").into());
     }

@@ -10,6 +10,7 @@ use airlock_broker::checkpoints::{self, CheckpointSettings};
 use airlock_broker::scheduler;
 use airlock_broker::secrets::load_or_create_secret;
 use airlock_http::AppState;
+use airlock_postgres::grant_ca::GrantCa;
 use airlock_postgres::reconciler::{Reconciler, Target};
 use airlock_postgres::roles::RoleKey;
 use anyhow::Context;
@@ -56,8 +57,12 @@ pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Opti
     let (stop_checkpoints, checkpoints_stopped) = watch::channel(false);
     let checkpointer =
         tokio::spawn(checkpoints::run(broker.clone(), CheckpointSettings::from(&config.audit), checkpoints_stopped));
+    let grant_ca = GrantCa::load_or_create(&files.data_dir).context("cannot load the grant CA")?;
     let mut targets = Target::from_catalog(&policies.catalog).context("cannot set up the PostgreSQL connector")?;
-    let throwaway = throwaway::start(&policies.catalog, &files.data_dir).await;
+    for target in &mut targets {
+        target.sign_logins_with(&grant_ca);
+    }
+    let throwaway = throwaway::start(&policies.catalog, &files.data_dir, &grant_ca).await;
     targets.extend(throwaway.targets.iter().cloned());
     let role_key = RoleKey::new(
         load_or_create_secret(&files.data_dir.join("connector.key")).context("cannot load the connector's key")?,

@@ -3,7 +3,12 @@
 //!
 //! Each cluster lives in `<data dir>/postgres/<resource>`, starts empty at every `serve` (a server
 //! left running by a killed `serve` is stopped, and the old contents deleted), gets the catalog's database with a small `orders` table to
-//! read, and is stopped when `serve` ends. It is reached in plaintext: it listens on loopback only.
+//! read, and is stopped when `serve` ends. It listens on loopback only.
+//!
+//! Its grant roles log in only through the gateway: the cluster trusts Airlock's grant CA for
+//! client certificates and `pg_hba.conf` admits grant roles with one only
+//! ([`airlock_postgres::grant_ca`]); the connector and the gateway reach it over TLS, verified
+//! against the same CA.
 //!
 //! The connector never manages it as the superuser: each cluster gets an `airlock_connector`
 //! login with only what docs/postgres.md asks of a real database's connector (`CREATEROLE`, and
@@ -14,11 +19,14 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
-use airlock_core::catalog::{Catalog, PostgresTarget, Resource};
-use airlock_postgres::cluster::{ClusterError, LocalCluster};
+use airlock_core::catalog::{Catalog, PostgresTarget, Resource, TlsMode};
+use airlock_postgres::cluster::{ClusterError, LocalCluster, ServerCertificate};
+use airlock_postgres::grant_ca::GrantCa;
 use airlock_postgres::reconciler::{Target, connection};
 use airlock_postgres::roles::describe;
+use airlock_postgres::tls::TargetTls;
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use uuid::Uuid;
 
@@ -39,13 +47,13 @@ pub struct Throwaway {
 /// Starts a cluster for every `postgres` resource without an address. A resource whose cluster
 /// cannot start is reported and left without one: requests for it still work, and no database
 /// role is made for its grants.
-pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
+pub async fn start(catalog: &Catalog, data_dir: &Path, grant_ca: &Arc<GrantCa>) -> Throwaway {
     let mut started = Throwaway { clusters: Vec::new(), targets: Vec::new() };
     for resource in catalog.resources() {
         let Some(PostgresTarget { address: None, database, .. }) = &resource.postgres else { continue };
         let dir = data_dir.join("postgres").join(resource.name.as_str());
-        match start_one(&dir, resource, database).await {
-            Ok((cluster, login)) => {
+        match start_one(&dir, resource, database, grant_ca, data_dir).await {
+            Ok((cluster, login, tls)) => {
                 println!(
                     "started a throwaway PostgreSQL for `{}` on {}:{} (database `{database}`, data in {}, discarded at exit)",
                     resource.name,
@@ -53,7 +61,7 @@ pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
                     cluster.port(),
                     dir.display()
                 );
-                started.targets.push(Target::new(resource, login.config(), None));
+                started.targets.push(Target::new(resource, login.config(), Some(tls)));
                 started.clusters.push(cluster);
             }
             Err(error) => eprintln!(
@@ -65,13 +73,30 @@ pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
     started
 }
 
-async fn start_one(dir: &Path, resource: &Resource, database: &str) -> Result<(LocalCluster, Login), ClusterError> {
+async fn start_one(
+    dir: &Path,
+    resource: &Resource,
+    database: &str,
+    grant_ca: &Arc<GrantCa>,
+    data_dir: &Path,
+) -> Result<(LocalCluster, Login, TargetTls), ClusterError> {
     if dir.exists() {
         LocalCluster::stop_leftover(dir).await?;
         std::fs::remove_dir_all(dir)
             .map_err(|source| ClusterError::Io { what: format!("removing {}", dir.display()), source })?;
     }
-    let cluster = LocalCluster::start(dir).await?;
+    let unusable = |message: String| ClusterError::Io {
+        what: "set up TLS with the grant CA".to_owned(),
+        source: std::io::Error::other(message),
+    };
+    let (cert_pem, key_pem) = grant_ca.server_certificate(&[HOST, "localhost"]).map_err(|e| unusable(e.to_string()))?;
+    let server = ServerCertificate { cert_pem, key_pem };
+    let cluster = LocalCluster::start_with_grant_logins(dir, &server, grant_ca.cert_pem()).await?;
+    let verify = TlsMode::VerifyFull { ca_file: Some(GrantCa::cert_path(data_dir)) };
+    let tls = TargetTls::new(&verify, HOST)
+        .map_err(|e| unusable(e.to_string()))?
+        .ok_or_else(|| unusable("no TLS".to_owned()))?
+        .with_grant_ca(grant_ca.clone());
     let sql = |what: &str| {
         let what = what.to_owned();
         move |e: tokio_postgres::Error| ClusterError::Sql { what, message: describe(&e) }
@@ -93,7 +118,7 @@ async fn start_one(dir: &Path, resource: &Resource, database: &str) -> Result<(L
         .await
         .map_err(sql("making the connector's login"))?;
     login.write(dir)?;
-    Ok((cluster, login))
+    Ok((cluster, login, tls))
 }
 
 /// The superuser's statements that make the connector's own login: what docs/postgres.md asks
@@ -112,6 +137,8 @@ fn connector_setup(resource: &Resource, password: &str) -> String {
     setup
 }
 
+/// Where a throwaway cluster listens.
+const HOST: &str = "127.0.0.1";
 /// The throwaway connector's login name.
 const CONNECTOR: &str = "airlock_connector";
 /// The file in a cluster's directory that says how to reach it as the connector, while it runs.
