@@ -2,8 +2,7 @@
 //! (`ended_grant_role`), and what they own (`owned_by_grant_role`), as well as whatever the
 //! holding role owns beyond kept tables and their sequences. Ownership is read from
 //! `pg_shdepend`, as `REASSIGN OWNED` and `DROP OWNED` read it, so every kind of object counts:
-//! relations, functions, types, schemas, large objects, default privileges, event triggers and
-//! the rest.
+//! relations, functions, types, schemas, large objects, default privileges and the rest.
 
 use super::{Finding, Scan};
 use crate::reconciler::ReconcileError;
