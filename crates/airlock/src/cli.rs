@@ -524,8 +524,10 @@ pub enum ReportCommand {
     /// An incident's post-mortem (auditors and incident managers): who got what for it, when,
     /// why, approved how, and what they did; refusals; break-glass reviews.
     Incident(IncidentReportArgs),
-    /// Database privileges no live grant explains: superusers, permanent members of the mapped
-    /// roles, per-grant roles whose grant ended (exit 1 when there are any).
+    /// Database privileges no live grant explains: privileged roles, permanent members of the
+    /// mapped roles and of the server access roles, what ended grants left, SECURITY DEFINER
+    /// functions that lend a privileged owner's power, PUBLIC privileges, large objects (exit 1
+    /// when there are any).
     Standing {
         #[command(flatten)]
         files: Files,
