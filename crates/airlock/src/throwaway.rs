@@ -14,7 +14,8 @@
 //! login with only what docs/postgres.md asks of a real database's connector (`CREATEROLE`, and
 //! the catalog's mapped roles `WITH ADMIN OPTION`), with a fresh random password. Where to reach
 //! it and that password are left in the cluster's directory (`connector.json`, 0600) while it
-//! runs, so `airlock report standing` can check the quickstart's own database too.
+//! runs, so `airlock report standing` can check the quickstart's own database too. The cluster's
+//! superuser cannot log in once the database is set up.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
