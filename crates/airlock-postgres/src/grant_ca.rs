@@ -190,7 +190,7 @@ mod tests {
         assert!(dir.path().join(CERT_FILE).exists(), "the certificate is written again");
         // Same subject and key: a leaf of one verifies against the other (checked end to end
         // against PostgreSQL in the connector's tests).
-        assert_eq!(first.issuer.key().public_key_der(), second.issuer.key().public_key_der());
+        assert_eq!(first.issuer.key().public_key_pem(), second.issuer.key().public_key_pem());
         let login = second.login_certificate("airlock_0123", OffsetDateTime::now_utc()).unwrap();
         assert_eq!(login.chain.len(), 1);
     }

@@ -900,17 +900,20 @@ fn policy_check_and_policy_tests() {
     assert_exit(&missing, 2);
 }
 
-/// A throwaway cluster that the quickstart's demo-db points at (with its superuser as the
-/// connector), and a broker on that quickstart.
+/// A throwaway cluster that the quickstart's demo-db points at (with a connector login that has
+/// only CREATEROLE and the mapped roles, as docs/postgres.md asks), and a broker on that quickstart.
 async fn app_on_a_cluster(root: &Path) -> (airlock_postgres::cluster::LocalCluster, TestApp) {
     let cluster = airlock_postgres::cluster::LocalCluster::start(&root.join("pg")).await.expect("a cluster");
+    let connector = "CREATE ROLE airlock_connector LOGIN CREATEROLE PASSWORD 'connector-3d1c';
+        GRANT pg_read_all_data, pg_write_all_data TO airlock_connector WITH ADMIN OPTION;";
+    cluster.connect("postgres").await.unwrap().batch_execute(connector).await.unwrap();
     let config = copy_quickstart(&root.join("quickstart"));
-    fs::write(root.join("quickstart/connector.password"), cluster.superuser_password()).unwrap();
+    fs::write(root.join("quickstart/connector.password"), "connector-3d1c").unwrap();
     let catalog = fs::read_to_string(root.join("quickstart/catalog.toml")).unwrap().replace(
         "[resource.postgres]\ndatabase = \"demo\"\n",
         &format!(
             "[resource.postgres]\naddress = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\n\
-             admin_user = \"postgres\"\nadmin_password_file = \"connector.password\"\ntls = \"disable\"\n",
+             admin_user = \"airlock_connector\"\nadmin_password_file = \"connector.password\"\ntls = \"disable\"\n",
             cluster.port()
         ),
     );
