@@ -652,25 +652,38 @@ impl Walk {
         for arm in [&select.larg, &select.rarg].into_iter().flatten() {
             self.select(arm);
         }
+        let rows = settings_selected(select);
         for target in &select.target_list {
             if let Some(NodeEnum::ResTarget(target)) = &target.node
                 && let Some(NodeEnum::FuncCall(call)) = target.val.as_deref().and_then(|value| value.node.as_ref())
             {
-                self.set_config(call);
+                self.set_config(call, rows.as_deref());
             }
         }
     }
 
-    /// Judges `set_config(setting, value, is_local)` when its setting is a constant. Calls left
+    /// Judges `set_config(setting, value, is_local)` when its setting is a constant, or the
+    /// `name` column of a select from `pg_settings` whose rows are `rows` (named by constants, as
+    /// pg_dump does: `SELECT set_config(name, …) FROM pg_settings WHERE name = '…'`). Calls left
     /// unjudged (elsewhere than a `SELECT` list, or with a computed setting) are counted by the
     /// census and refused as `role_change`.
-    fn set_config(&mut self, call: &FuncCall) {
+    fn set_config(&mut self, call: &FuncCall, rows: Option<&[&str]>) {
         let names: Vec<&str> = call.funcname.iter().filter_map(string).collect();
         if !matches!(names.as_slice(), ["set_config"] | ["pg_catalog", "set_config"]) {
             return;
         }
-        let Some(Constant::Text(name)) = call.args.first().and_then(constant) else { return };
+        let settings: Vec<&str> = match (call.args.first().and_then(constant), call.args.first(), rows) {
+            (Some(Constant::Text(name)), _, _) => vec![name],
+            (None, Some(argument), Some(rows)) if column(argument) == Some("name") => rows.to_vec(),
+            _ => return,
+        };
         self.set_config += 1;
+        for name in settings {
+            self.judge_set_config(name, call);
+        }
+    }
+
+    fn judge_set_config(&mut self, name: &str, call: &FuncCall) {
         match setting(name) {
             Setting::Role => self.need(StatementClass::RoleChange, "set_config('role', …)"),
             Setting::SessionAuthorization => {
@@ -728,6 +741,48 @@ impl Walk {
         if !lexing.keeps_reading(value) && self.never.is_none() {
             self.never = Some(Refusal::ChangesParsing { setting: lexing.name(), accepted: lexing.accepted() });
         }
+    }
+}
+
+/// The settings a `SELECT … FROM pg_settings WHERE name = '…'` (or `name IN ('…', …)`) is
+/// confined to, when it is exactly that: one source, `pg_settings`, and that condition alone.
+fn settings_selected(select: &SelectStmt) -> Option<Vec<&str>> {
+    let [source] = select.from_clause.as_slice() else { return None };
+    let Some(NodeEnum::RangeVar(relation)) = &source.node else { return None };
+    let catalog = relation.schemaname.is_empty() || relation.schemaname == "pg_catalog";
+    if !(catalog && relation.catalogname.is_empty() && relation.relname == "pg_settings") {
+        return None;
+    }
+    let Some(NodeEnum::AExpr(condition)) = select.where_clause.as_deref().and_then(|w| w.node.as_ref()) else {
+        return None;
+    };
+    let operator: Vec<&str> = condition.name.iter().filter_map(string).collect();
+    if operator != ["="] || condition.lexpr.as_deref().and_then(column) != Some("name") {
+        return None;
+    }
+    let right = condition.rexpr.as_deref()?;
+    let values: Vec<&protobuf::Node> = match (condition.kind(), &right.node) {
+        (protobuf::AExprKind::AexprOp, _) => vec![right],
+        (protobuf::AExprKind::AexprIn, Some(NodeEnum::List(list))) => list.items.iter().collect(),
+        _ => return None,
+    };
+    values
+        .into_iter()
+        .map(|value| match constant(value) {
+            Some(Constant::Text(name)) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The column a plain one-part column reference names.
+fn column(node: &protobuf::Node) -> Option<&str> {
+    match &node.node {
+        Some(NodeEnum::ColumnRef(reference)) => match reference.fields.as_slice() {
+            [field] => string(field),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -1199,6 +1254,12 @@ mod tests {
 
     const PLAIN: &[(&str, &str)] = &[
         ("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;", "ok 1"),
+        // pg_dump's own (since 15.8), confined to settings named by constants.
+        (
+            "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name IN ('restrict_nonsystem_relation_kind')",
+            "ok 1",
+        ),
+        ("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'work_mem'", "ok 1"),
         // Poolers and drivers (asyncpg, PgBouncer) send these on every release: back to the
         // session's start, the grant's own role.
         ("RESET ALL", "ok 1"),
@@ -1272,6 +1333,27 @@ mod tests {
         ("SELECT length(set_config('role', 'admin', false))", "role_change: set_config(…)"),
         ("SELECT set_config(chr(114) || 'ole', 'admin', false)", "role_change: set_config(…)"),
         ("SELECT set_config($1, $2, false)", "role_change: set_config(…)"),
+        (
+            "SELECT set_config(name, 'admin', false) FROM pg_settings WHERE name = 'role'",
+            "role_change: set_config('role', …)",
+        ),
+        (
+            "SELECT set_config(name, 'admin', false) FROM pg_settings WHERE name IN ('work_mem', 'role')",
+            "role_change: set_config('role', …)",
+        ),
+        (
+            "SELECT set_config(name, 'admin', false) FROM pg_settings WHERE name LIKE 'rol%'",
+            "role_change: set_config(…)",
+        ),
+        ("SELECT set_config(name, 'admin', false) FROM pg_settings", "role_change: set_config(…)"),
+        (
+            "SELECT set_config(name, 'x', false) FROM pg_settings, t WHERE name = 'work_mem'",
+            "role_change: set_config(…)",
+        ),
+        (
+            "SELECT set_config(name, 'x', false) FROM my.pg_settings WHERE name = 'work_mem'",
+            "role_change: set_config(…)",
+        ),
         ("SELECT set_config('work_mem', set_config('role', 'admin', false), false)", "role_change: set_config(…)"),
         ("SELECT set_config FROM t", "role_change: set_config(…)"),
         ("WITH s AS (SELECT set_config('role', 'x', false)) SELECT * FROM s", "role_change: set_config('role', …)"),

@@ -118,3 +118,24 @@ async fn a_grant_roles_own_password_gets_it_nothing_at_the_database() {
     }
     client.query_one("SELECT 1", &[]).await.expect("the gateway's own session goes on");
 }
+
+/// `pg_dump` under a read grant: its `set_config(name, …) FROM pg_settings WHERE name = …` and
+/// everything else it asks pass the guard, and the dump holds the table.
+#[tokio::test]
+async fn pg_dump_works_under_a_read_grant() {
+    let h = GatewayHarness::start(Settings::default()).await;
+    let grant = h.read_grant("30m").await;
+    let token = h.token(&grant).await;
+    let pg_dump = airlock_postgres::cluster::program("pg_dump").expect("pg_dump is installed");
+    let conninfo = format!("host=127.0.0.1 port={} dbname={DATABASE} user=dana sslmode=require", h.port);
+    // Not std's Command: waiting on it would hold the runtime the gateway runs on.
+    let dump = tokio::process::Command::new(pg_dump)
+        .args(["--schema-only", "--table=orders", &conninfo])
+        .env("PGPASSWORD", &token)
+        .output()
+        .await
+        .expect("pg_dump runs");
+    let (out, err) = (String::from_utf8_lossy(&dump.stdout), String::from_utf8_lossy(&dump.stderr));
+    assert!(dump.status.success(), "{err}");
+    assert!(out.contains("CREATE TABLE public.orders"), "{out}");
+}
