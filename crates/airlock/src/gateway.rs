@@ -91,6 +91,8 @@ fn catalog_addresses(catalog: &Catalog) -> anyhow::Result<Vec<(ResourceName, Tar
 /// `airlock gateway`: serves the catalog's databases, asking the broker at `remote.url` (as the
 /// service account whose token is in `AIRLOCK_TOKEN`, in the `gateways` group).
 pub async fn run(files: &Files, listen: Option<SocketAddr>, remote: &Remote) -> Outcome {
+    // The generated TLS key and certificate go into the data directory: private.
+    crate::data_dir::private_umask();
     let config = Config::load(&files.config)?;
     let section = config.gateway.clone().unwrap_or_default();
     let bundle = PolicyBundle::load(&config.policy)?;

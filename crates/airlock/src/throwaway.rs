@@ -5,6 +5,9 @@
 //! left running by a killed `serve` is stopped, and the old contents deleted), gets the catalog's database with a small `orders` table to
 //! read, and is stopped when `serve` ends. The connector manages it through its superuser, and
 //! it is reached in plaintext: it listens on loopback only.
+//!
+//! When we are root, PostgreSQL runs as the `postgres` user, which must pass through the data
+//! directory and `<data dir>/postgres`: both are 0711 then ([`crate::data_dir`]).
 
 use std::path::Path;
 
@@ -33,9 +36,26 @@ pub struct Throwaway {
 /// role is made for its grants.
 pub async fn start(catalog: &Catalog, data_dir: &Path) -> Throwaway {
     let mut started = Throwaway { clusters: Vec::new(), targets: Vec::new() };
-    for resource in catalog.resources() {
-        let Some(PostgresTarget { address: None, database, .. }) = &resource.postgres else { continue };
-        let dir = data_dir.join("postgres").join(resource.name.as_str());
+    let wanted: Vec<_> = catalog
+        .resources()
+        .filter_map(|resource| match &resource.postgres {
+            Some(PostgresTarget { address: None, database, .. }) => Some((resource, database)),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return started;
+    }
+    let passes_through = crate::data_dir::postgres_passes_through(catalog);
+    let clusters = match crate::data_dir::throwaway_dir(data_dir, passes_through) {
+        Ok(clusters) => clusters,
+        Err(error) => {
+            eprintln!("warning: no throwaway PostgreSQL ({error}); grants on its resources get no database role");
+            return started;
+        }
+    };
+    for (resource, database) in wanted {
+        let dir = clusters.join(resource.name.as_str());
         match start_one(&dir, database).await {
             Ok(cluster) => {
                 println!(
