@@ -18,6 +18,10 @@
 //! require_tls = true          # refuse clients without TLS
 //! idle_timeout = "15m"        # close sessions idle this long
 //! redact_literals = false     # record statements with literals replaced by $n
+//! startup_timeout = "10s"     # close a connection that has not logged in this long after connecting
+//! max_pending_logins = 256    # connections logging in at once; more are refused at once
+//! max_failed_logins = 10      # failed logins from one address (IPv6: /64) within the window
+//! failed_logins_window = "1m" #   after which its logins are refused for a window (0: no limit)
 //!
 //! [breakglass]
 //! review_within = "24h"       # a break-glass review still open this long is escalated
@@ -552,6 +556,18 @@ pub struct GatewaySection {
     pub idle_timeout: GrantDuration,
     #[serde(default)]
     pub redact_literals: bool,
+    /// A connection whose credential has not verified this long after it was accepted is closed.
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout: GrantDuration,
+    /// Connections logging in at once, at most (at least 1).
+    #[serde(default = "default_max_pending_logins")]
+    pub max_pending_logins: usize,
+    /// Failed logins from one source within `failed_logins_window` after which the source is
+    /// refused for a window; 0: no limit.
+    #[serde(default = "default_max_failed_logins")]
+    pub max_failed_logins: u32,
+    #[serde(default = "default_failed_logins_window")]
+    pub failed_logins_window: GrantDuration,
 }
 
 impl Default for GatewaySection {
@@ -563,6 +579,10 @@ impl Default for GatewaySection {
             require_tls: true,
             idle_timeout: default_idle_timeout(),
             redact_literals: false,
+            startup_timeout: default_startup_timeout(),
+            max_pending_logins: default_max_pending_logins(),
+            max_failed_logins: default_max_failed_logins(),
+            failed_logins_window: default_failed_logins_window(),
         }
     }
 }
@@ -573,6 +593,22 @@ fn default_gateway_listen() -> SocketAddr {
 
 fn default_idle_timeout() -> GrantDuration {
     GrantDuration::from_secs(15 * 60).expect("15 minutes is a valid duration")
+}
+
+fn default_startup_timeout() -> GrantDuration {
+    GrantDuration::from_secs(10).expect("10 seconds is a valid duration")
+}
+
+fn default_max_pending_logins() -> usize {
+    256
+}
+
+fn default_max_failed_logins() -> u32 {
+    10
+}
+
+fn default_failed_logins_window() -> GrantDuration {
+    GrantDuration::from_secs(60).expect("one minute is a valid duration")
 }
 
 fn yes() -> bool {
@@ -648,6 +684,10 @@ impl Config {
                 let message = "[gateway] needs both tls_cert and tls_key, or neither";
                 return Err(ConfigError::Invalid { path: path.display().to_string(), message });
             }
+            if gateway.max_pending_logins == 0 {
+                let message = "[gateway] max_pending_logins must be at least 1";
+                return Err(ConfigError::Invalid { path: path.display().to_string(), message });
+            }
         }
         if let Some(file) = &mut config.audit.checkpoint_file {
             *file = base.join(&*file);
@@ -695,6 +735,17 @@ mod tests {
         let gateway = Config::load(&path).unwrap().gateway.unwrap();
         assert_eq!((gateway.listen.port(), gateway.idle_timeout.as_secs()), (6470, 300));
         assert_eq!(gateway.tls_cert, Some(dir.path().join("c.pem")));
+        let door = (gateway.startup_timeout.as_secs(), gateway.max_pending_logins, gateway.max_failed_logins);
+        assert_eq!((door, gateway.failed_logins_window.as_secs()), ((10, 256, 10), 60), "the front door's defaults");
+        std::fs::write(&path, "[gateway]\nstartup_timeout = \"3s\"\nmax_pending_logins = 8\nmax_failed_logins = 0\n")
+            .unwrap();
+        let gateway = Config::load(&path).unwrap().gateway.unwrap();
+        assert_eq!(
+            (gateway.startup_timeout.as_secs(), gateway.max_pending_logins, gateway.max_failed_logins),
+            (3, 8, 0)
+        );
+        std::fs::write(&path, "[gateway]\nmax_pending_logins = 0\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().to_string().contains("max_pending_logins must be at least 1"));
         std::fs::write(&path, "[gateway]\ntls_cert = \"c.pem\"\n").unwrap();
         assert!(Config::load(&path).unwrap_err().to_string().contains("both tls_cert and tls_key"));
         std::fs::write(&path, "[audit]\ncheckpoint_file = \"sink.jsonl\"\ncheckpoint_every_records = 5\n").unwrap();

@@ -40,6 +40,10 @@ pub const AUDIT_RECORDS: &str = "airlock_audit_records_total";
 pub const ACTIVE_GRANTS: &str = "airlock_active_grants";
 /// Sessions open through this process's gateway now.
 pub const GATEWAY_SESSIONS: &str = "airlock_gateway_sessions";
+/// Connections the gateway turned away before their credential was read, by reason:
+/// `pending_limit` (too many logging in at once), `startup_timeout` (no login in time),
+/// `rate_limited` (a source with too many failed logins).
+pub const GATEWAY_LOGINS_REFUSED: &str = "airlock_gateway_logins_refused_total";
 /// The audit chain's last sequence number.
 pub const AUDIT_HEAD: &str = "airlock_audit_head_seq";
 /// Seconds since the newest signed checkpoint was made.
@@ -89,6 +93,10 @@ pub fn describe() {
     describe_counter!(AUDIT_RECORDS, "Audit records appended, by kind.");
     describe_gauge!(ACTIVE_GRANTS, "Grants active now.");
     describe_gauge!(GATEWAY_SESSIONS, "Sessions open through this process's gateway now.");
+    describe_counter!(
+        GATEWAY_LOGINS_REFUSED,
+        "Connections the gateway turned away before reading a credential, by reason (pending_limit, startup_timeout, rate_limited)."
+    );
     describe_gauge!(AUDIT_HEAD, "The audit chain's last sequence number.");
     describe_gauge!(CHECKPOINT_AGE, metrics::Unit::Seconds, "Time since the newest signed checkpoint was made.");
     describe_gauge!(UNSIGNED_RECORDS, "Audit records appended after the newest signed checkpoint.");
@@ -167,6 +175,12 @@ pub fn revoked_after(seconds: f64) {
 pub fn session_opened() -> SessionGauge {
     metrics::gauge!(GATEWAY_SESSIONS).increment(1.0);
     SessionGauge
+}
+
+/// Counts a connection the gateway turned away before reading its credential; `reason` is one
+/// of those [`GATEWAY_LOGINS_REFUSED`] names.
+pub fn gateway_login_refused(reason: &'static str) {
+    metrics::counter!(GATEWAY_LOGINS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Held while a gateway session is open.

@@ -2,6 +2,10 @@
 //! packet, the credential as password, the grant's live state, the login to the target as the
 //! grant's role, and then the relay. Anything that cannot be confirmed refuses the connection with
 //! a PostgreSQL error (fail closed).
+//!
+//! Until its credential verifies, a connection is at the door ([`crate::limits`]): it holds one of
+//! the gateway's places for connections logging in, it must get there before the startup
+//! deadline, and a source with too many failed logins is refused before its credential is read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,11 +21,13 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, timeout_at};
 use uuid::Uuid;
 
 use crate::authority::Authority;
 use crate::gateway::Shared;
+use crate::limits::{Limited, Source, spoken};
 use crate::registry::{Backend, CancelKey};
 use crate::relay::{self, Ends, Session};
 use crate::target::{self, TargetError, TargetSession};
@@ -45,6 +51,11 @@ const PASSED_PARAMETERS: &[&str] = &[
 /// How long a new grant's login role may take to appear on the target.
 const ROLE_PENDING_FOR: Duration = Duration::from_secs(5);
 const PASSWORD_LIMIT: usize = 16 * 1024;
+/// How long a connection refused at the door (over the cap of connections logging in) is given
+/// to send its first packet and to read the answer.
+const REFUSAL_LASTS: Duration = Duration::from_secs(2);
+/// How long telling a client why it is closed may take, at most.
+const TELLING_LASTS: Duration = Duration::from_secs(1);
 
 /// The value of startup parameter `name`, if the client sent it.
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -55,10 +66,42 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 struct Refused {
     sqlstate: &'static str,
     message: String,
+    kind: Refusal,
+}
+
+/// What a refusal leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// An audit record.
+    Recorded,
+    /// An audit record, and a failed login counted against the source.
+    FailedLogin,
+    /// A refusal counted in the source's limit, recorded in its summary only.
+    Limited,
 }
 
 fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refused {
-    Refused { sqlstate, message: message.into() }
+    Refused { sqlstate, message: message.into(), kind: Refusal::Recorded }
+}
+
+/// Refuses `source` if it has failed too often; counts the refusal in its limit.
+fn refuse_if_limited<A>(shared: &Shared<A>, source: Source) -> Result<(), Refused> {
+    let limited = shared.failures().check(source, Instant::now());
+    let Err(Limited { until }) = limited else { return Ok(()) };
+    let left = until.saturating_duration_since(Instant::now());
+    let left = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+    let message = format!(
+        "airlock: too many failed logins from `{source}`; logins from it are refused for {} more",
+        spoken(left)
+    );
+    Err(Refused { sqlstate: "53400", message, kind: Refusal::Limited })
+}
+
+/// A connection that is logging in: its place among those (given back when dropped), and the
+/// instant by which its credential must have verified.
+struct AtTheDoor {
+    deadline: Instant,
+    _place: OwnedSemaphorePermit,
 }
 
 /// How a connection opens.
@@ -105,35 +148,86 @@ impl Channel {
     }
 }
 
-/// Serves one accepted connection to its end.
-pub async fn serve_connection<A: Authority>(shared: Arc<Shared<A>>, mut socket: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to its end. `place` is its place among the connections
+/// logging in; it has [`Settings::startup_timeout`](crate::gateway::Settings) from now for its
+/// credential to verify.
+pub async fn serve_connection<A: Authority>(
+    shared: Arc<Shared<A>>,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    place: OwnedSemaphorePermit,
+) {
     let _ = socket.set_nodelay(true);
-    let opening = match negotiate(&shared, &mut socket).await {
-        Ok(opening) => opening,
-        Err(error) => {
-            tracing::debug!(%peer, %error, "connection closed during startup");
-            return;
-        }
+    let door = AtTheDoor { deadline: Instant::now() + shared.settings.startup_timeout, _place: place };
+    let opening = match timeout_at(door.deadline, negotiate(&shared, &mut socket)).await {
+        Ok(Ok(opening)) => opening,
+        Ok(Err(error)) => return tracing::debug!(%peer, %error, "connection closed during startup"),
+        Err(_) => return timed_out(peer, "before its startup message"),
     };
     match opening {
-        Opening::Cancel(key) => cancel(&shared, key).await,
-        Opening::Plain(params) => admit(&shared, socket, params, peer, Channel::Plain).await,
+        Opening::Cancel(key) => {
+            drop(door);
+            cancel(&shared, key).await;
+        }
+        Opening::Plain(params) => admit(&shared, socket, params, peer, Channel::Plain, door).await,
         Opening::Tls(acceptor) => {
-            let mut stream = match acceptor.accept(socket).await {
-                Ok(stream) => stream,
-                Err(error) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+            let mut stream = match timeout_at(door.deadline, acceptor.accept(socket)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => return timed_out(peer, "during the TLS handshake"),
             };
             let channel = Channel::of(&stream);
-            match wire::read_startup(&mut stream).await {
-                Ok(Startup::Params(params)) => admit(&shared, stream, params, peer, channel).await,
-                Ok(Startup::Cancel { process_id, secret_key }) => {
+            match timeout_at(door.deadline, wire::read_startup(&mut stream)).await {
+                Ok(Ok(Startup::Params(params))) => admit(&shared, stream, params, peer, channel, door).await,
+                Ok(Ok(Startup::Cancel { process_id, secret_key })) => {
+                    drop(door);
                     cancel(&shared, CancelKey { process_id, secret_key }).await;
                 }
-                Ok(_) => tracing::debug!(%peer, "unexpected startup packet inside TLS"),
-                Err(error) => tracing::debug!(%peer, %error, "connection closed during startup"),
+                Ok(Ok(_)) => tracing::debug!(%peer, "unexpected startup packet inside TLS"),
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "connection closed during startup"),
+                Err(_) => timed_out(peer, "before its startup message"),
             }
         }
     }
+}
+
+/// Counts and logs a connection closed at the startup deadline without a word (it had not sent a
+/// startup message to answer).
+fn timed_out(peer: SocketAddr, when: &str) {
+    airlock_broker::metrics::gateway_login_refused("startup_timeout");
+    tracing::debug!(%peer, "no login in time ({when}); connection closed");
+}
+
+/// Turns away a connection over the cap of connections logging in: answers its first packet — a
+/// startup message, or an SSLRequest, as PostgreSQL answers one when it cannot start a backend —
+/// with `53300`, passes a cancel request on, and closes. The first packet is read, and the client
+/// left to close first, so that closing does not reset the connection before the client reads
+/// the answer. All of it within [`REFUSAL_LASTS`].
+pub async fn refuse_at_the_door<A: Authority>(
+    shared: Arc<Shared<A>>,
+    mut socket: TcpStream,
+    turn: OwnedSemaphorePermit,
+) {
+    let refusal = async {
+        match wire::read_startup(&mut socket).await {
+            Ok(Startup::Cancel { process_id, secret_key }) => {
+                return cancel(&shared, CancelKey { process_id, secret_key }).await;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        let mut out = BytesMut::new();
+        let message = "airlock: too many connections waiting to log in; try again in a moment";
+        wire::error_response(&mut out, Severity::Fatal, "53300", message);
+        if wire::send(&mut socket, &out).await.is_err() {
+            return;
+        }
+        let _ = socket.shutdown().await;
+        let mut sink = [0u8; 512];
+        while matches!(socket.read(&mut sink).await, Ok(1..)) {}
+    };
+    let _ = tokio::time::timeout(REFUSAL_LASTS, refusal).await;
+    drop(turn);
 }
 
 /// Reads startup packets, answering encryption requests, until a startup message, a cancel
@@ -173,19 +267,46 @@ async fn admit<A, S>(
     params: Vec<(String, String)>,
     peer: SocketAddr,
     channel: Channel,
+    door: AtTheDoor,
 ) where
     A: Authority,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let credential = match check_credential(shared, &mut client, &params, peer, channel).await {
-        Ok(credential) => credential,
-        Err(Some(refused)) => {
+    let checked = timeout_at(door.deadline, check_credential(shared, &mut client, &params, peer, channel)).await;
+    let credential = match checked {
+        Ok(Ok(credential)) => credential,
+        Ok(Err(Some(refused))) if refused.kind == Refusal::Limited => {
+            airlock_broker::metrics::gateway_login_refused("rate_limited");
+            return tell(client, refused.sqlstate, &refused.message).await;
+        }
+        Ok(Err(Some(refused))) => {
+            if refused.kind == Refusal::FailedLogin {
+                shared.failures().failed(Source::of(peer.ip()), Instant::now());
+            }
             let details = json!({ "claimed_user": param(&params, "user").unwrap_or_default() });
             return turn_away(shared, client, refused, "gateway", peer, details).await;
         }
-        Err(None) => return,
+        Ok(Err(None)) => return,
+        Err(_) => {
+            timed_out(peer, "waiting for a credential");
+            let message = format!("airlock: no login within {}", spoken(shared.settings.startup_timeout));
+            return tell(client, "57014", &message).await;
+        }
     };
+    // In: the place at the door is given back.
+    drop(door);
     run(shared, client, credential, &params, peer).await;
+}
+
+/// Tells the client why it is closed, without an audit record, and closes.
+async fn tell(mut client: impl AsyncWrite + Unpin, sqlstate: &str, message: &str) {
+    let mut out = BytesMut::new();
+    wire::error_response(&mut out, Severity::Fatal, sqlstate, message);
+    let telling = async {
+        let _ = wire::send(&mut client, &out).await;
+        let _ = client.shutdown().await;
+    };
+    let _ = tokio::time::timeout(TELLING_LASTS, telling).await;
 }
 
 /// Records the refusal and tells the client.
@@ -207,8 +328,12 @@ async fn turn_away<A: Authority>(
     let _ = client.shutdown().await;
 }
 
-/// Checks the client's TLS, parameters and credential (with the device key its client
+/// Checks the client's source, TLS, parameters and credential (with the device key its client
 /// certificate proved). `Err(None)` means the client left.
+///
+/// A source with too many failed logins is refused before the password is asked for, and again
+/// before it is verified: connections that all got their password in before the limit began are
+/// refused too, not verified and recorded one by one.
 async fn check_credential<A, S>(
     shared: &Shared<A>,
     client: &mut S,
@@ -220,6 +345,8 @@ where
     A: Authority,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let source = Source::of(peer.ip());
+    refuse_if_limited(shared, source).map_err(Some)?;
     if matches!(channel, Channel::Plain) && shared.settings.require_tls {
         return Err(Some(refuse(
             "28000",
@@ -255,10 +382,13 @@ where
         Err(error) => return Err(Some(refuse("08P01", error.to_string()))),
     };
     let password = cstr(&mut body(&frame)).unwrap_or_default();
+    refuse_if_limited(shared, source).map_err(Some)?;
     let user = param(params, "user").unwrap_or_default();
     let login = Login { user, password, source: Some(peer.ip()), device: channel.device() };
-    let credential = credential::verify(&shared.verifier.public_key, &login, OffsetDateTime::now_utc())
-        .map_err(|error| Some(refuse("28P01", verify_refusal(&error, channel))))?;
+    let credential =
+        credential::verify(&shared.verifier.public_key, &login, OffsetDateTime::now_utc()).map_err(|error| {
+            Some(Refused { sqlstate: "28P01", message: verify_refusal(&error, channel), kind: Refusal::FailedLogin })
+        })?;
     Ok(credential)
 }
 

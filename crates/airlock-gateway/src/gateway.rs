@@ -3,21 +3,30 @@
 //! (the broker's grant changes) after which the live grants are reloaded and every session of an
 //! ended grant is cut; and failing closed, when the broker cannot be asked for longer than a
 //! bound, every session is cut.
+//!
+//! The listener also keeps the front door ([`crate::limits`]): a connection is counted as
+//! logging in from its accept until its credential verifies, and one over
+//! [`Settings::max_pending_logins`] is refused at once; a task summarises, once per limit, the
+//! logins refused to sources with too many failures.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use airlock_core::audit::{AuditEvent, EventKind};
 use airlock_core::ids::{ResourceName, RoleName};
 use airlock_postgres::roles::RoleKey;
+use serde_json::json;
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::admission::serve_connection;
+use crate::admission::{refuse_at_the_door, serve_connection};
 use crate::authority::Authority;
 use crate::guard::{Allowed, Guard};
+use crate::limits::{FailureLimit, Failures, Summary};
 use crate::recorder::Recorder;
 use crate::registry::Registry;
 use crate::relay::Ending;
@@ -36,6 +45,14 @@ pub struct Settings {
     pub fail_closed_after: Duration,
     /// How often live grants are reloaded without a push.
     pub recheck_every: Duration,
+    /// A connection that has not shown a valid credential this long after it was accepted is
+    /// closed (told why if it sent its startup message).
+    pub startup_timeout: Duration,
+    /// Connections logging in (accepted, credential not yet verified) at once, at most; more are
+    /// refused at once.
+    pub max_pending_logins: usize,
+    /// When a source with failed logins is refused before its credential is read.
+    pub login_failures: FailureLimit,
 }
 
 impl Default for Settings {
@@ -46,6 +63,9 @@ impl Default for Settings {
             redact_literals: false,
             fail_closed_after: Duration::from_secs(10),
             recheck_every: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(10),
+            max_pending_logins: 256,
+            login_failures: FailureLimit::default(),
         }
     }
 }
@@ -74,7 +94,22 @@ pub struct Shared<A> {
     pub(crate) guard: Arc<Guard>,
     pub(crate) recorder: Recorder,
     pub(crate) registry: Registry,
+    /// One permit per connection logging in.
+    pub(crate) pending: Arc<Semaphore>,
+    pub(crate) failures: Mutex<Failures>,
 }
+
+impl<A> Shared<A> {
+    pub(crate) fn failures(&self) -> MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Connections over the pending-login cap being told so, at most; beyond, they are closed
+/// without a word.
+const REFUSING_AT_ONCE: usize = 64;
+/// How often the summaries of ended login limits are recorded.
+const SUMMARISE_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything a gateway needs to start.
 pub struct Parts<A> {
@@ -90,6 +125,8 @@ pub struct Parts<A> {
 /// them (a few seconds at most) and for their audit records to be written.
 pub async fn serve<A: Authority>(parts: Parts<A>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let (recorder, writer) = Recorder::start(parts.authority.clone());
+    let pending = Arc::new(Semaphore::new(parts.settings.max_pending_logins.min(Semaphore::MAX_PERMITS)));
+    let failures = Mutex::new(Failures::new(parts.settings.login_failures));
     let shared = Arc::new(Shared {
         authority: parts.authority,
         settings: parts.settings,
@@ -100,16 +137,29 @@ pub async fn serve<A: Authority>(parts: Parts<A>, listener: TcpListener, mut shu
         guard: Arc::new(Guard::new()),
         recorder,
         registry: Registry::default(),
+        pending,
+        failures,
     });
     let watcher = tokio::spawn(watch_grants(shared.clone(), shutdown.clone()));
+    let summaries = tokio::spawn(summarise_limits(shared.clone(), shutdown.clone()));
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
             () = stopping(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    sessions.spawn(serve_connection(shared.clone(), socket, peer));
-                }
+                Ok((socket, peer)) => match shared.pending.clone().try_acquire_owned() {
+                    Ok(logging_in) => {
+                        sessions.spawn(serve_connection(shared.clone(), socket, peer, logging_in));
+                    }
+                    Err(_) => {
+                        airlock_broker::metrics::gateway_login_refused("pending_limit");
+                        tracing::debug!(%peer, "too many connections logging in; refused");
+                        if let Ok(turn) = refusing.clone().try_acquire_owned() {
+                            sessions.spawn(refuse_at_the_door(shared.clone(), socket, turn));
+                        }
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -123,6 +173,10 @@ pub async fn serve<A: Authority>(parts: Parts<A>, listener: TcpListener, mut shu
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while sessions.join_next().await.is_some() {} }).await;
     sessions.abort_all();
     let _ = watcher.await;
+    let _ = summaries.await;
+    // Every connection has ended: no refusal can come after these summaries.
+    let all = shared.failures().take_all();
+    record_summaries(&shared, all).await;
     drop(shared);
     let _ = writer.await;
 }
@@ -162,7 +216,125 @@ async fn watch_grants<A: Authority>(shared: Arc<Shared<A>>, mut shutdown: watch:
     }
 }
 
+/// Records, once per limit, how many logins a source with too many failures had refused, every
+/// [`SUMMARISE_EVERY`] for the limits that ended (`serve` records the rest when it stops).
+async fn summarise_limits<A: Authority>(shared: Arc<Shared<A>>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(SUMMARISE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopping(&mut shutdown) => return,
+            _ = ticks.tick() => {
+                let ended = shared.failures().take_ended(Instant::now());
+                record_summaries(&shared, ended).await;
+            }
+        }
+    }
+}
+
+async fn record_summaries<A: Authority>(shared: &Shared<A>, summaries: Vec<Summary>) {
+    let limit = shared.settings.login_failures;
+    for Summary { source, refused } in summaries {
+        let details = json!({
+            "source": source.to_string(),
+            "refused": refused,
+            "reason": format!(
+                "too many failed logins ({} within {}): logins refused before their credential was read",
+                limit.max_failures,
+                crate::limits::spoken(limit.window)
+            ),
+        });
+        let at = OffsetDateTime::now_utc();
+        let event = AuditEvent { kind: EventKind::SessionRefused, actor: "gateway".to_owned(), at, details };
+        shared.recorder.record(event).await;
+    }
+}
+
 /// Completes once `shutdown` turns true (or its sender is gone).
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use airlock_core::ids::GrantId;
+
+    use super::*;
+    use crate::authority::{AuthorityError, LiveGrant};
+    use crate::limits::Source;
+
+    /// Keeps every event recorded.
+    #[derive(Clone, Default)]
+    struct Events(Arc<Mutex<Vec<AuditEvent>>>);
+
+    impl Events {
+        fn recorded(&self) -> Vec<AuditEvent> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Authority for Events {
+        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
+            Ok(None)
+        }
+        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
+            Ok(HashSet::new())
+        }
+        fn grant_changes(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
+            self.0.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_source_is_summarised_once_when_its_limit_ends() {
+        let events = Events::default();
+        let (recorder, writer) = Recorder::start(events.clone());
+        let limit = FailureLimit { max_failures: 2, window: Duration::from_secs(60), ..FailureLimit::default() };
+        let settings = Settings { login_failures: limit, ..Settings::default() };
+        let shared = Arc::new(Shared {
+            authority: events.clone(),
+            tls: None,
+            targets: HashMap::new(),
+            verifier: Verifier { public_key: [0; 32] },
+            role_key: RoleKey::new([0; 32]),
+            guard: Arc::new(Guard::new()),
+            recorder,
+            registry: Registry::default(),
+            pending: Arc::new(Semaphore::new(settings.max_pending_logins)),
+            failures: Mutex::new(Failures::new(limit)),
+            settings,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let summaries = tokio::spawn(summarise_limits(shared.clone(), stopped));
+        let source = Source::of([192, 0, 2, 1].into());
+        {
+            let (mut failures, now) = (shared.failures(), Instant::now());
+            failures.failed(source, now);
+            failures.failed(source, now);
+            for _ in 0..5 {
+                assert!(failures.check(source, now).is_err());
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(events.recorded().is_empty(), "nothing while the limit lasts");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let recorded = events.recorded();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!((recorded[0].kind, recorded[0].actor.as_str()), (EventKind::SessionRefused, "gateway"));
+        assert_eq!((&recorded[0].details["source"], &recorded[0].details["refused"]), (&json!("192.0.2.1"), &json!(5)));
+
+        let _ = stop.send(true);
+        summaries.await.unwrap();
+        assert!(shared.failures().take_all().is_empty(), "nothing is left to summarise at shutdown");
+        drop(shared);
+        writer.await.unwrap();
+        assert_eq!(events.recorded().len(), 1);
+    }
 }

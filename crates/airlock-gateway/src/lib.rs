@@ -6,6 +6,8 @@
 //! Layout:
 //! - [`gateway`]: the listener and the watcher that cuts sessions of ended grants;
 //! - [`admission`]: TLS, startup, credential and grant checks, login to the target;
+//! - [`limits`]: the front door: the startup deadline, the cap on connections logging in, failed
+//!   logins per source;
 //! - [`relay`]: one session's traffic, checked and recorded;
 //! - [`guard`]: which statements a role may send;
 //! - [`registry`]: live sessions, cuts and cancel routing;
@@ -21,6 +23,7 @@ pub mod authority;
 pub mod device_tls;
 pub mod gateway;
 pub mod guard;
+pub mod limits;
 pub mod recorder;
 pub mod registry;
 pub mod relay;

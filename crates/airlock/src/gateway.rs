@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::config::{Config, GatewaySection};
@@ -14,6 +15,7 @@ use airlock_core::ids::ResourceName;
 use airlock_gateway::authority::Authority;
 use airlock_gateway::gateway::{Parts, ResourceTarget, Settings, Verifier};
 use airlock_gateway::guard::Allowed;
+use airlock_gateway::limits::FailureLimit;
 use airlock_gateway::target::TargetAddress;
 use airlock_gateway::tls::{self, Identity};
 use airlock_http::api::KeyView;
@@ -56,10 +58,18 @@ pub fn parts<A: Authority>(
         }
         targets.insert(name, ResourceTarget { address, roles });
     }
+    let seconds = |duration: &airlock_core::values::GrantDuration| Duration::from_secs(duration.as_secs());
     let settings = Settings {
         require_tls: section.require_tls,
-        idle_timeout: std::time::Duration::from_secs(section.idle_timeout.as_secs()),
+        idle_timeout: seconds(&section.idle_timeout),
         redact_literals: section.redact_literals,
+        startup_timeout: seconds(&section.startup_timeout),
+        max_pending_logins: section.max_pending_logins,
+        login_failures: FailureLimit {
+            max_failures: section.max_failed_logins,
+            window: seconds(&section.failed_logins_window),
+            ..FailureLimit::default()
+        },
         ..Settings::default()
     };
     Ok(Parts { authority, settings, tls: Some(tls), targets, verifier: Verifier { public_key }, role_key })
@@ -89,6 +99,8 @@ fn catalog_addresses(catalog: &Catalog, data_dir: &Path) -> anyhow::Result<Vec<(
 /// `airlock gateway`: serves the catalog's databases, asking the broker at `remote.url` (as the
 /// service account whose token is in `AIRLOCK_TOKEN`, in the `gateways` group).
 pub async fn run(files: &Files, listen: Option<SocketAddr>, remote: &Remote) -> Outcome {
+    // The generated TLS key and certificate go into the data directory: private.
+    crate::data_dir::private_umask();
     let config = Config::load(&files.config)?;
     let section = config.gateway.clone().unwrap_or_default();
     let bundle = PolicyBundle::load(&config.policy)?;

@@ -1,5 +1,6 @@
 //! Commands that work on files, not on a running broker: `admin` (the data directory, like an
 //! administrator's tool on the server) and `policy` (the config's catalog and policies).
+//! Opening the data directory makes it private first ([`crate::data_dir`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use airlock_store::Store;
 use anyhow::{Context, anyhow};
 
 use crate::cli::{AdminCommand, Files, PolicyCommand, UserCommand};
-use crate::{Failure, Outcome};
+use crate::{Failure, Outcome, data_dir};
 
 /// The actor recorded for changes made with `airlock admin`.
 pub(crate) fn admin_actor() -> String {
@@ -54,8 +55,11 @@ pub fn load_bundle(config: &Config) -> anyhow::Result<PolicyBundle> {
 }
 
 async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Config, Option<Notifier>), Failure> {
+    data_dir::private_umask();
     let config = Config::load(&files.config)?;
     let bundle = load_bundle(&config)?;
+    let passes_through = data_dir::postgres_passes_through(&bundle.catalog);
+    data_dir::make_private(&files.data_dir, passes_through).map_err(anyhow::Error::from)?;
     // Before the store: channels whose URL or secret cannot be read stop `serve` from starting.
     let notifier = match notifications {
         Notifications::Off => None,

@@ -6,6 +6,7 @@
 //! - [`audit`]: `airlock audit`: tail, verify (by the broker, or offline from an export), export, key;
 //! - [`local`]: commands that work on files (the config, policies, the data directory);
 //! - [`serve`]: the broker process: store, scheduler, HTTP API and PostgreSQL connector;
+//! - [`data_dir`]: the data directory kept private, and `serve`'s lock on it;
 //! - [`reload`]: the policies `serve` puts in force at start and reads again on SIGHUP;
 //! - [`gateway`]: the PostgreSQL gateway's parts from the configuration;
 //! - [`throwaway`]: local PostgreSQL clusters for catalog databases without an address;
@@ -27,6 +28,7 @@ mod breakglass;
 mod cli;
 mod client;
 mod connect;
+mod data_dir;
 mod device;
 mod files;
 mod gateway;

@@ -3,6 +3,9 @@
 //! gateway when the configuration has a `[gateway]` section, and webhook notifications when
 //! `[notify]` has channels; and the Prometheus recorder that `/metrics` renders. The policies are
 //! recorded before anything serves, and read again on SIGHUP ([`crate::reload`]).
+//!
+//! Before anything touches the data directory, `serve` takes its lock ([`crate::data_dir`]): a
+//! second `serve` on the same directory stops there, with exit code 2.
 
 use std::net::SocketAddr;
 
@@ -22,12 +25,16 @@ use crate::Outcome;
 use crate::cli::Files;
 use crate::local::open_serving_broker;
 use crate::reload::{self, Targets};
-use crate::{gateway, throwaway};
+use crate::{data_dir, gateway, throwaway};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
 pub async fn run(files: &Files, listen: Option<SocketAddr>, gateway_listen: Option<SocketAddr>) -> Outcome {
-    // First: what happens before the recorder is installed is not counted.
+    data_dir::private_umask();
+    // Held until `serve` returns; before it, nothing may touch the directory (the store, the
+    // keys, the throwaway clusters of a `serve` already running there).
+    let _lock = data_dir::lock_for_serve(&files.data_dir).map_err(anyhow::Error::from)?;
+    // What happens before the recorder is installed is not counted.
     let metrics = airlock_http::metrics::install().context("cannot set up the metrics")?;
     let (broker, config, notifier) = open_serving_broker(files).await?;
     // Single sign-on's provider is discovered at start: unreachable, the broker does not start.

@@ -16,6 +16,9 @@
 //! it and that password are left in the cluster's directory (`connector.json`, 0600) while it
 //! runs, so `airlock report standing` can check the quickstart's own database too. The cluster's
 //! superuser cannot log in once the database is set up.
+//!
+//! When we are root, PostgreSQL runs as the `postgres` user, which must pass through the data
+//! directory and `<data dir>/postgres`: both are 0711 then ([`crate::data_dir`]).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -50,9 +53,26 @@ pub struct Throwaway {
 /// role is made for its grants.
 pub async fn start(catalog: &Catalog, data_dir: &Path, grant_ca: &Arc<GrantCa>) -> Throwaway {
     let mut started = Throwaway { clusters: Vec::new(), targets: Vec::new() };
-    for resource in catalog.resources() {
-        let Some(PostgresTarget { address: None, database, .. }) = &resource.postgres else { continue };
-        let dir = data_dir.join("postgres").join(resource.name.as_str());
+    let wanted: Vec<_> = catalog
+        .resources()
+        .filter_map(|resource| match &resource.postgres {
+            Some(PostgresTarget { address: None, database, .. }) => Some((resource, database)),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return started;
+    }
+    let passes_through = crate::data_dir::postgres_passes_through(catalog);
+    let clusters = match crate::data_dir::throwaway_dir(data_dir, passes_through) {
+        Ok(clusters) => clusters,
+        Err(error) => {
+            eprintln!("warning: no throwaway PostgreSQL ({error}); grants on its resources get no database role");
+            return started;
+        }
+    };
+    for (resource, database) in wanted {
+        let dir = clusters.join(resource.name.as_str());
         match start_one(&dir, resource, database, grant_ca, data_dir).await {
             Ok((cluster, login, tls)) => {
                 println!(
