@@ -213,6 +213,13 @@ impl Pass {
     }
 }
 
+/// The two sides of a pass, run by loops of their own.
+#[derive(Clone, Copy)]
+enum Side {
+    Create,
+    Drop,
+}
+
 /// How often the standing privileges of each target are read.
 pub const STANDING_EVERY: Duration = Duration::from_secs(300);
 /// How long reading one target's standing privileges may take before it is left for next time.
@@ -325,24 +332,23 @@ impl Reconciler {
 
     /// Creates the missing role of every live grant, on every target.
     async fn create_all(&self, live: &[Grant]) -> Pass {
-        let mut total = Pass::default();
-        for target in &self.targets {
-            match self.create_missing(target, live).await {
-                Ok(pass) => total.add(pass),
-                Err(error) => {
-                    total.failed += 1;
-                    self.record_failure(target, None, &error).await;
-                }
-            }
-        }
-        total
+        self.on_every_target(Side::Create, live).await
     }
 
     /// Drops every per-grant role no live grant explains, on every target.
     async fn drop_all(&self, live: &[Grant]) -> Pass {
+        self.on_every_target(Side::Drop, live).await
+    }
+
+    /// One side of a pass on every target; a target that fails is recorded and counted.
+    async fn on_every_target(&self, side: Side, live: &[Grant]) -> Pass {
         let mut total = Pass::default();
         for target in &self.targets {
-            match self.drop_ended(target, live).await {
+            let outcome = match side {
+                Side::Create => self.create_missing(target, live).await,
+                Side::Drop => self.drop_ended(target, live).await,
+            };
+            match outcome {
                 Ok(pass) => total.add(pass),
                 Err(error) => {
                     total.failed += 1;

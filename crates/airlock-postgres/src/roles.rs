@@ -285,27 +285,27 @@ fn drop_code(role: &str) -> String {
 /// Makes the group that `pg_hba.conf` admits with grant CA certificates only, if it is missing.
 /// It holds no privilege; the connector (CREATEROLE) adds each grant role to it.
 pub async fn ensure_login_group(client: &Client) -> Result<(), RoleError> {
-    let statement = format!(
-        "DO $make$ BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{GATEWAY_LOGIN_ROLE}') THEN
-                 CREATE ROLE {GATEWAY_LOGIN_ROLE} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
-             END IF;
-         END $make$;"
-    );
-    client.batch_execute(&statement).await.map_err(database("making the gateway login group"))
+    ensure_powerless_role(client, GATEWAY_LOGIN_ROLE, "").await.map_err(database("making the gateway login group"))
 }
 
 /// Makes the holding role if it is missing, and lets the connector act as it (to hand it tables).
 pub async fn ensure_holding_role(client: &Client) -> Result<(), RoleError> {
+    let then = format!("GRANT {HOLDING_ROLE} TO CURRENT_USER;");
+    ensure_powerless_role(client, HOLDING_ROLE, &then).await.map_err(database("making the holding role"))
+}
+
+/// Makes the role `name` (a constant of ours) if it is missing: no login and no attribute; then
+/// runs `then`.
+async fn ensure_powerless_role(client: &Client, name: &str, then: &str) -> Result<(), tokio_postgres::Error> {
     let statement = format!(
         "DO $make$ BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{HOLDING_ROLE}') THEN
-                 CREATE ROLE {HOLDING_ROLE} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN
+                 CREATE ROLE {name} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
              END IF;
          END $make$;
-         GRANT {HOLDING_ROLE} TO CURRENT_USER;"
+         {then}"
     );
-    client.batch_execute(&statement).await.map_err(database("making the holding role"))
+    client.batch_execute(&statement).await
 }
 
 #[cfg(test)]
