@@ -138,6 +138,9 @@ async fn start_one(
         .batch_execute(&connector_setup(resource, &login.password))
         .await
         .map_err(sql("making the connector's login"))?;
+    // Nothing needs the superuser from here on: a login superuser would be standing privilege.
+    let lock = format!("ALTER ROLE {} NOLOGIN", escape_identifier(cluster.superuser()));
+    superuser.batch_execute(&lock).await.map_err(sql("locking the superuser"))?;
     login.write(dir)?;
     Ok((cluster, login, tls))
 }
