@@ -73,6 +73,10 @@ pub enum EventKind {
     /// A session through the gateway ended, and why.
     #[serde(rename = "session.ended")]
     SessionEnded,
+    /// A statement is about to go to the target: recorded (durably, unless the resource says
+    /// `audit = "after"`) before it is sent, so a crash can lose its answer but not its record.
+    #[serde(rename = "statement.started")]
+    StatementStarted,
     /// A statement ran through the gateway (its outcome: rows, duration, error).
     #[serde(rename = "statement.executed")]
     StatementExecuted,
@@ -169,6 +173,7 @@ impl EventKind {
             EventKind::SessionStarted => "session.started",
             EventKind::SessionRefused => "session.refused",
             EventKind::SessionEnded => "session.ended",
+            EventKind::StatementStarted => "statement.started",
             EventKind::StatementExecuted => "statement.executed",
             EventKind::StatementRefused => "statement.refused",
             EventKind::BreakGlassUsed => "breakglass.used",

@@ -34,6 +34,8 @@ pub enum CatalogError {
     PostgresKind { resource: String, kind: String },
     #[error("resource `{resource}`: {message}")]
     Postgres { resource: String, message: String },
+    #[error("resource `{resource}`: audit `{value}` is not one of `before` or `after`")]
+    Audit { resource: String, value: String },
     #[error("resource `{resource}`, role `{role}`: database role `{database_role}`: {message}")]
     DatabaseRole { resource: String, role: String, database_role: String, message: String },
 }
@@ -129,8 +131,24 @@ pub struct Resource {
     /// Gateway credentials for this resource are issued only to a trusted device, and only work
     /// on connections that prove its key (a TLS client certificate).
     pub bind_credentials_to_device: bool,
+    /// When the gateway records a statement: before sending it (the default), or only once it
+    /// completed (`audit = "after"`: faster, and a crash can lose the records of the statements
+    /// of its last moments).
+    pub audit: AuditTiming,
     pub roles: BTreeMap<RoleName, Role>,
     pub postgres: Option<PostgresTarget>,
+}
+
+/// When the gateway records a statement (`audit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditTiming {
+    /// `statement.started` is committed before the statement is sent: a crash can lose an
+    /// answer, never the record of a statement that ran.
+    #[default]
+    Before,
+    /// Only `statement.executed`, once the statement completed, gathered with others for up to
+    /// 10 ms before it is committed.
+    After,
 }
 
 /// All resources, by name.
@@ -160,6 +178,7 @@ struct ResourceEntry {
     bind_credentials_to_source: bool,
     #[serde(default)]
     bind_credentials_to_device: bool,
+    audit: Option<String>,
     #[serde(default)]
     roles: BTreeMap<String, RoleEntry>,
     postgres: Option<PostgresEntry>,
@@ -390,7 +409,15 @@ impl ResourceEntry {
             Some(entry) => Some(entry.into_target(&resource)?),
             None => None,
         };
+        let audit = match self.audit.as_deref() {
+            None | Some("before") => AuditTiming::Before,
+            Some("after") => AuditTiming::After,
+            Some(other) => {
+                return Err(CatalogError::Audit { resource, value: other.to_owned() });
+            }
+        };
         Ok(Resource {
+            audit,
             name: self.name,
             kind: self.kind,
             environment: self.environment,

@@ -459,7 +459,7 @@ async fn run<A, S>(
 {
     let (registration, mut cut) = shared.registry.register(credential.grant);
     let admitted = admit_grant(shared, &credential, params).await;
-    let (target, address, allowed, ends_at) = match admitted {
+    let (target, address, allowed, ends_at, audit_before) = match admitted {
         Ok(admitted) => admitted,
         Err(refused) => {
             let actor = credential.holder.as_str();
@@ -478,6 +478,7 @@ async fn run<A, S>(
         guard: shared.guard.clone(),
         recorder: shared.recorder.clone(),
         redact: shared.settings.redact_literals,
+        audit_before,
         idle_timeout: shared.settings.idle_timeout,
         ends_at,
         marker: format!("airlock_refused_{}", Uuid::new_v4().simple()),
@@ -504,7 +505,7 @@ async fn run<A, S>(
     drop(registration);
 }
 
-type Admitted = (TargetSession, crate::target::TargetAddress, crate::guard::Allowed, Instant);
+type Admitted = (TargetSession, crate::target::TargetAddress, crate::guard::Allowed, Instant, bool);
 
 /// Checks with the broker that the credential's grant is live and matches it, and logs in to the
 /// target as the grant's role.
@@ -539,7 +540,7 @@ async fn admit_grant<A: Authority>(
     let ends_at = instant_of(grant.ends_at.min(credential.expires_at));
     let passed = target_parameters(params);
     let target = log_in(shared, &resource.address, &credential.grant, &passed).await?;
-    Ok((target, resource.address.clone(), allowed, ends_at))
+    Ok((target, resource.address.clone(), allowed, ends_at, resource.audit_before))
 }
 
 /// Logs in as the grant's role, waiting a little for the connector to create it.

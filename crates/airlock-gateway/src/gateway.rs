@@ -75,6 +75,8 @@ impl Default for Settings {
 pub struct ResourceTarget {
     pub address: TargetAddress,
     pub roles: HashMap<RoleName, Allowed>,
+    /// Statements are recorded before they are sent (the catalog's `audit`, `"before"` by default).
+    pub audit_before: bool,
 }
 
 /// The broker's public key, to verify credentials offline.

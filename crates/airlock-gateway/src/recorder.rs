@@ -1,12 +1,17 @@
 //! Gets the gateway's events (sessions, statements) into the audit chain in order and without
-//! loss: sessions hand events to one bounded queue; one task appends whatever has gathered within
-//! a few milliseconds in a single transaction (group commit), and retries a failed append until it
-//! lands. A full queue makes sessions wait (back-pressure) rather than drop a record.
+//! loss: sessions hand events to one bounded queue; one task appends what has gathered in a
+//! single transaction (group commit), and retries a failed append until it lands. A full queue
+//! makes sessions wait (back-pressure) rather than drop a record.
+//!
+//! Two ways in: [`Recorder::record`] returns once the event is queued, and its batch waits up to
+//! [`GATHER_FOR`] for others to join it; [`Recorder::record_durably`] returns once the events are
+//! committed, and a batch holding such events is written at once, with whatever queued while the
+//! previous one was being written (so many sessions' statements share one commit).
 
 use std::time::Duration;
 
 use airlock_core::audit::AuditEvent;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -25,7 +30,13 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// the queue is written.
 #[derive(Clone)]
 pub struct Recorder {
-    queue: mpsc::Sender<AuditEvent>,
+    queue: mpsc::Sender<Queued>,
+}
+
+/// An event waiting to be written, and who waits for its commit, if anyone.
+struct Queued {
+    event: AuditEvent,
+    committed: Option<oneshot::Sender<()>>,
 }
 
 impl Recorder {
@@ -38,31 +49,52 @@ impl Recorder {
     /// Queues `event`, waiting while the queue is full.
     pub async fn record(&self, event: AuditEvent) {
         // The writer only stops once every sender is gone, so this cannot fail while `self` lives.
-        let _ = self.queue.send(event).await;
+        let _ = self.queue.send(Queued { event, committed: None }).await;
+    }
+
+    /// Queues `events` and returns once they are committed to the audit chain. The writer retries
+    /// a failed append until it lands, so this waits as long as the store cannot write.
+    pub async fn record_durably(&self, events: Vec<AuditEvent>) {
+        let (committed, done) = oneshot::channel();
+        let mut committed = Some(committed);
+        let count = events.len();
+        for (index, event) in events.into_iter().enumerate() {
+            // Batches commit in order: the last event's commit is every earlier one's too.
+            let notice = if index + 1 == count { committed.take() } else { None };
+            // The writer only stops once every sender is gone: this cannot fail while `self` lives.
+            let _ = self.queue.send(Queued { event, committed: notice }).await;
+        }
+        if count > 0 {
+            let _ = done.await;
+        }
     }
 }
 
-async fn write(authority: impl Authority, mut receiver: mpsc::Receiver<AuditEvent>) {
+async fn write(authority: impl Authority, mut receiver: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
-        // Gather a moment longer: one commit of many statements costs the store far less than
-        // many commits of a few, each of which rewrites the same last pages of the chain's table
-        // and indexes and syncs the disk. Sessions do not wait for this.
+        // Unless somebody waits for this batch, gather a moment longer: one commit of many
+        // statements costs the store far less than many commits of a few, each of which rewrites
+        // the same last pages of the chain's table and indexes and syncs the disk.
         let until = Instant::now() + GATHER_FOR;
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && !batch.iter().any(|queued| queued.committed.is_some()) {
             let room = BATCH - batch.len();
             match tokio::time::timeout_at(until, receiver.recv_many(&mut batch, room)).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
         }
+        let (events, waiting): (Vec<AuditEvent>, Vec<Option<oneshot::Sender<()>>>) =
+            batch.drain(..).map(|queued| (queued.event, queued.committed)).unzip();
         let mut wait = RETRY_FIRST;
-        while let Err(error) = authority.record(&batch).await {
-            tracing::warn!(%error, events = batch.len(), "cannot record gateway events yet; retrying");
+        while let Err(error) = authority.record(&events).await {
+            tracing::warn!(%error, events = events.len(), "cannot record gateway events yet; retrying");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(RETRY_MAX);
         }
-        batch.clear();
+        for committed in waiting.into_iter().flatten() {
+            let _ = committed.send(());
+        }
     }
 }
 

@@ -140,6 +140,10 @@ pub struct Session {
     pub recorder: Recorder,
     /// Record statements with their literals replaced by `$n`.
     pub redact: bool,
+    /// Each statement's `statement.started` is committed before the statement is sent (the
+    /// default); false for a resource with `audit = "after"`, whose statements are recorded only
+    /// once they complete.
+    pub audit_before: bool,
     pub idle_timeout: Duration,
     /// When the grant (or the credential) ends.
     pub ends_at: Instant,
@@ -160,6 +164,14 @@ impl Session {
             all.extend(more);
         }
         AuditEvent { kind, actor: self.user.as_str().to_owned(), at: OffsetDateTime::now_utc(), details: all }
+    }
+
+    /// The record that `pending` is about to be sent.
+    fn started(&self, pending: &Pending) -> AuditEvent {
+        let mut details = self.recorded_text(&pending.text);
+        details["statement"] = json!(pending.number);
+        details["params"] = json!(pending.params);
+        self.event(EventKind::StatementStarted, details)
     }
 
     /// The statement as recorded. With literals redacted, the original goes along as
@@ -190,6 +202,8 @@ fn text_fields(text: String) -> Value {
 
 /// A statement sent to the target whose outcome is awaited.
 struct Pending {
+    /// Its number in the session, from 1, in both of its records.
+    number: u64,
     text: Arc<str>,
     params: usize,
     sent: Instant,
@@ -294,6 +308,7 @@ async fn client_to_target(
     let mut reader = ReadBuffer::default();
     let mut statements: HashMap<String, Arc<str>> = HashMap::new();
     let mut portals: HashMap<String, (Arc<str>, usize)> = HashMap::new();
+    let mut numbered = 0u64;
     loop {
         let buffer = match client.read_buf(reader.for_read()).await {
             Ok(0) => return Ending::ClientLeft,
@@ -302,6 +317,7 @@ async fn client_to_target(
         };
         let mut out = BytesMut::new();
         let mut refusals = Vec::new();
+        let mut started = Vec::new();
         let mut leaving = false;
         loop {
             let piece = match scanner.next(buffer) {
@@ -328,8 +344,11 @@ async fn client_to_target(
                         Ok(checked) => {
                             let now = Instant::now();
                             for statement in checked.statements {
-                                let text = Arc::from(statement);
-                                exchange.expected.push_back(Expect::Statement(Pending { text, params: 0, sent: now }));
+                                numbered += 1;
+                                let pending =
+                                    Pending { number: numbered, text: Arc::from(statement), params: 0, sent: now };
+                                started.push(session.started(&pending));
+                                exchange.expected.push_back(Expect::Statement(pending));
                             }
                         }
                         Err(refusal) => {
@@ -372,7 +391,9 @@ async fn client_to_target(
                 b'E' => {
                     let portal = cstr(&mut body(&frame)).unwrap_or_default();
                     let (text, params) = portals.get(portal).cloned().unwrap_or_else(|| (unknown(portal), 0));
-                    let pending = Pending { text, params, sent: Instant::now() };
+                    numbered += 1;
+                    let pending = Pending { number: numbered, text, params, sent: Instant::now() };
+                    started.push(session.started(&pending));
                     lock(exchange).expected.push_back(Expect::Statement(pending));
                 }
                 b'C' => {
@@ -412,6 +433,11 @@ async fn client_to_target(
             let mut details = session.recorded_text(&text);
             details["refusal"] = json!(refusal.to_string());
             session.recorder.record(session.event(EventKind::StatementRefused, details)).await;
+        }
+        // Record before answer: nothing reaches the target before its record is committed, so a
+        // crash can lose a statement's answer, never the record of a statement that ran.
+        if session.audit_before && !started.is_empty() {
+            session.recorder.record_durably(started).await;
         }
         if !out.is_empty()
             && let Err(error) = wire::send(target, &out).await
@@ -667,6 +693,7 @@ impl Outcomes {
         self.last_done = Some(now);
         self.rows = 0;
         let mut details = session.recorded_text(&pending.text);
+        details["statement"] = json!(pending.number);
         details["params"] = json!(pending.params);
         details["duration_us"] = json!(now.duration_since(started).as_micros() as u64);
         if let (Value::Object(details), Value::Object(outcome)) = (&mut details, outcome) {
@@ -735,6 +762,9 @@ mod tests {
             guard: Arc::new(Guard::new()),
             recorder: Recorder::start(Unreachable).0,
             redact: false,
+            // The database here is a test's own bytes: records go to an authority that never
+            // takes them, so nothing may wait for a commit.
+            audit_before: false,
             idle_timeout: Duration::from_secs(900),
             ends_at: Instant::now() + Duration::from_secs(900),
             marker: "airlock-marker".into(),
@@ -742,6 +772,61 @@ mod tests {
     }
 
     type Halves = (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>);
+
+    /// A broker whose appends wait until `open` is notified, then keep what they were given.
+    #[derive(Clone, Default)]
+    struct Gated {
+        open: Arc<tokio::sync::Notify>,
+        kept: Arc<Mutex<Vec<AuditEvent>>>,
+    }
+
+    impl Authority for Gated {
+        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
+            Ok(None)
+        }
+        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
+            Ok(HashSet::new())
+        }
+        fn grant_changes(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
+            self.open.notified().await;
+            self.kept.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+    }
+
+    /// Record before answer: a statement leaves for the database only once its
+    /// `statement.started` is committed; while the store cannot take it, nothing is sent.
+    #[tokio::test]
+    async fn a_statement_reaches_the_database_only_once_its_record_is_committed() {
+        let (mut client, mut target, (client_read, client_write), (target_read, target_write)) = connections();
+        let mut ends = Ends { client_read, client_write, target_read, target_write };
+        let gated = Gated::default();
+        let session = Session { recorder: Recorder::start(gated.clone()).0, audit_before: true, ..session() };
+        let (_cut, mut cut) = watch::channel(None);
+        tokio::spawn(async move { relay(&session, &mut ends, &mut cut).await.ending });
+
+        let mut query = BytesMut::new();
+        frontend::query("UPDATE t SET x = 1", &mut query).unwrap();
+        client.write_all(&query).await.unwrap();
+        let mut sent = vec![0; query.len()];
+        let early = tokio::time::timeout(Duration::from_millis(300), target.read_exact(&mut sent)).await;
+        assert!(early.is_err(), "nothing reaches the database before the record is committed");
+        assert!(gated.kept.lock().unwrap().is_empty());
+
+        gated.open.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), target.read_exact(&mut sent)).await.unwrap().unwrap();
+        assert_eq!(sent, query.to_vec());
+        let kept = gated.kept.lock().unwrap().clone();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].kind, &kept[0].details["text"]),
+            (EventKind::StatementStarted, &json!("UPDATE t SET x = 1"))
+        );
+        assert_eq!(kept[0].details["statement"], 1);
+    }
 
     /// In-memory connections for one session: the client's and the database's far ends, and the
     /// gateway's ends of both, split.

@@ -481,8 +481,9 @@ impl Reconciler {
     }
 
     /// Whether the role `name` is to be ended on `resource`'s database: `None` when it is
-    /// another resource's grant role on the same cluster, else the Airlock role of its grant
-    /// (`Some(None)` when the broker does not know the grant).
+    /// another resource's grant role on the same cluster, or its grant is live now (it started
+    /// after the live grants were read: the creating loop may already have made its role), else
+    /// the Airlock role of its grant (`Some(None)` when the broker does not know the grant).
     async fn ended_here(
         &self,
         name: &str,
@@ -490,8 +491,9 @@ impl Reconciler {
     ) -> Result<Option<Option<RoleName>>, ReconcileError> {
         let Some(grant) = grant_of_role(name) else { return Ok(Some(None)) };
         let grant = self.broker.store().grant(&grant.to_string()).await.map_err(BrokerError::from)?;
+        let now = self.broker.clock().now();
         match grant {
-            Some(grant) if &grant.resource != resource => Ok(None),
+            Some(grant) if &grant.resource != resource || grant.is_live(now) => Ok(None),
             Some(grant) => Ok(Some(Some(grant.role))),
             None => Ok(Some(None)),
         }

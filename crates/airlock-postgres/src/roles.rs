@@ -43,6 +43,8 @@ pub enum RoleError {
 /// Every statement of the connector gives up after these (set on its connection), so one stuck
 /// role never holds up the others.
 pub const TIMEOUTS: &str = "-c lock_timeout=3s -c statement_timeout=30s -c idle_in_transaction_session_timeout=60s";
+/// How long ending a role with open sessions waits before terminating them, once disarmed.
+pub const GATEWAY_FIRST: Duration = Duration::from_millis(200);
 /// How long ending a role waits for its terminated sessions to be gone.
 pub const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(3);
 
@@ -150,7 +152,8 @@ impl<'a> TargetRoles<'a> {
     ///
     /// 1. **Disarm**, in one transaction: no more logins, and every role membership revoked, so
     ///    whatever it still owns (a `SECURITY DEFINER` function, a view) runs with no privilege.
-    /// 2. **Terminate its sessions and wait until they are gone** (a backend cleans up its
+    /// 2. **Terminate its sessions** ([`GATEWAY_FIRST`] later, if any: the gateway tells its
+    ///    clients why) **and wait until they are gone** (a backend cleans up its
     ///    temporary objects as it exits; a session holding a lock it needs keeps it from going):
     ///    a role whose sessions remain is left, disarmed, for the next pass.
     /// 3. **Drop what it owned** (tables, functions, temporary objects, large objects, default
@@ -216,6 +219,17 @@ impl<'a> TargetRoles<'a> {
     /// left; returns how many there were.
     async fn end_sessions(&self, name: &str) -> Result<i64, RoleError> {
         let what = || format!("ending the sessions of role {name}");
+        let open: i64 = self
+            .client
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&name])
+            .await
+            .map_err(database(what()))?
+            .get(0);
+        if open > 0 {
+            // Disarmed already, they can do nothing more; the gateway, which cuts them too, gets
+            // a moment to tell their clients why before the server ends them with its own words.
+            tokio::time::sleep(GATEWAY_FIRST).await;
+        }
         let ended: i64 = self
             .client
             .query_one(

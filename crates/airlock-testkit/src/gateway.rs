@@ -54,6 +54,8 @@ pub struct Setup {
     /// Grant roles log in only with a certificate from the grant CA (`pg_hba.conf` and the
     /// catalog's `grant_login = "certificate"`), over verified TLS; `tls` is then not used.
     pub grant_logins: bool,
+    /// Statements are recorded only once they complete (`audit = "after"`), not before they are sent.
+    pub audit_after: bool,
 }
 
 /// A cluster, a broker, a reconciler and a gateway; see the module documentation.
@@ -108,7 +110,7 @@ impl GatewayHarness {
         let (host, port, database) = ("127.0.0.1".into(), cluster.port(), DATABASE.into());
         let address = TargetAddress { host, port, database, tls: target_tls };
         let roles = ["read", "write"].map(|role| (role.parse().expect("a role name"), Allowed::default()));
-        let resource = ResourceTarget { address, roles: HashMap::from(roles) };
+        let resource = ResourceTarget { address, roles: HashMap::from(roles), audit_before: !setup.audit_after };
         let parts = Parts {
             authority: broker.clone(),
             settings: setup.settings,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use airlock_broker::bundle::PolicyBundle;
 use airlock_broker::config::{Config, GatewaySection};
 use airlock_broker::secrets::read_secret;
-use airlock_core::catalog::{Catalog, GrantLogin};
+use airlock_core::catalog::{AuditTiming, Catalog, GrantLogin};
 use airlock_core::ids::ResourceName;
 use airlock_gateway::authority::Authority;
 use airlock_gateway::gateway::{Parts, ResourceTarget, Settings, Verifier};
@@ -56,7 +56,8 @@ pub fn parts<A: Authority>(
                 .map_err(|e| anyhow!("resource `{name}`, role `{}`: allow_statements: {e}", role.name))?;
             roles.insert(role.name.clone(), allowed);
         }
-        targets.insert(name, ResourceTarget { address, roles });
+        let audit_before = resource.audit == AuditTiming::Before;
+        targets.insert(name, ResourceTarget { address, roles, audit_before });
     }
     let seconds = |duration: &airlock_core::values::GrantDuration| Duration::from_secs(duration.as_secs());
     let settings = Settings {
