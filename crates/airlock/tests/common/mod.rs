@@ -139,6 +139,8 @@ pub struct TestApp {
     pub log: PathBuf,
     /// Where `serve` said the quickstart's throwaway PostgreSQL listens.
     pub throwaway_port: Option<u16>,
+    /// Where `serve` said its gateway listens.
+    pub gateway_port: Option<u16>,
     pub _root: TempDir,
 }
 
@@ -180,6 +182,7 @@ pub fn spawn_app_with(config: &Path) -> TestApp {
         data_dir,
         log,
         throwaway_port: None,
+        gateway_port: None,
         _root: root,
     };
     app.start();
@@ -209,7 +212,7 @@ impl TestApp {
         thread::spawn(move || {
             let mut reader = BufReader::new(out);
             let mut line = String::new();
-            let mut throwaway_port = None;
+            let (mut throwaway_port, mut gateway_port) = (None, None);
             loop {
                 line.clear();
                 match reader.read_line(&mut line) {
@@ -220,8 +223,11 @@ impl TestApp {
                         {
                             throwaway_port = rest.split(' ').next().and_then(|port| port.parse::<u16>().ok());
                         }
+                        if let Some(rest) = line.strip_prefix("airlock gateway listening on 127.0.0.1:") {
+                            gateway_port = rest.split(' ').next().and_then(|port| port.parse::<u16>().ok());
+                        }
                         if let Some(url) = line.trim_end().strip_prefix("airlock broker listening on ") {
-                            let _ = send.send((url.to_owned(), reader, throwaway_port));
+                            let _ = send.send((url.to_owned(), reader, throwaway_port, gateway_port));
                             return;
                         }
                     }
@@ -229,10 +235,11 @@ impl TestApp {
             }
         });
         match receive.recv_timeout(PATIENCE) {
-            Ok((url, reader, throwaway_port)) => {
+            Ok((url, reader, throwaway_port, gateway_port)) => {
                 assert!(url.starts_with("http://127.0.0.1:"), "unexpected address {url}");
                 self.url = url;
                 self.throwaway_port = throwaway_port;
+                self.gateway_port = gateway_port;
                 self.server = Some(Server { child, _stdout: reader });
             }
             Err(_) => {
