@@ -67,6 +67,27 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// The sessions the gateway named `gateway` started and never recorded the end of (it
+    /// crashed): the holder and the details of each `session.started`.
+    pub async fn unended_sessions(&self, gateway: &str) -> Result<Vec<(String, serde_json::Value)>, BrokerError> {
+        let rows = self.store().unended_sessions(gateway).await?;
+        let parsed =
+            rows.into_iter().filter_map(|(actor, details)| Some((actor, serde_json::from_str(&details).ok()?)));
+        Ok(parsed.collect())
+    }
+
+    /// [`Broker::unended_sessions`], for a gateway running apart.
+    pub async fn gateway_unended_sessions(
+        &self,
+        caller: &Caller,
+        gateway: &str,
+    ) -> Result<Vec<(String, serde_json::Value)>, BrokerError> {
+        self.gateway_only(caller)?;
+        self.unended_sessions(gateway).await
+    }
+}
+
 /// Whether the ids reports find records by are, when present, UUID strings: a record is kept
 /// forever, so one that misleads reports must not get in.
 fn ids_well_formed(details: &serde_json::Value) -> bool {
@@ -82,6 +103,7 @@ fn observed_by_gateways(kind: EventKind) -> bool {
         EventKind::SessionStarted
             | EventKind::SessionRefused
             | EventKind::SessionEnded
+            | EventKind::StatementStarted
             | EventKind::StatementExecuted
             | EventKind::StatementRefused
     )

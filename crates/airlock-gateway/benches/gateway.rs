@@ -41,7 +41,9 @@
 //! `AIRLOCK_BENCH_CUT_SESSIONS` (100), `AIRLOCK_BENCH_CUT_ROUNDS` (10),
 //! `AIRLOCK_BENCH_EXPIRY_SECONDS` (5, the expiring grants' length), `AIRLOCK_BENCH_CUT_TLS`
 //! (`true`: the cut sessions use TLS), `AIRLOCK_BENCH_IDLE_SESSIONS` (500),
-//! `AIRLOCK_BENCH_PATHS` (`direct,relay,pgbouncer,gateway,gateway-tls`), `AIRLOCK_BENCH_PARTS` (`memory,latency,throughput,cuts`). A quick run:
+//! `AIRLOCK_BENCH_PATHS` (`direct,relay,pgbouncer,gateway,gateway-tls`), `AIRLOCK_BENCH_PARTS` (`memory,latency,throughput,cuts`),
+//! `AIRLOCK_BENCH_AUDIT` (`before`, the default: each statement's record is committed before it is
+//! sent; `after`: recorded once it completed, as `audit = "after"`). A quick run:
 //! `AIRLOCK_BENCH_SECONDS=2 AIRLOCK_BENCH_ROUNDS=1 AIRLOCK_BENCH_CUT_ROUNDS=2 cargo bench -p airlock-gateway --bench gateway`.
 //!
 //! Everything started here stops when the bench ends, fails or is interrupted (Ctrl-C): the
@@ -153,6 +155,8 @@ struct Knobs {
     parts: Vec<String>,
     /// Also run TPC-B-like with the cluster's fsync on.
     durable: bool,
+    /// The gateway records statements once they completed (`audit = "after"`).
+    audit_after: bool,
 }
 
 impl Knobs {
@@ -184,6 +188,11 @@ impl Knobs {
             idle_sessions: setting("AIRLOCK_BENCH_IDLE_SESSIONS", 500),
             paths,
             parts: list("AIRLOCK_BENCH_PARTS", "memory,latency,throughput,cuts"),
+            audit_after: match std::env::var("AIRLOCK_BENCH_AUDIT").as_deref() {
+                Ok("after") => true,
+                Ok("before") | Err(_) => false,
+                Ok(other) => panic!("AIRLOCK_BENCH_AUDIT=`{other}` is neither `before` nor `after`"),
+            },
         }
     }
 
@@ -289,6 +298,7 @@ async fn run(tools: Tools, knobs: Knobs) -> ExitCode {
         settings: Settings { require_tls: false, ..Settings::default() },
         // PgBouncer keeps its server connections a while after its clients leave.
         max_connections: Some((knobs.idle_sessions + knobs.cut_sessions + 100) as u32),
+        audit_after: knobs.audit_after,
         ..Setup::default()
     };
     let harness = GatewayHarness::start_with(setup).await;

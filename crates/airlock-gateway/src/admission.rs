@@ -494,7 +494,8 @@ async fn run<A, S>(
     let backend = Backend { address, process_id, secret_key };
     shared.registry.set_backend(registration.key, backend.clone());
     let begun = std::time::Instant::now();
-    shared.recorder.record(session.event(EventKind::SessionStarted, json!({ "client": peer.to_string() }))).await;
+    let started = json!({ "client": peer.to_string(), "gateway": shared.name });
+    shared.recorder.record(session.event(EventKind::SessionStarted, started)).await;
     let (client_read, client_write) = tokio::io::split(client);
     let target_read = Prefixed { prefix: leftover, inner: target_read };
     let mut ends = Ends { client_read, client_write, target_read, target_write };

@@ -1,5 +1,6 @@
 //! What the gateway asks of the broker, as one narrow trait: is this grant live, which grants are
-//! live, tell me when that changes, and record these events. Inside `airlock serve` the broker
+//! live, tell me when that changes, record these events, and which of my sessions has no end on
+//! record (after a crash). Inside `airlock serve` the broker
 //! answers in-process; a gateway running apart would answer the same questions over the API.
 
 use std::collections::HashSet;
@@ -44,6 +45,13 @@ pub trait Authority: Clone + Send + Sync + 'static {
     /// Changes whenever a grant may have started or ended.
     fn grant_changes(&self) -> watch::Receiver<u64>;
 
+    /// The sessions the gateway named `gateway` started and never recorded the end of: the
+    /// holder and the details of each `session.started`.
+    fn unended_sessions(
+        &self,
+        gateway: &str,
+    ) -> impl Future<Output = Result<Vec<(String, serde_json::Value)>, AuthorityError>> + Send;
+
     /// Appends events to the audit chain, in order, all or none.
     fn record(&self, events: &[AuditEvent]) -> impl Future<Output = Result<(), AuthorityError>> + Send;
 }
@@ -68,5 +76,9 @@ impl Authority for Broker {
 
     async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
         Broker::record(self, events).await.map_err(unavailable)
+    }
+
+    async fn unended_sessions(&self, gateway: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
+        Broker::unended_sessions(self, gateway).await.map_err(unavailable)
     }
 }

@@ -93,6 +93,7 @@ pub struct Shared<A> {
     pub(crate) targets: HashMap<ResourceName, ResourceTarget>,
     pub(crate) verifier: Verifier,
     pub(crate) role_key: RoleKey,
+    pub(crate) name: String,
     pub(crate) guard: Arc<Guard>,
     pub(crate) recorder: Recorder,
     pub(crate) registry: Registry,
@@ -121,12 +122,16 @@ pub struct Parts<A> {
     pub targets: HashMap<ResourceName, ResourceTarget>,
     pub verifier: Verifier,
     pub role_key: RoleKey,
+    /// The gateway's own name, kept across restarts (a UUID): its `session.started` records
+    /// carry it, so after a crash it finds the sessions whose end it could not record.
+    pub name: String,
 }
 
 /// Serves sessions on `listener` until `shutdown` turns true; then cuts every session, waits for
 /// them (a few seconds at most) and for their audit records to be written.
 pub async fn serve<A: Authority>(parts: Parts<A>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let (recorder, writer) = Recorder::start(parts.authority.clone());
+    let recovering = tokio::spawn(end_crashed_sessions(parts.authority.clone(), parts.name.clone(), recorder.clone()));
     let pending = Arc::new(Semaphore::new(parts.settings.max_pending_logins.min(Semaphore::MAX_PERMITS)));
     let failures = Mutex::new(Failures::new(parts.settings.login_failures));
     let shared = Arc::new(Shared {
@@ -136,6 +141,7 @@ pub async fn serve<A: Authority>(parts: Parts<A>, listener: TcpListener, mut shu
         targets: parts.targets,
         verifier: parts.verifier,
         role_key: parts.role_key,
+        name: parts.name,
         guard: Arc::new(Guard::new()),
         recorder,
         registry: Registry::default(),
@@ -179,8 +185,42 @@ pub async fn serve<A: Authority>(parts: Parts<A>, listener: TcpListener, mut shu
     // Every connection has ended: no refusal can come after these summaries.
     let all = shared.failures().take_all();
     record_summaries(&shared, all).await;
+    recovering.abort();
+    let _ = recovering.await;
     drop(shared);
     let _ = writer.await;
+}
+
+/// Records the end (`reason = "crash"`) of every session the gateway named `name` started in an
+/// earlier life and could not record the end of (it was killed); asks again, backing off, until
+/// the broker answers. It runs before any session of this life has started, so none of them is
+/// taken for one.
+async fn end_crashed_sessions<A: Authority>(authority: A, name: String, recorder: Recorder) {
+    let mut wait = Duration::from_millis(200);
+    let unended = loop {
+        match authority.unended_sessions(&name).await {
+            Ok(unended) => break unended,
+            Err(error) => {
+                tracing::warn!(%error, "cannot ask for sessions a crash left unended yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    let count = unended.len();
+    for (actor, started) in unended {
+        let mut details = json!({ "reason": "crash" });
+        for field in ["session", "grant", "resource", "role", "gateway"] {
+            if let Some(value) = started.get(field) {
+                details[field] = value.clone();
+            }
+        }
+        let event = AuditEvent { kind: EventKind::SessionEnded, actor, at: OffsetDateTime::now_utc(), details };
+        recorder.record(event).await;
+    }
+    if count > 0 {
+        tracing::info!(count, "recorded the end of sessions a crash left open");
+    }
 }
 
 /// Cuts the sessions of grants that are no longer live, on every grant change and periodically;
@@ -287,6 +327,9 @@ mod tests {
         fn grant_changes(&self) -> watch::Receiver<u64> {
             watch::channel(0).1
         }
+        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
+            Ok(Vec::new())
+        }
         async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
             self.0.lock().unwrap().extend_from_slice(events);
             Ok(())
@@ -305,6 +348,7 @@ mod tests {
             targets: HashMap::new(),
             verifier: Verifier { public_key: [0; 32] },
             role_key: RoleKey::new([0; 32]),
+            name: "gateway-under-test".to_owned(),
             guard: Arc::new(Guard::new()),
             recorder,
             registry: Registry::default(),

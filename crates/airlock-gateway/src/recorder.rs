@@ -126,6 +126,9 @@ mod tests {
         fn grant_changes(&self) -> watch::Receiver<u64> {
             watch::channel(0).1
         }
+        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
+            Ok(Vec::new())
+        }
         async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
             let mut appends = self.0.lock().unwrap();
             if !appends.0 {

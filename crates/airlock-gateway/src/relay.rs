@@ -746,6 +746,9 @@ mod tests {
         fn grant_changes(&self) -> watch::Receiver<u64> {
             watch::channel(0).1
         }
+        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
+            Ok(Vec::new())
+        }
         async fn record(&self, _: &[AuditEvent]) -> Result<(), AuthorityError> {
             Err(AuthorityError("unreachable".into()))
         }
@@ -789,6 +792,9 @@ mod tests {
         }
         fn grant_changes(&self) -> watch::Receiver<u64> {
             watch::channel(0).1
+        }
+        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
+            Ok(Vec::new())
         }
         async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
             self.open.notified().await;

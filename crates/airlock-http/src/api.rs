@@ -510,6 +510,23 @@ pub struct GatewayEventView {
     pub details: serde_json::Value,
 }
 
+/// Which gateway asks for its unended sessions.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UnendedSessionsQuery {
+    /// The gateway's own name, as in the `gateway` of its `session.started` records.
+    pub gateway: String,
+}
+
+/// A session a gateway started whose end is not recorded: its holder and the details of its
+/// `session.started`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UnendedSessionView {
+    pub actor: String,
+    pub details: serde_json::Value,
+}
+
 /// How many events were recorded.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RecordedView {

@@ -17,7 +17,7 @@ use crate::routes;
         routes::create_request, routes::list_requests, routes::get_request,
         routes::approve, routes::deny, routes::cancel, routes::break_glass, routes::list_reviews, routes::review,
         routes::list_grants, routes::revoke, routes::issue_credential, routes::audit_export, routes::audit_prove,
-        routes::gateway_live_grants, routes::gateway_grant, routes::gateway_events, routes::audit_tail, routes::audit_verify,
+        routes::gateway_live_grants, routes::gateway_grant, routes::gateway_events, routes::gateway_unended_sessions, routes::audit_tail, routes::audit_verify,
         routes::open_incident, routes::list_incidents, routes::get_incident, routes::close_incident,
         routes::report_summary, routes::report_user, routes::report_resource, routes::report_incident,
         crate::metrics::metrics,
@@ -27,7 +27,7 @@ use crate::routes;
     components(schemas(
         ErrorBody, WhoAmI, CreateRequest, ApproveBody, ReasonBody, ProveBody, ProveView, DecisionView, ApprovalView, ClosureView,
         RequestView, GrantView, AuditRecordView, VerifyView, KeyView, HealthView, CredentialView,
-        LiveGrantsView, GatewayEventView, RecordedView, BreakGlassBody, BreakGlassView, ReviewBody, ReviewView, AnswerView,
+        LiveGrantsView, GatewayEventView, RecordedView, UnendedSessionView, BreakGlassBody, BreakGlassView, ReviewBody, ReviewView, AnswerView,
         IncidentBody, IncidentView, ClosedIncidentView, IncidentRefView,
         CodeBody, EnrollmentView, MfaView, EnrollDeviceBody, DeviceView, DisabledDeviceView,
         LoginView, DeviceStartView, DevicePollBody, DevicePendingView, RefreshBody,

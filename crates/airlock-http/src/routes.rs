@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/gateway/grants", get(gateway_live_grants))
         .route("/v1/gateway/grants/{id}", get(gateway_grant))
         .route("/v1/gateway/events", post(gateway_events))
+        .route("/v1/gateway/sessions/unended", get(gateway_unended_sessions))
         .route("/v1/audit", get(audit_tail))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/export", get(audit_export))
@@ -544,6 +545,18 @@ async fn gateway_events(
         .collect::<Result<Vec<_>, ApiError>>()?;
     state.broker.gateway_record(&caller, &events).await?;
     Ok(Json(RecordedView { recorded: events.len() }))
+}
+
+#[utoipa::path(get, path = "/v1/gateway/sessions/unended", security(("token" = [])), params(UnendedSessionsQuery),
+    responses((status = 200, body = Vec<UnendedSessionView>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn gateway_unended_sessions(
+    State(state): State<AppState>,
+    Authenticated(caller, _): Authenticated<scope::Gateway>,
+    Params(query): Params<UnendedSessionsQuery>,
+) -> Result<Json<Vec<UnendedSessionView>>, ApiError> {
+    let sessions = state.broker.gateway_unended_sessions(&caller, &query.gateway).await?;
+    Ok(Json(sessions.into_iter().map(|(actor, details)| UnendedSessionView { actor, details }).collect()))
 }
 
 #[utoipa::path(post, path = "/v1/grants/{id}/revoke", security(("token" = [])), params(("id" = String, Path)),

@@ -17,6 +17,7 @@ mod identity;
 mod incident;
 mod report;
 mod rows;
+mod sessions;
 mod tx;
 
 use std::path::Path;

@@ -118,6 +118,7 @@ impl GatewayHarness {
             targets: HashMap::from([("demo-db".parse().expect("a resource name"), resource)]),
             verifier: Verifier { public_key: broker.key().public_key() },
             role_key,
+            name: uuid::Uuid::new_v4().to_string(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port for the gateway");
         let port = listener.local_addr().expect("the gateway's address").port();

@@ -73,7 +73,27 @@ pub fn parts<A: Authority>(
         },
         ..Settings::default()
     };
-    Ok(Parts { authority, settings, tls: Some(tls), targets, verifier: Verifier { public_key }, role_key })
+    let name = gateway_name(data_dir)?;
+    Ok(Parts { authority, settings, tls: Some(tls), targets, verifier: Verifier { public_key }, role_key, name })
+}
+
+/// The gateway's own name (`gateway.id` in the data directory, a UUID made at first start): its
+/// records carry it, so after a crash it finds the sessions whose end it could not record.
+fn gateway_name(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("gateway.id");
+    match std::fs::read_to_string(&path) {
+        Ok(name) => {
+            let name = name.trim();
+            uuid::Uuid::parse_str(name).with_context(|| format!("{} does not hold a UUID", path.display()))?;
+            Ok(name.to_owned())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let name = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, format!("{name}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(name)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// The catalog's databases that have an address (throwaway ones live inside `serve`), with the

@@ -9,7 +9,7 @@ use std::time::Duration;
 use airlock_core::audit::AuditEvent;
 use airlock_core::ids::GrantId;
 use airlock_gateway::authority::{Authority, AuthorityError, LiveGrant};
-use airlock_http::api::{GatewayEventView, GrantView, LiveGrantsView, RecordedView};
+use airlock_http::api::{GatewayEventView, GrantView, LiveGrantsView, RecordedView, UnendedSessionView};
 use tokio::sync::watch;
 
 use crate::Failure;
@@ -91,6 +91,15 @@ impl Authority for RemoteAuthority {
 
     fn grant_changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    async fn unended_sessions(&self, gateway: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
+        // A gateway's name is a UUID: nothing in it needs escaping in a query.
+        let gateway =
+            uuid::Uuid::parse_str(gateway).map_err(|_| AuthorityError("a gateway's name is a UUID".to_owned()))?;
+        let path = format!("/v1/gateway/sessions/unended?gateway={gateway}");
+        let sessions: Vec<UnendedSessionView> = self.client.get(&path).await.map_err(unavailable)?;
+        Ok(sessions.into_iter().map(|session| (session.actor, session.details)).collect())
     }
 
     async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {

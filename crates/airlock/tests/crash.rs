@@ -1,7 +1,8 @@
 //! Record before answer, from outside: `airlock serve` killed with SIGKILL while a client sends
 //! statements through its gateway as fast as they are answered. After the restart, every
 //! statement the client saw answered has its record in the audit chain (`statement.started`,
-//! committed before the statement went to the database), and the chain verifies.
+//! committed before the statement went to the database), the session the kill cut short has its
+//! end recorded as a crash, and the chain verifies.
 //! CI runs a few rounds; `AIRLOCK_CRASH_ROUNDS=20` runs the issue's twenty.
 
 mod common;
@@ -26,11 +27,35 @@ async fn send_until_cut(conninfo: String, round: u32, answered: Arc<Mutex<Vec<u3
     }
 }
 
-/// The texts of every statement record in the data directory's audit chain.
-async fn recorded_texts(app: &TestApp) -> Vec<String> {
+async fn audit(app: &TestApp) -> sqlx::SqlitePool {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let options = SqliteConnectOptions::new().filename(app.data_dir.join("airlock.db")).read_only(true);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+    SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap()
+}
+
+/// Sessions started without a recorded end, and sessions ended by a crash.
+async fn session_ends(app: &TestApp) -> (i64, i64) {
+    let pool = audit(app).await;
+    let unended = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events s WHERE s.kind = 'session.started' AND NOT EXISTS (
+             SELECT 1 FROM audit_events e WHERE e.kind = 'session.ended'
+             AND json_extract(e.details, '$.session') = json_extract(s.details, '$.session'))",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let crashed = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE kind = 'session.ended' AND json_extract(details, '$.reason') = 'crash'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    (unended, crashed)
+}
+
+/// The texts of every statement record in the data directory's audit chain.
+async fn recorded_texts(app: &TestApp) -> Vec<String> {
+    let pool = audit(app).await;
     let texts: Vec<Option<String>> = sqlx::query_scalar(
         "SELECT json_extract(details, '$.text') FROM audit_events
          WHERE kind IN ('statement.started', 'statement.executed')",
@@ -75,6 +100,16 @@ async fn no_answered_statement_is_lost_when_serve_is_killed() {
             }
         }
         answered_total += answered.len();
+        // The session the kill cut short gets its end at the restart, as a crash.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while session_ends(&app).await != (0, i64::from(round)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {:?} (unended, crashed)",
+                session_ends(&app).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     assert!(lost.is_empty(), "{} of {answered_total} answered statements have no record: {lost:?}", lost.len());
     let verify = app.airlock("bob", &["audit", "verify"]);
