@@ -745,6 +745,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/gateway/grants", "get"),
     ("/v1/gateway/grants/{id}", "get"),
     ("/v1/gateway/events", "post"),
+    ("/v1/gateway/sessions/unended", "get"),
     ("/v1/audit", "get"),
     ("/v1/audit/verify", "get"),
     ("/v1/audit/export", "get"),
