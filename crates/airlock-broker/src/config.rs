@@ -568,6 +568,10 @@ pub struct GatewaySection {
     pub max_failed_logins: u32,
     #[serde(default = "default_failed_logins_window")]
     pub failed_logins_window: GrantDuration,
+    /// The longest statement text the gateway reads, in bytes; longer texts are refused before
+    /// they are parsed.
+    #[serde(default = "default_max_statement_bytes")]
+    pub max_statement_bytes: usize,
 }
 
 impl Default for GatewaySection {
@@ -583,8 +587,13 @@ impl Default for GatewaySection {
             max_pending_logins: default_max_pending_logins(),
             max_failed_logins: default_max_failed_logins(),
             failed_logins_window: default_failed_logins_window(),
+            max_statement_bytes: default_max_statement_bytes(),
         }
     }
+}
+
+fn default_max_statement_bytes() -> usize {
+    1 << 20
 }
 
 fn default_gateway_listen() -> SocketAddr {

@@ -479,6 +479,7 @@ async fn run<A, S>(
         recorder: shared.recorder.clone(),
         redact: shared.settings.redact_literals,
         audit_before,
+        max_statement_bytes: shared.settings.max_statement_bytes,
         idle_timeout: shared.settings.idle_timeout,
         ends_at,
         marker: format!("airlock_refused_{}", Uuid::new_v4().simple()),

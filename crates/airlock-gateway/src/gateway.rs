@@ -53,6 +53,8 @@ pub struct Settings {
     pub max_pending_logins: usize,
     /// When a source with failed logins is refused before its credential is read.
     pub login_failures: FailureLimit,
+    /// The longest statement text read, in bytes; longer texts are refused before parsing.
+    pub max_statement_bytes: usize,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             startup_timeout: Duration::from_secs(10),
             max_pending_logins: 256,
             login_failures: FailureLimit::default(),
+            max_statement_bytes: 1 << 20,
         }
     }
 }

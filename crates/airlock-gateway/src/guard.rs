@@ -189,6 +189,8 @@ pub enum Refusal {
          so it is never allowed (only `{accepted}` is accepted)"
     )]
     ChangesParsing { setting: &'static str, accepted: &'static str },
+    #[error("statement text of {bytes} bytes refused: this gateway reads at most {limit} bytes (max_statement_bytes)")]
+    TooLong { bytes: usize, limit: usize },
     #[error(
         "a text with a backslash right after a non-ASCII character is not accepted while earlier statements are \
          unanswered (the server could read it in another client encoding by then); send it once they are answered"
@@ -202,6 +204,7 @@ impl Refusal {
         match self {
             Self::Unparseable { .. } => "42601",
             Self::Uncheckable | Self::Unsettled => "0A000",
+            Self::TooLong { .. } => "54000",
             Self::Forbidden { .. } | Self::ChangesParsing { .. } => "42501",
         }
     }
@@ -1242,6 +1245,7 @@ mod tests {
             Err(Refusal::Unparseable { .. }) => "unparseable".to_owned(),
             Err(Refusal::Uncheckable) => "uncheckable".to_owned(),
             Err(Refusal::Unsettled) => "unsettled".to_owned(),
+            Err(Refusal::TooLong { .. }) => "too long".to_owned(),
         }
     }
 

@@ -144,6 +144,8 @@ pub struct Session {
     /// default); false for a resource with `audit = "after"`, whose statements are recorded only
     /// once they complete.
     pub audit_before: bool,
+    /// The longest statement text read; longer ones are refused before they are parsed.
+    pub max_statement_bytes: usize,
     pub idle_timeout: Duration,
     /// When the grant (or the credential) ends.
     pub ends_at: Instant,
@@ -177,6 +179,11 @@ impl Session {
     /// The statement as recorded. With literals redacted, the original goes along as
     /// `text_original`, which the broker always replaces by a salted commitment before chaining.
     fn recorded_text(&self, text: &str) -> Value {
+        if text.len() > self.max_statement_bytes {
+            // Too long to be read (and so to be redacted): its size and digest only.
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+            return json!({ "text_bytes": text.len(), "text_sha256": digest });
+        }
         let (text, original) =
             if self.redact { (crate::guard::redact(text), Some(text)) } else { (text.to_owned(), None) };
         let mut recorded = text_fields(text);
@@ -454,6 +461,10 @@ async fn client_to_target(
 /// client encoding waits for nothing: it is refused while anything sent before it is unanswered,
 /// since the server reports a changed encoding only when it is next ready.
 fn check<'a>(session: &Session, text: &'a str, exchange: &Exchange) -> Result<Checked<'a>, Refusal> {
+    // Before anything reads it: a parse tree costs tens of times its text.
+    if text.len() > session.max_statement_bytes {
+        return Err(Refusal::TooLong { bytes: text.len(), limit: session.max_statement_bytes });
+    }
     if encoding_sensitive(text) && !exchange.expected.is_empty() {
         return Err(Refusal::Unsettled);
     }
@@ -768,6 +779,7 @@ mod tests {
             // The database here is a test's own bytes: records go to an authority that never
             // takes them, so nothing may wait for a commit.
             audit_before: false,
+            max_statement_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(900),
             ends_at: Instant::now() + Duration::from_secs(900),
             marker: "airlock-marker".into(),

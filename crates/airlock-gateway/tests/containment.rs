@@ -139,3 +139,20 @@ async fn pg_dump_works_under_a_read_grant() {
     assert!(dump.status.success(), "{err}");
     assert!(out.contains("CREATE TABLE public.orders"), "{out}");
 }
+
+/// A statement text longer than `max_statement_bytes` is refused before anything parses it
+/// (a parse tree costs tens of times its text): 54000, the session goes on, and the refusal is
+/// recorded with the text's size and digest only.
+#[tokio::test]
+async fn a_statement_longer_than_the_limit_is_refused_unread() {
+    let settings = Settings { max_statement_bytes: 64 * 1024, ..Settings::default() };
+    let h = GatewayHarness::start(settings).await;
+    let client = session(&h).await;
+    let long = format!("SELECT {}1", "1,".repeat(64 * 1024));
+    let refused = client.batch_execute(&long).await.expect_err("too long");
+    assert_eq!(refused.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{refused}");
+    client.query_one("SELECT 1", &[]).await.expect("the session goes on");
+    eventually(|| async { !h.audit("statement.refused").await.is_empty() }).await;
+    let recorded = &h.audit("statement.refused").await[0];
+    assert_eq!((recorded["text_bytes"].as_u64(), recorded.get("text").is_none()), (Some(long.len() as u64), true));
+}

@@ -66,6 +66,7 @@ pub fn parts<A: Authority>(
         redact_literals: section.redact_literals,
         startup_timeout: seconds(&section.startup_timeout),
         max_pending_logins: section.max_pending_logins,
+        max_statement_bytes: section.max_statement_bytes.max(1),
         login_failures: FailureLimit {
             max_failures: section.max_failed_logins,
             window: seconds(&section.failed_logins_window),
