@@ -94,7 +94,7 @@ impl Store {
     }
 
     pub async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, at_ms, key_id, signature)
              VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -105,8 +105,10 @@ impl Store {
         .bind(&checkpoint.key_id)
         .bind(&checkpoint.signature)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
+        .map_err(StoreError::from);
+        self.health.note(&inserted, |_| true);
+        inserted.map(drop)
     }
 
     /// The newest checkpoint of a chain.
