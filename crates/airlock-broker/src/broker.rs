@@ -325,6 +325,9 @@ impl Broker {
         key: BrokerKey,
     ) -> Self {
         store.observe_commits(Arc::new(crate::metrics::CommitMetrics));
+        // Records are timed when they are appended, by the broker's clock (so tests move it too).
+        let appended_at = clock.clone();
+        store.set_clock(Arc::new(move || appended_at.now()));
         Self {
             key: Arc::new(key),
             appender: Appender::start(store.clone()),

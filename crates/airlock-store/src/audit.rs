@@ -67,9 +67,9 @@ impl Store {
 
     /// The chain's last record, or genesis when it has none.
     pub async fn audit_head(&self, chain_id: &str) -> Result<ChainHead, StoreError> {
-        let row: Option<(i64, String)> =
+        let row: Option<(i64, String, i64)> =
             sqlx::query_as(rows::AUDIT_HEAD).bind(chain_id).fetch_optional(&self.pool).await?;
-        Ok(row.map_or_else(ChainHead::genesis, |(seq, hash)| ChainHead { seq, hash }))
+        Ok(row.map_or_else(ChainHead::genesis, |(seq, hash, _)| ChainHead { seq, hash }))
     }
 
     /// The sequence numbers of the first record at or after `since_ms` and of the last record

@@ -121,6 +121,17 @@ pub trait ObserveCommits: Send + Sync + std::fmt::Debug {
 
 pub type CommitObserver = Arc<dyn ObserveCommits>;
 
+/// Where records' times come from: the system's clock unless told otherwise
+/// ([`Store::set_clock`]).
+#[derive(Clone)]
+pub(crate) struct StoreClock(pub(crate) Arc<dyn Fn() -> OffsetDateTime + Send + Sync>);
+
+impl std::fmt::Debug for StoreClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreClock")
+    }
+}
+
 /// The database of one broker.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -133,6 +144,8 @@ pub struct Store {
     /// What is redacted from audit details before they are chained.
     redaction: Arc<RedactionRules>,
     observers: Arc<[CommitObserver]>,
+    /// The time a record is appended at.
+    clock: StoreClock,
     /// Whether the last write failed for a storage fault.
     health: Arc<Health>,
     _checkpointer: Arc<Checkpointer>,
@@ -197,6 +210,11 @@ impl Store {
             committed_head: Arc::new(watch::Sender::new(0)),
             redaction: Arc::new(RedactionRules::new(&[], &[]).expect("no rules are valid rules")),
             observers: Arc::new([]),
+            clock: StoreClock(Arc::new(|| {
+                let now = OffsetDateTime::now_utc();
+                now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+                    .expect("a truncated nanosecond is in range")
+            })),
             health: Arc::default(),
             _checkpointer: checkpointer,
         };
@@ -213,6 +231,12 @@ impl Store {
     /// records, from this handle and the handles cloned from it from now on.
     pub fn observe_commits(&mut self, observer: CommitObserver) {
         self.observers = self.observers.iter().cloned().chain([observer]).collect();
+    }
+
+    /// Appends records at the time `now` says (the broker's clock), from this handle and the
+    /// handles cloned from it from now on, rather than the system's.
+    pub fn set_clock(&mut self, now: Arc<dyn Fn() -> OffsetDateTime + Send + Sync>) {
+        self.clock = StoreClock(now);
     }
 
     /// Begins a use case's transaction, taking the write lock at once. Waits at most
@@ -235,6 +259,7 @@ impl Store {
             self.committed_head.clone(),
             self.redaction.clone(),
             self.observers.clone(),
+            self.clock.clone(),
             self.health.clone(),
         ))
     }

@@ -14,7 +14,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use airlock_core::audit::redaction::RedactionRules;
-use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, chain};
+use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, chain_appended};
 use airlock_core::ids::{GroupName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant};
 use sqlx::pool::PoolConnection;
@@ -24,18 +24,20 @@ use tokio::sync::{OwnedMutexGuard, watch};
 
 use crate::health::Health;
 use crate::rows::{self, User, ms, to_body};
-use crate::{BROKER_CHAIN, CommitObserver, StoreError};
+use crate::{BROKER_CHAIN, CommitObserver, StoreClock, StoreError};
 
 /// A write transaction. Dropping it without [`Tx::commit`] rolls everything back.
 pub struct Tx {
     pub(crate) inner: Held,
-    head: Option<ChainHead>,
+    /// The chain's head after the records appended so far, and its record's time.
+    head: Option<(ChainHead, i64)>,
     /// Told the new head when a commit appended records.
     committed_head: Arc<watch::Sender<i64>>,
     redaction: Arc<RedactionRules>,
     /// The events appended so far, as chained (redacted), for the commit observer.
     appended: Vec<AuditEvent>,
     observers: Arc<[CommitObserver]>,
+    clock: StoreClock,
     health: Arc<Health>,
     /// Whether committing writes something to disk (records appended, or the health probe).
     pub(crate) wrote: bool,
@@ -94,12 +96,14 @@ fn nothing_to_roll_back(error: &sqlx::Error) -> bool {
 }
 
 impl Tx {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         connection: PoolConnection<Sqlite>,
         turn: OwnedMutexGuard<()>,
         committed_head: Arc<watch::Sender<i64>>,
         redaction: Arc<RedactionRules>,
         observers: Arc<[CommitObserver]>,
+        clock: StoreClock,
         health: Arc<Health>,
     ) -> Self {
         Self {
@@ -109,6 +113,7 @@ impl Tx {
             redaction,
             appended: Vec::new(),
             observers,
+            clock,
             health,
             wrote: false,
             turn: Some(turn),
@@ -135,7 +140,7 @@ impl Tx {
         self.turn = None;
         self.health.note(&outcome, |_| self.wrote);
         outcome?;
-        if let Some(head) = self.head.take() {
+        if let Some((head, _)) = self.head.take() {
             self.committed_head.send_replace(head.seq);
         }
         if !self.appended.is_empty() {
@@ -296,21 +301,27 @@ impl Tx {
     }
 
     /// Appends events to the broker's audit chain, in order, inside this transaction, with
-    /// sensitive values redacted first (their salts are stored beside the chain).
+    /// sensitive values redacted first (their salts are stored beside the chain). Each record's
+    /// time is the store's clock now, never before the record it follows; the event's own time
+    /// goes beside it, in its details (`event_at`).
     pub async fn append(&mut self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        let mut head = match self.head.take() {
+        let (mut head, head_at_ms) = match self.head.take() {
             Some(head) => head,
             None => {
-                let row: Option<(i64, String)> =
+                let row: Option<(i64, String, i64)> =
                     sqlx::query_as(rows::AUDIT_HEAD).bind(BROKER_CHAIN).fetch_optional(&mut *self.inner).await?;
-                row.map_or_else(ChainHead::genesis, |(seq, hash)| ChainHead { seq, hash })
+                row.map_or_else(
+                    || (ChainHead::genesis(), i64::MIN),
+                    |(seq, hash, at_ms)| (ChainHead { seq, hash }, at_ms),
+                )
             }
         };
+        let at_ms = ms((self.clock.0)()).max(head_at_ms);
         let mut records = Vec::with_capacity(events.len());
         let mut commitments = Vec::new();
         for mut event in events {
             commitments.extend(self.redaction.redact(&mut event.details, &mut fresh_salt));
-            let record = chain(&head, BROKER_CHAIN, &event);
+            let record = chain_appended(&head, BROKER_CHAIN, &mut event, at_ms);
             head = ChainHead { seq: record.seq, hash: record.hash.clone() };
             records.push(record);
             self.appended.push(event);
@@ -326,7 +337,7 @@ impl Tx {
             insert.build().execute(&mut *self.inner).await?;
         }
         self.wrote |= !records.is_empty();
-        self.head = Some(head);
+        self.head = Some((head, at_ms));
         Ok(())
     }
 }
