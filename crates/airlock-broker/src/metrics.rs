@@ -211,7 +211,9 @@ impl Broker {
     /// Sets the gauges the database knows: active grants, the chain's head, the newest checkpoint.
     pub async fn refresh_gauges(&self) -> Result<(), BrokerError> {
         let store = self.store();
-        metrics::gauge!(STORE_WRITABLE).set(if store.writable() { 1.0 } else { 0.0 });
+        // Probes (at most once a second) while the last write failed, so the gauge clears even
+        // when nothing else writes.
+        metrics::gauge!(STORE_WRITABLE).set(if store.writable_now().await.is_ok() { 1.0 } else { 0.0 });
         metrics::gauge!(ACTIVE_GRANTS).set(store.active_grant_count().await? as f64);
         let reviews = store.open_reviews(self.clock().now()).await?;
         metrics::gauge!(REVIEWS_OPEN).set(reviews.open as f64);
