@@ -5,10 +5,17 @@
 //! in one transaction — one disk sync for the lot — and then answers each caller. A caller's
 //! events stay together and in order; callers are served in the order they came. With many
 //! concurrent callers this turns one sync per call into one sync per batch (docs/benchmarks.md).
+//! When a batch fails because the store cannot write, the writer rests for a back-off (100 ms
+//! doubling to 10 s with each failed batch in a row, reset by a success): callers who come
+//! meanwhile are answered at once with the same fault, without touching the disk, and the first
+//! batch after the rest tries again. A failing disk is neither hammered nor left to hold callers.
 
 use airlock_core::audit::AuditEvent;
-use airlock_store::Store;
+use airlock_store::{Backoff, StorageFault, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::metrics::BACKGROUND_FAILURES;
 
 /// Events written in one transaction, at most (a caller's events are never split).
 const BATCH: usize = 8_192;
@@ -18,7 +25,7 @@ const QUEUE: usize = 4_096;
 /// One caller's events and where to answer.
 struct Call {
     events: Vec<AuditEvent>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), AppendError>>,
 }
 
 /// Hands events to the writing task. The task ends when every clone is gone.
@@ -28,9 +35,32 @@ pub(crate) struct Appender {
 }
 
 /// Why events were not appended; nothing of the batch they were in was written.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot append to the audit chain: {0}")]
-pub struct AppendError(String);
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("cannot append to the audit chain: the store cannot write: {0}; retry later")]
+    Unavailable(StorageFault),
+    #[error("cannot append to the audit chain: {0}")]
+    Failed(String),
+}
+
+impl From<StoreError> for AppendError {
+    fn from(error: StoreError) -> Self {
+        match error.fault() {
+            Some(fault) => AppendError::Unavailable(fault),
+            None => AppendError::Failed(error.to_string()),
+        }
+    }
+}
+
+impl AppendError {
+    /// The storage fault that stopped the append, when it was one.
+    pub fn fault(&self) -> Option<StorageFault> {
+        match self {
+            AppendError::Unavailable(fault) => Some(*fault),
+            AppendError::Failed(_) => None,
+        }
+    }
+}
 
 impl Appender {
     /// Starts the writing task (on the current Tokio runtime).
@@ -43,14 +73,17 @@ impl Appender {
     /// Appends `events` in order, returning once they are committed.
     pub(crate) async fn append(&self, events: Vec<AuditEvent>) -> Result<(), AppendError> {
         let (done, answer) = oneshot::channel();
-        let stopped = || AppendError("the audit writer stopped".into());
+        let stopped = || AppendError::Failed("the audit writer stopped".into());
         self.calls.send(Call { events, done }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?.map_err(AppendError)
+        answer.await.map_err(|_| stopped())?
     }
 }
 
 async fn write(store: Store, mut queue: mpsc::Receiver<Call>) {
     let mut calls = Vec::new();
+    let mut backoff = Backoff::default();
+    // Until when the writer rests after a storage fault, and the fault.
+    let mut resting: Option<(Instant, AppendError)> = None;
     while let Some(first) = queue.recv().await {
         let mut events = first.events.len();
         calls.push(first);
@@ -64,7 +97,29 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Call>) {
             }
         }
         let (batches, answers): (Vec<_>, Vec<_>) = calls.drain(..).map(|call| (call.events, call.done)).unzip();
-        let outcome = commit(&store, batches).await.map_err(|e| e.to_string());
+        let outcome = match &resting {
+            Some((until, fault)) if Instant::now() < *until => Err(fault.clone()),
+            _ => {
+                let outcome = commit(&store, batches).await.map_err(AppendError::from);
+                match &outcome {
+                    Ok(()) => {
+                        backoff.succeeded();
+                        resting = None;
+                    }
+                    Err(error) => {
+                        metrics::counter!(BACKGROUND_FAILURES, "task" => "appender").increment(1);
+                        if error.fault().is_some() {
+                            let wait = backoff.failed();
+                            tracing::warn!(%error, failures = backoff.failures(), rest = ?wait, "a group commit failed");
+                            resting = Some((Instant::now() + wait, error.clone()));
+                        } else {
+                            tracing::error!(%error, "a group commit failed");
+                        }
+                    }
+                }
+                outcome
+            }
+        };
         for done in answers {
             let _ = done.send(outcome.clone());
         }

@@ -44,6 +44,9 @@ pub enum ErrorKind {
     MfaRequired,
     /// Too many attempts: try again later.
     RateLimited,
+    /// The store cannot write for now (a full disk, a read-only database, a lock held
+    /// elsewhere, an I/O error): nothing was changed; try again later.
+    Unavailable,
     Internal,
 }
 
@@ -207,6 +210,8 @@ impl BrokerError {
             BrokerError::RefreshRefused => ErrorKind::Unauthenticated,
             BrokerError::Credential(airlock_core::credential::IssueError::GrantNotLive { .. }) => ErrorKind::Conflict,
             BrokerError::Credential(_) => ErrorKind::Internal,
+            BrokerError::Store(e) if e.fault().is_some() => ErrorKind::Unavailable,
+            BrokerError::Append(e) if e.fault().is_some() => ErrorKind::Unavailable,
             BrokerError::Secret(_) | BrokerError::Sign(_) | BrokerError::Append(_) | BrokerError::Store(_) => {
                 ErrorKind::Internal
             }
@@ -320,6 +325,9 @@ impl Broker {
         key: BrokerKey,
     ) -> Self {
         store.observe_commits(Arc::new(crate::metrics::CommitMetrics));
+        // Records are timed when they are appended, by the broker's clock (so tests move it too).
+        let appended_at = clock.clone();
+        store.set_clock(Arc::new(move || appended_at.now()));
         Self {
             key: Arc::new(key),
             appender: Appender::start(store.clone()),

@@ -7,7 +7,8 @@
 //! (one JSON line per checkpoint, synced to disk) or a webhook (the same JSON line, POSTed).
 //! Each sink runs apart and only ever sends the newest checkpoint, retrying with backoff: a slow
 //! or broken sink never holds up checkpoints or the broker, and since a checkpoint vouches for
-//! every record before it, skipping older ones loses nothing.
+//! every record before it, skipping older ones loses nothing. A checkpoint that cannot be made
+//! (the store cannot write) is tried again after a back-off too: 100 ms doubling to 10 s.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,11 +17,12 @@ use std::time::Duration;
 use airlock_core::audit::checkpoint::Checkpoint;
 use airlock_core::audit::export::Line;
 use airlock_core::audit::unix_ms;
-use airlock_store::BROKER_CHAIN;
+use airlock_store::{BROKER_CHAIN, Backoff};
 use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::AuditSection;
+use crate::metrics::BACKGROUND_FAILURES;
 use crate::outbound;
 
 /// When to checkpoint, and where copies go.
@@ -90,6 +92,7 @@ pub async fn run(broker: Broker, settings: CheckpointSettings, mut stop: watch::
             0
         }
     };
+    let mut backoff = Backoff::default();
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(settings.every) => false,
@@ -98,16 +101,25 @@ pub async fn run(broker: Broker, settings: CheckpointSettings, mut stop: watch::
         };
         match broker.checkpoint().await {
             Ok(Some(checkpoint)) => {
+                backoff.succeeded();
                 covered = checkpoint.seq;
                 newest.send_replace(Some(checkpoint));
             }
             // The head is already signed: nothing is owed up to it.
-            Ok(None) => covered = covered.max(*appended.borrow()),
+            Ok(None) => {
+                backoff.succeeded();
+                covered = covered.max(*appended.borrow());
+            }
             Err(error) => {
-                tracing::error!(%error, "cannot checkpoint the audit chain");
+                metrics::counter!(BACKGROUND_FAILURES, "task" => "checkpointer").increment(1);
+                let wait = backoff.failed();
+                tracing::error!(%error, failures = backoff.failures(), retry_in = ?wait, "cannot checkpoint the audit chain");
                 if !stopping {
                     // Do not spin on a failing store; the head stays owed until a later pass.
-                    tokio::time::sleep(settings.every).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.wait_for(|stop| *stop) => {}
+                    }
                 }
             }
         }
@@ -131,19 +143,22 @@ async fn deliver(sink: Sink, mut newest: watch::Receiver<Option<Checkpoint>>) {
             return;
         }
     };
-    let (mut delivered, mut backoff, mut closed) = (0, FIRST_RETRY, false);
+    let (mut delivered, mut backoff, mut closed) = (0, Backoff::new(FIRST_RETRY, LAST_RETRY), false);
     loop {
         let checkpoint = newest.borrow_and_update().clone();
         if let Some(checkpoint) = checkpoint.filter(|c| c.seq > delivered) {
             match hand_over(&sink, &client, &checkpoint).await {
-                Ok(()) => (delivered, backoff) = (checkpoint.seq, FIRST_RETRY),
+                Ok(()) => {
+                    delivered = checkpoint.seq;
+                    backoff.succeeded();
+                }
                 Err(error) if closed => {
                     tracing::warn!(%error, seq = checkpoint.seq, "the last audit checkpoint did not reach its sink");
                 }
                 Err(error) => {
+                    metrics::counter!(BACKGROUND_FAILURES, "task" => "checkpoint_sink").increment(1);
                     tracing::warn!(%error, seq = checkpoint.seq, "an audit checkpoint sink failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(LAST_RETRY);
+                    backoff.wait().await;
                     continue;
                 }
             }

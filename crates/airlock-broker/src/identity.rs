@@ -61,7 +61,14 @@ impl Broker {
             return Err(BrokerError::Unauthenticated);
         }
         if token.last_used_at + TOUCH_EVERY <= now {
-            self.store().touch_token(token.id, now, now - TOUCH_EVERY).await?;
+            // Marking the token used is bookkeeping: while the store cannot write, the call goes
+            // on (reads still work) and a later call marks it.
+            match self.store().touch_token(token.id, now, now - TOUCH_EVERY).await {
+                Err(error) if error.fault().is_some() => {
+                    tracing::debug!(%error, "cannot mark a token used");
+                }
+                touched => touched?,
+            }
         }
         let device = match &device_proof {
             Some(proof) => self.device_of_call(&user.name, bearer, proof, now).await?,

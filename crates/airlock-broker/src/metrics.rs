@@ -60,6 +60,15 @@ pub const REVIEWS_OPEN: &str = "airlock_breakglass_reviews_open";
 /// Break-glass reviews still open past their due time (escalated).
 pub const REVIEWS_OVERDUE: &str = "airlock_breakglass_reviews_overdue";
 
+/// Failed passes of a background loop, by task: `scheduler`, `appender` (a group commit of
+/// gateway and connector records), `checkpointer`, `checkpoint_sink`, `grant_ending`. Each loop
+/// backs off while it fails, so this grows by a few a minute at most per task.
+pub const BACKGROUND_FAILURES: &str = "airlock_background_failures_total";
+
+/// 1 when the store's last write succeeded, 0 while writes fail for a storage fault (a full
+/// disk, a read-only database, a lock held elsewhere, an I/O error).
+pub const STORE_WRITABLE: &str = "airlock_store_writable";
+
 /// Incidents open now.
 pub const INCIDENTS_OPEN: &str = "airlock_incidents_open";
 
@@ -108,6 +117,11 @@ pub fn describe() {
     describe_gauge!(REVIEWS_OPEN, "Break-glass reviews still open.");
     describe_gauge!(REVIEWS_OVERDUE, "Break-glass reviews still open past their due time.");
     describe_gauge!(INCIDENTS_OPEN, "Incidents open now.");
+    describe_counter!(
+        BACKGROUND_FAILURES,
+        "Failed passes of a background loop, by task; each loop backs off while it fails."
+    );
+    describe_gauge!(STORE_WRITABLE, "1 when the store's last write succeeded, 0 while it fails for a storage fault.");
 }
 
 /// Records what each committed audit record says (the store tells it of every commit).
@@ -197,6 +211,9 @@ impl Broker {
     /// Sets the gauges the database knows: active grants, the chain's head, the newest checkpoint.
     pub async fn refresh_gauges(&self) -> Result<(), BrokerError> {
         let store = self.store();
+        // Probes (at most once a second) while the last write failed, so the gauge clears even
+        // when nothing else writes.
+        metrics::gauge!(STORE_WRITABLE).set(if store.writable_now().await.is_ok() { 1.0 } else { 0.0 });
         metrics::gauge!(ACTIVE_GRANTS).set(store.active_grant_count().await? as f64);
         let reviews = store.open_reviews(self.clock().now()).await?;
         metrics::gauge!(REVIEWS_OPEN).set(reviews.open as f64);

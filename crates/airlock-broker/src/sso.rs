@@ -340,6 +340,9 @@ impl SingleSignOn {
             Err(error) => {
                 let (code, description) = match (&error, provider_error) {
                     (SsoError::SignInRefused(_), Some(provider)) => (provider, error.to_string()),
+                    (SsoError::Broker(e), _) if e.kind() == ErrorKind::Unavailable => {
+                        ("temporarily_unavailable".to_owned(), e.to_string())
+                    }
                     (SsoError::Broker(e), _) if e.kind() == ErrorKind::Internal => {
                         tracing::error!(error = %e, "a browser sign-in failed");
                         ("server_error".to_owned(), "internal error; the broker's log has the details".to_owned())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_broker::checkpoints::{self, CheckpointSettings, Sink};
-use airlock_broker::clock::ManualClock;
+use airlock_broker::clock::{Clock, ManualClock};
 use airlock_broker::{Broker, BrokerError};
 use airlock_core::audit::checkpoint::Checkpoint;
 use airlock_core::audit::export::{Line, Report, Verifier};
@@ -216,4 +216,74 @@ async fn the_checkpointer_feeds_its_sinks_and_signs_the_head_at_shutdown() {
         })
         .collect();
     assert_eq!(posted.last(), Some(&4), "{posted:?}");
+}
+
+/// Honest time: a record's time is when it was appended (the broker's clock at the append),
+/// never before the record it follows, even for a gateway's record retried an hour late or a
+/// clock stepped back; the event's own time is in its details (`event_at`). Every record is in
+/// the hash, and the chain and its export verify.
+#[tokio::test]
+async fn records_are_timed_when_appended_and_never_go_back_with_their_event_time_beside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let t0 = datetime!(2026-11-23 10:00 UTC);
+    let clock = Arc::new(ManualClock::new(t0));
+    let broker = quickstart_broker(store, dir.path(), clock.clone());
+    let statement = |at| AuditEvent {
+        kind: EventKind::StatementExecuted,
+        actor: "alice".into(),
+        at,
+        details: json!({"session": "s-1", "statement": "SELECT 1"}),
+    };
+
+    records(&broker, 0, 1).await;
+    clock.advance(time::Duration::minutes(1));
+    // A gateway's batch that could not be recorded for an hour (the broker was unreachable).
+    broker
+        .record(&[statement(t0 - time::Duration::hours(1)), statement(t0 - time::Duration::minutes(59))])
+        .await
+        .unwrap();
+    // The system clock steps back ten minutes (NTP): records keep going forward.
+    clock.advance(time::Duration::minutes(-10));
+    broker.record(&[statement(clock.now())]).await.unwrap();
+    records(&broker, 1, 1).await;
+    clock.advance(time::Duration::minutes(20));
+    records(&broker, 2, 1).await;
+
+    let chain = broker.store().audit_chain(BROKER_CHAIN).await.unwrap();
+    let at = |ms: i64| airlock_core::audit::time_of_ms(ms);
+    let times: Vec<_> = chain.iter().map(|record| (record.kind.as_str(), at(record.at_ms))).collect();
+    let minute = |m: i64| t0 + time::Duration::minutes(m);
+    assert_eq!(
+        times,
+        [
+            ("user.added", minute(0)),
+            ("statement.executed", minute(1)),
+            ("statement.executed", minute(1)),
+            ("statement.executed", minute(1)),
+            ("user.added", minute(1)),
+            ("user.added", minute(11)),
+        ],
+        "appended at the clock's time, never before the record before"
+    );
+    assert!(chain.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms), "times never go backwards");
+    let event_at = |seq: usize| {
+        let details: serde_json::Value = serde_json::from_str(&chain[seq].details).unwrap();
+        details["event_at"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        [event_at(0), event_at(1), event_at(2), event_at(3), event_at(4)],
+        [
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T09:00:00Z",
+            "2026-11-23T09:01:00Z",
+            "2026-11-23T09:51:00Z",
+            "2026-11-23T09:51:00Z"
+        ],
+        "the event's own time beside the record's"
+    );
+
+    let report = verify(&broker, &export(&broker, None).await, Vec::new());
+    assert!(report.intact(), "{:?}", problems(&report));
+    assert_eq!(report.records, 6);
 }

@@ -270,7 +270,7 @@ async fn a_pending_request_is_announced_in_both_formats_signed_with_its_facts_li
         delivered[1],
         json!({
             "channel": "hook", "notice": "review_needed", "delivery": posted.headers["x-airlock-delivery"],
-            "subject": {"request": id}, "attempts": 1, "status": 200,
+            "subject": {"request": id}, "attempts": 1, "status": 200, "event_at": "2026-11-23T10:00:00Z",
         })
     );
     assert_eq!(delivered[0]["delivery"].as_str(), Some(message.headers["x-airlock-delivery"].as_str()));

@@ -1,7 +1,10 @@
 //! Audit events and the hash chain.
 //!
 //! Each record stores the hash of the record before it; its own hash covers its sequence number,
-//! chain id, the previous hash, time, kind, actor and the exact JSON text of its details. Editing,
+//! chain id, the previous hash, time, kind, actor and the exact JSON text of its details. A
+//! record's time is when it was appended ([`chain_appended`]), never before the record it
+//! follows; the event's own time (a gateway's statement retried late, say) is in its details as
+//! [`EVENT_AT`]. Records from before that change carry their event's time and no `event_at`. Editing,
 //! deleting, inserting or reordering a record breaks the chain at that record, and
 //! [`export::Verifier`] names it. The details are hashed as stored text, so the check never depends on how a JSON
 //! library orders keys. [`checkpoint`] signs heads of the chain; [`export`] is the JSON Lines
@@ -281,10 +284,30 @@ fn hex_str(digest: &HexDigest) -> &str {
     std::str::from_utf8(digest).expect("hex digits are ASCII")
 }
 
-/// Links `event` after `head` in chain `chain_id`, returning the record to store.
+/// Links `event` after `head` in chain `chain_id`, recorded at the event's own time.
 pub fn chain(head: &ChainHead, chain_id: &str, event: &AuditEvent) -> ChainRecord {
+    link(head, chain_id, event, unix_ms(event.at))
+}
+
+/// Where a record appended later than its event happened keeps the event's own time: this key
+/// of its details, as RFC 3339 with milliseconds.
+pub const EVENT_AT: &str = "event_at";
+
+/// Links `event` after `head` in chain `chain_id` as appended at `at_ms` (Unix milliseconds:
+/// the record's time), first putting the event's own time into its details under [`EVENT_AT`]
+/// (when they are a JSON object, as every event's are). The hash covers both, as it covers
+/// every record's time and details.
+pub fn chain_appended(head: &ChainHead, chain_id: &str, event: &mut AuditEvent, at_ms: i64) -> ChainRecord {
+    if let serde_json::Value::Object(details) = &mut event.details {
+        let own = time_of_ms(unix_ms(event.at));
+        let text = own.format(&time::format_description::well_known::Rfc3339).expect("a time since 1970 formats");
+        details.insert(EVENT_AT.to_owned(), serde_json::Value::String(text));
+    }
+    link(head, chain_id, event, at_ms)
+}
+
+fn link(head: &ChainHead, chain_id: &str, event: &AuditEvent, at_ms: i64) -> ChainRecord {
     let seq = head.seq + 1;
-    let at_ms = unix_ms(event.at);
     let kind = event.kind.as_str();
     let details = event.details.to_string();
     let hash = hex_str(&record_hash(seq, chain_id, &head.hash, at_ms, kind, &event.actor, &details)).to_owned();

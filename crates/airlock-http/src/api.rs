@@ -566,10 +566,17 @@ pub struct KeyView {
     pub public_key: String,
 }
 
-/// Liveness.
+/// Liveness and readiness: the process answers (`/v1/health`, always 200), and whether its
+/// store can write (`ready`; `/v1/ready` answers 503 when it cannot).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
+    /// `ok`, or `unavailable` while the store cannot write.
     pub status: String,
+    /// Whether the store's last write (or a probe, at most once a second) succeeded.
+    pub ready: bool,
+    /// Why the store cannot write, when it cannot: `the store cannot write: disk full`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     pub policy_version: String,
 }
 

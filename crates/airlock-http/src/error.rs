@@ -1,5 +1,7 @@
 //! API errors: a status code and a JSON body that says what was wrong. Internal errors are logged
-//! with their cause and answered with a generic message, so nothing secret leaks.
+//! with their cause and answered with a generic message, so nothing secret leaks. A store that
+//! cannot write for now (a full disk, a read-only database, a lock held elsewhere, an I/O error)
+//! is 503 with `Retry-After`, and says which fault, never more.
 
 use airlock_broker::{BrokerError, ErrorKind};
 use axum::Json;
@@ -36,11 +38,16 @@ impl ApiError {
 impl From<BrokerError> for ApiError {
     fn from(error: BrokerError) -> Self {
         let kind = error.kind();
-        let message = if kind == ErrorKind::Internal {
-            tracing::error!(error = %error, "request failed");
-            "internal error; the broker's log has the details".to_owned()
-        } else {
-            error.to_string()
+        let message = match kind {
+            ErrorKind::Internal => {
+                tracing::error!(error = %error, "request failed");
+                "internal error; the broker's log has the details".to_owned()
+            }
+            ErrorKind::Unavailable => {
+                tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "request failed; retry later");
+                error.to_string()
+            }
+            _ => error.to_string(),
         };
         Self { kind, message }
     }
@@ -55,9 +62,13 @@ fn status_and_code(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
         ErrorKind::MfaRequired => (StatusCode::FORBIDDEN, "mfa_required"),
         ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
+
+/// Seconds a client is asked to wait before trying again while the store cannot write.
+pub const RETRY_AFTER_SECONDS: u64 = 2;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -65,6 +76,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(ErrorBody { code: code.to_owned(), error: self.message })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert("www-authenticate", "Bearer".parse().expect("a static header value"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert("retry-after", RETRY_AFTER_SECONDS.into());
         }
         response
     }

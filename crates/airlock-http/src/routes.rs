@@ -1,4 +1,4 @@
-//! One handler per route. Every route but `/v1/health`, `/v1/openapi.json` and the sign-in routes
+//! One handler per route. Every route but `/v1/health`, `/v1/ready`, `/v1/openapi.json` and the sign-in routes
 //! (`crate::login`, which are how one gets a token) authenticates its caller and checks the scope
 //! its token holds; the broker then checks what that caller may do.
 
@@ -32,6 +32,7 @@ use crate::openapi;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
         .route("/v1/openapi.json", get(openapi_document))
         .route("/v1/whoami", get(whoami))
         .route("/v1/keys", get(keys))
@@ -87,9 +88,34 @@ fn incident_named(id: Option<&str>) -> Result<Option<IncidentId>, ApiError> {
     id.map(|id| parse("incident", IncidentId::parse(id))).transpose()
 }
 
-#[utoipa::path(get, path = "/v1/health", responses((status = 200, body = HealthView)))]
+#[utoipa::path(get, path = "/v1/health",
+    responses((status = 200, body = HealthView, description = "the process answers; `ready` says whether its store can write")))]
 async fn health(State(state): State<AppState>) -> Json<HealthView> {
-    Json(HealthView { status: "ok".into(), policy_version: state.broker.policies().version.clone() })
+    Json(health_view(&state).await)
+}
+
+#[utoipa::path(get, path = "/v1/ready",
+    responses((status = 200, body = HealthView, description = "ready: the store can write"),
+        (status = 503, body = HealthView, description = "the store cannot write (a full disk, a read-only database, a lock held elsewhere, an I/O error); `Retry-After` says when to ask again")))]
+async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    let view = health_view(&state).await;
+    if view.ready {
+        return Json(view).into_response();
+    }
+    let retry_after = [("retry-after", crate::error::RETRY_AFTER_SECONDS.to_string())];
+    (StatusCode::SERVICE_UNAVAILABLE, retry_after, Json(view)).into_response()
+}
+
+/// Costs nothing while the store's last write succeeded; otherwise one probe write a second at
+/// most, whoever asks.
+async fn health_view(state: &AppState) -> HealthView {
+    let fault = state.broker.store().writable_now().await.err();
+    HealthView {
+        status: if fault.is_none() { "ok" } else { "unavailable" }.into(),
+        ready: fault.is_none(),
+        store: fault.map(|fault| format!("the store cannot write: {fault}")),
+        policy_version: state.broker.policies().version.clone(),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "this document")))]

@@ -67,9 +67,9 @@ impl Store {
 
     /// The chain's last record, or genesis when it has none.
     pub async fn audit_head(&self, chain_id: &str) -> Result<ChainHead, StoreError> {
-        let row: Option<(i64, String)> =
+        let row: Option<(i64, String, i64)> =
             sqlx::query_as(rows::AUDIT_HEAD).bind(chain_id).fetch_optional(&self.pool).await?;
-        Ok(row.map_or_else(ChainHead::genesis, |(seq, hash)| ChainHead { seq, hash }))
+        Ok(row.map_or_else(ChainHead::genesis, |(seq, hash, _)| ChainHead { seq, hash }))
     }
 
     /// The sequence numbers of the first record at or after `since_ms` and of the last record
@@ -94,7 +94,7 @@ impl Store {
     }
 
     pub async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, at_ms, key_id, signature)
              VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -105,8 +105,10 @@ impl Store {
         .bind(&checkpoint.key_id)
         .bind(&checkpoint.signature)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
+        .map_err(StoreError::from);
+        self.health.note(&inserted, |_| true);
+        inserted.map(drop)
     }
 
     /// The newest checkpoint of a chain.

@@ -154,13 +154,15 @@ impl Store {
         now: OffsetDateTime,
         before: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE tokens SET last_used_ms = ? WHERE id = ? AND last_used_ms < ?")
+        let touched = sqlx::query("UPDATE tokens SET last_used_ms = ? WHERE id = ? AND last_used_ms < ?")
             .bind(ms(now))
             .bind(id.to_string())
             .bind(ms(before))
             .execute(&self.pool)
-            .await?;
-        Ok(())
+            .await
+            .map_err(StoreError::from);
+        self.health.note(&touched, |done| done.rows_affected() > 0);
+        touched.map(drop)
     }
 
     /// A user's tokens, newest first, the ended ones too.

@@ -7,12 +7,20 @@
 //!
 //! SQLite would checkpoint its write-ahead log inside whichever commit crosses 1,000 pages,
 //! adding milliseconds to that one request; a background task checkpoints instead, every
-//! [`CHECKPOINT_EVERY`], without blocking writers. Connections are not pinged before use: the
-//! database is a local file, and the ping is a round trip to SQLite's thread on every query.
+//! [`CHECKPOINT_EVERY`], without blocking writers (and backing off while it fails). Connections
+//! are not pinged before use: the database is a local file, and the ping is a round trip to
+//! SQLite's thread on every query.
+//!
+//! Faults heal without a restart: a transaction that does not commit leaves its connection
+//! clean or closed (`tx`); a full disk, a read-only database, a lock held elsewhere or an I/O
+//! error is [`StoreError::Unavailable`], remembered until a write succeeds again (`health`);
+//! background loops retry with a [`Backoff`].
 
 mod audit;
+pub mod backoff;
 mod breakglass;
 mod device;
+mod health;
 mod identity;
 mod incident;
 mod report;
@@ -33,8 +41,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
+pub use backoff::Backoff;
 pub use breakglass::OpenReviews;
 pub use device::Device;
+use health::Health;
+pub use health::{PROBE_EVERY, StorageFault};
 pub use identity::{NewToken, RefreshLookup, Renewal, StoredMfa, Token, TokenKind};
 pub use report::{ReportScope, StatementCount};
 pub use rows::User;
@@ -43,17 +54,48 @@ pub use tx::Tx;
 /// The one audit chain a broker writes.
 pub const BROKER_CHAIN: &str = "broker";
 
+/// How long a write waits for the database's write lock (SQLite's busy timeout), and for its
+/// turn among this process's writers, before it fails as [`StorageFault::Busy`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory `{path}`: {source}")]
     DataDir { path: String, source: std::io::Error },
+    /// A fault of the disk or of the database's lock: nothing was changed, and the same
+    /// operation works again once the fault is gone.
+    #[error("the store cannot write: {fault}; retry later")]
+    Unavailable {
+        fault: StorageFault,
+        #[source]
+        source: Option<sqlx::Error>,
+    },
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored record `{id}` cannot be read: {message}")]
     Corrupt { id: String, message: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match StorageFault::of(&error) {
+            Some(fault) => StoreError::Unavailable { fault, source: Some(error) },
+            None => StoreError::Database(error),
+        }
+    }
+}
+
+impl StoreError {
+    /// The storage fault behind this error, when it is one.
+    pub fn fault(&self) -> Option<StorageFault> {
+        match self {
+            StoreError::Unavailable { fault, .. } => Some(*fault),
+            _ => None,
+        }
+    }
 }
 
 /// Which requests to list.
@@ -80,6 +122,17 @@ pub trait ObserveCommits: Send + Sync + std::fmt::Debug {
 
 pub type CommitObserver = Arc<dyn ObserveCommits>;
 
+/// Where records' times come from: the system's clock unless told otherwise
+/// ([`Store::set_clock`]).
+#[derive(Clone)]
+pub(crate) struct StoreClock(pub(crate) Arc<dyn Fn() -> OffsetDateTime + Send + Sync>);
+
+impl std::fmt::Debug for StoreClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreClock")
+    }
+}
+
 /// The database of one broker.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -92,6 +145,10 @@ pub struct Store {
     /// What is redacted from audit details before they are chained.
     redaction: Arc<RedactionRules>,
     observers: Arc<[CommitObserver]>,
+    /// The time a record is appended at.
+    clock: StoreClock,
+    /// Whether the last write failed for a storage fault.
+    health: Arc<Health>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -108,14 +165,26 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Checkpoints every [`CHECKPOINT_EVERY`]; while that fails (a full disk cannot take the pages
+/// back), waits longer after each failure, up to the back-off's cap.
 async fn checkpoint_forever(pool: SqlitePool) {
-    let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Backoff::default();
+    let mut wait = CHECKPOINT_EVERY;
     loop {
-        ticks.tick().await;
+        tokio::time::sleep(wait).await;
         // PASSIVE never waits for readers or writers; what it cannot copy now, a later tick will.
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-            tracing::warn!(%error, "write-ahead log checkpoint failed");
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            Ok(_) => {
+                if backoff.failures() > 0 {
+                    tracing::info!(failures = backoff.failures(), "write-ahead log checkpoints work again");
+                }
+                backoff.succeeded();
+                wait = CHECKPOINT_EVERY;
+            }
+            Err(error) => {
+                wait = CHECKPOINT_EVERY.max(backoff.failed());
+                tracing::warn!(%error, failures = backoff.failures(), retry_in = ?wait, "write-ahead log checkpoint failed");
+            }
         }
     }
 }
@@ -131,7 +200,7 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -142,6 +211,12 @@ impl Store {
             committed_head: Arc::new(watch::Sender::new(0)),
             redaction: Arc::new(RedactionRules::new(&[], &[]).expect("no rules are valid rules")),
             observers: Arc::new([]),
+            clock: StoreClock(Arc::new(|| {
+                let now = OffsetDateTime::now_utc();
+                now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+                    .expect("a truncated nanosecond is in range")
+            })),
+            health: Arc::default(),
             _checkpointer: checkpointer,
         };
         store.committed_head.send_replace(store.audit_head(BROKER_CHAIN).await?.seq);
@@ -159,15 +234,34 @@ impl Store {
         self.observers = self.observers.iter().cloned().chain([observer]).collect();
     }
 
-    /// Begins a use case's transaction, taking the write lock at once.
+    /// Appends records at the time `now` says (the broker's clock), from this handle and the
+    /// handles cloned from it from now on, rather than the system's.
+    pub fn set_clock(&mut self, now: Arc<dyn Fn() -> OffsetDateTime + Send + Sync>) {
+        self.clock = StoreClock(now);
+    }
+
+    /// Begins a use case's transaction, taking the write lock at once. Waits at most
+    /// [`BUSY_TIMEOUT`] for this process's other writers and as long again for other processes';
+    /// then fails as [`StorageFault::Busy`].
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        let turn = self.writer.clone().lock_owned().await;
+        let begun = self.begin_inner().await;
+        self.health.note(&begun, |_| false);
+        begun
+    }
+
+    async fn begin_inner(&self) -> Result<Tx, StoreError> {
+        let turn = tokio::time::timeout(BUSY_TIMEOUT, self.writer.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Unavailable { fault: StorageFault::Busy, source: None })?;
+        let connection = tx::begin_on(self.pool.acquire().await?).await?;
         Ok(Tx::new(
-            self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            connection,
             turn,
             self.committed_head.clone(),
             self.redaction.clone(),
             self.observers.clone(),
+            self.clock.clone(),
+            self.health.clone(),
         ))
     }
 

@@ -23,8 +23,9 @@ pub struct User {
 pub(crate) const USER_COLUMNS_BY_NAME: &str =
     "SELECT name, groups_json, service, disabled, created_ms FROM users WHERE name = ?";
 
-/// The last record of a chain: its sequence number and hash.
-pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1";
+/// The last record of a chain: its sequence number, hash and time.
+pub(crate) const AUDIT_HEAD: &str =
+    "SELECT seq, hash, at_ms FROM audit_events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1";
 
 pub(crate) fn ms(at: OffsetDateTime) -> i64 {
     airlock_core::audit::unix_ms(at)

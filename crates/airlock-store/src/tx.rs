@@ -1,49 +1,146 @@
 //! One use case's transaction: reads for update, writes, and audit appends, committed together.
+//!
+//! A [`Tx`] holds one pooled connection and issues `BEGIN IMMEDIATE`, `COMMIT` and `ROLLBACK`
+//! itself, rather than through sqlx's `Transaction`: when SQLite has already rolled a
+//! transaction back (a failed `COMMIT` on a full disk, an I/O error), sqlx's own rollback fails
+//! with "no transaction is active", leaves its transaction depth at one, and hands the
+//! connection back to the pool, where every later `begin_with` fails ("attempted to call
+//! begin_with at non-zero transaction depth") until the process restarts. Here a transaction
+//! that does not commit is rolled back, "no transaction is active" counting as done, and a
+//! connection whose rollback fails otherwise is closed rather than returned: the next use case
+//! always gets a clean connection.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use airlock_core::audit::redaction::RedactionRules;
-use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, chain};
+use airlock_core::audit::{AuditEvent, ChainHead, ChainRecord, chain_appended};
 use airlock_core::ids::{GroupName, UserName};
 use airlock_core::lifecycle::{AccessRequest, Grant};
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedMutexGuard, watch};
 
+use crate::health::Health;
 use crate::rows::{self, User, ms, to_body};
-use crate::{BROKER_CHAIN, CommitObserver, StoreError};
+use crate::{BROKER_CHAIN, CommitObserver, StoreClock, StoreError};
 
 /// A write transaction. Dropping it without [`Tx::commit`] rolls everything back.
 pub struct Tx {
-    pub(crate) inner: Transaction<'static, Sqlite>,
-    head: Option<ChainHead>,
+    pub(crate) inner: Held,
+    /// The chain's head after the records appended so far, and its record's time.
+    head: Option<(ChainHead, i64)>,
     /// Told the new head when a commit appended records.
     committed_head: Arc<watch::Sender<i64>>,
     redaction: Arc<RedactionRules>,
     /// The events appended so far, as chained (redacted), for the commit observer.
     appended: Vec<AuditEvent>,
     observers: Arc<[CommitObserver]>,
+    clock: StoreClock,
+    health: Arc<Health>,
+    /// Whether committing writes something to disk (records appended, or the health probe).
+    pub(crate) wrote: bool,
     /// This process's write turn, held until the transaction ends.
-    _turn: OwnedMutexGuard<()>,
+    turn: Option<OwnedMutexGuard<()>>,
+}
+
+/// The connection of a transaction in progress; taken out when the transaction ends.
+pub(crate) struct Held(Option<PoolConnection<Sqlite>>);
+
+const HELD: &str = "a transaction holds its connection until it ends";
+
+impl Deref for Held {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.0.as_deref().expect(HELD)
+    }
+}
+
+impl DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.0.as_deref_mut().expect(HELD)
+    }
+}
+
+/// Begins a write transaction on `connection`. When `BEGIN IMMEDIATE` fails (another process
+/// holds the write lock past the busy timeout, or the disk fails), the connection is settled and
+/// let go before the error is returned.
+pub(crate) async fn begin_on(mut connection: PoolConnection<Sqlite>) -> Result<PoolConnection<Sqlite>, StoreError> {
+    match sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await {
+        Ok(_) => Ok(connection),
+        Err(error) => {
+            settle(connection).await;
+            Err(error.into())
+        }
+    }
+}
+
+/// Ends whatever transaction `connection` may still be in and lets it go: back to the pool when
+/// it is clean, closed when even `ROLLBACK` fails (other than for having nothing to roll back).
+async fn settle(mut connection: PoolConnection<Sqlite>) {
+    match sqlx::query("ROLLBACK").execute(&mut *connection).await {
+        Ok(_) => {}
+        Err(error) if nothing_to_roll_back(&error) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot roll a failed transaction back; closing its connection");
+            if let Err(error) = connection.close().await {
+                tracing::debug!(%error, "closing a connection after a failed rollback");
+            }
+        }
+    }
+}
+
+fn nothing_to_roll_back(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.message().contains("no transaction is active"))
 }
 
 impl Tx {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        inner: Transaction<'static, Sqlite>,
+        connection: PoolConnection<Sqlite>,
         turn: OwnedMutexGuard<()>,
         committed_head: Arc<watch::Sender<i64>>,
         redaction: Arc<RedactionRules>,
         observers: Arc<[CommitObserver]>,
+        clock: StoreClock,
+        health: Arc<Health>,
     ) -> Self {
-        Self { inner, head: None, committed_head, redaction, appended: Vec::new(), observers, _turn: turn }
+        Self {
+            inner: Held(Some(connection)),
+            head: None,
+            committed_head,
+            redaction,
+            appended: Vec::new(),
+            observers,
+            clock,
+            health,
+            wrote: false,
+            turn: Some(turn),
+        }
     }
 
     /// Commits; then, when records were appended, tells the observers what and how long the
-    /// commit (its disk sync included) took.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// commit (its disk sync included) took. A commit that fails is rolled back (SQLite may
+    /// already have done so) before the error is returned, and nothing of it is kept.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        self.inner.commit().await?;
-        if let Some(head) = self.head {
+        let mut connection = self.inner.0.take().expect(HELD);
+        let committed = sqlx::query("COMMIT").execute(&mut *connection).await;
+        let outcome = match committed {
+            Ok(_) => {
+                drop(connection);
+                Ok(())
+            }
+            Err(error) => {
+                settle(connection).await;
+                Err(StoreError::from(error))
+            }
+        };
+        self.turn = None;
+        self.health.note(&outcome, |_| self.wrote);
+        outcome?;
+        if let Some((head, _)) = self.head.take() {
             self.committed_head.send_replace(head.seq);
         }
         if !self.appended.is_empty() {
@@ -204,21 +301,27 @@ impl Tx {
     }
 
     /// Appends events to the broker's audit chain, in order, inside this transaction, with
-    /// sensitive values redacted first (their salts are stored beside the chain).
+    /// sensitive values redacted first (their salts are stored beside the chain). Each record's
+    /// time is the store's clock now, never before the record it follows; the event's own time
+    /// goes beside it, in its details (`event_at`).
     pub async fn append(&mut self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        let mut head = match self.head.take() {
+        let (mut head, head_at_ms) = match self.head.take() {
             Some(head) => head,
             None => {
-                let row: Option<(i64, String)> =
+                let row: Option<(i64, String, i64)> =
                     sqlx::query_as(rows::AUDIT_HEAD).bind(BROKER_CHAIN).fetch_optional(&mut *self.inner).await?;
-                row.map_or_else(ChainHead::genesis, |(seq, hash)| ChainHead { seq, hash })
+                row.map_or_else(
+                    || (ChainHead::genesis(), i64::MIN),
+                    |(seq, hash, at_ms)| (ChainHead { seq, hash }, at_ms),
+                )
             }
         };
+        let at_ms = ms((self.clock.0)()).max(head_at_ms);
         let mut records = Vec::with_capacity(events.len());
         let mut commitments = Vec::new();
         for mut event in events {
             commitments.extend(self.redaction.redact(&mut event.details, &mut fresh_salt));
-            let record = chain(&head, BROKER_CHAIN, &event);
+            let record = chain_appended(&head, BROKER_CHAIN, &mut event, at_ms);
             head = ChainHead { seq: record.seq, hash: record.hash.clone() };
             records.push(record);
             self.appended.push(event);
@@ -233,8 +336,28 @@ impl Tx {
             });
             insert.build().execute(&mut *self.inner).await?;
         }
-        self.head = Some(head);
+        self.wrote |= !records.is_empty();
+        self.head = Some((head, at_ms));
         Ok(())
+    }
+}
+
+impl Drop for Tx {
+    /// A transaction that did not commit is rolled back on its connection before the connection
+    /// (and this process's write turn) is let go.
+    fn drop(&mut self) {
+        let Some(connection) = self.inner.0.take() else { return };
+        let turn = self.turn.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    settle(connection).await;
+                    drop(turn);
+                });
+            }
+            // No runtime to roll back on: closing the connection rolls back.
+            Err(_) => drop(connection.detach()),
+        }
     }
 }
 
@@ -266,7 +389,7 @@ fn insert_shaped<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-async fn insert_records(tx: &mut Transaction<'static, Sqlite>, records: &[ChainRecord]) -> Result<(), StoreError> {
+async fn insert_records(connection: &mut SqliteConnection, records: &[ChainRecord]) -> Result<(), StoreError> {
     let mut insert =
         QueryBuilder::new("INSERT INTO audit_events (chain_id, seq, prev_hash, hash, at_ms, kind, actor, details) ");
     insert.push_values(records, |mut row, record| {
@@ -279,7 +402,7 @@ async fn insert_records(tx: &mut Transaction<'static, Sqlite>, records: &[ChainR
             .push_bind(&record.actor)
             .push_bind(&record.details);
     });
-    insert.build().execute(&mut **tx).await?;
+    insert.build().execute(connection).await?;
     Ok(())
 }
 

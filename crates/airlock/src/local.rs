@@ -81,7 +81,7 @@ async fn open(files: &Files, notifications: Notifications) -> Result<(Broker, Co
 
 pub(crate) fn refused_or_usage(error: BrokerError) -> Failure {
     match error.kind() {
-        airlock_broker::ErrorKind::Internal => Failure::Usage(error.into()),
+        airlock_broker::ErrorKind::Internal | airlock_broker::ErrorKind::Unavailable => Failure::Usage(error.into()),
         _ => Failure::Refused(error.to_string()),
     }
 }

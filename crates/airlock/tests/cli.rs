@@ -716,6 +716,7 @@ async fn exports_verify_offline_and_a_rewrite_by_the_key_holder_is_caught_by_the
 /// Every route of `airlock_http::routes::router`, as (path, method).
 const ROUTES: &[(&str, &str)] = &[
     ("/v1/health", "get"),
+    ("/v1/ready", "get"),
     ("/v1/openapi.json", "get"),
     ("/v1/whoami", "get"),
     ("/v1/keys", "get"),

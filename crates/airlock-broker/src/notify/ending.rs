@@ -34,7 +34,11 @@ pub(super) async fn watch(broker: Broker, router: Router, mut stop: watch::Recei
                     router.grant_ending(grant, now);
                 }
             }
-            Err(error) => tracing::error!(%error, "cannot read the live grants to warn of their end"),
+            // Already slower than the back-off's cap: the next pass, CHECK_EVERY later, retries.
+            Err(error) => {
+                metrics::counter!(crate::metrics::BACKGROUND_FAILURES, "task" => "grant_ending").increment(1);
+                tracing::error!(%error, "cannot read the live grants to warn of their end");
+            }
         }
         tokio::select! {
             _ = broker.clock().sleep_until(now + CHECK_EVERY) => {}

@@ -149,7 +149,12 @@ pub fn spawn_app() -> TestApp {
 }
 
 pub fn spawn_app_with(config: &Path) -> TestApp {
-    let root = tempfile::tempdir().expect("a temporary directory");
+    spawn_app_in(tempfile::tempdir().expect("a temporary directory"), config)
+}
+
+/// A broker whose data directory is `<root>/data` (which a test may have mounted a file system
+/// on beforehand).
+pub fn spawn_app_in(root: TempDir, config: &Path) -> TestApp {
     let data_dir = root.path().join("data");
     let mut tokens = HashMap::new();
     for (name, groups) in USERS {
