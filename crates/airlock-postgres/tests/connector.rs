@@ -155,6 +155,10 @@ impl Setup {
     }
 }
 
+/// A role created and dropped: each change's intent, then its outcome.
+const INTENTS_AND_OUTCOMES: [&str; 4] =
+    ["target.role_creating", "target.role_created", "target.role_dropping", "target.role_dropped"];
+
 #[tokio::test]
 async fn a_read_grant_gets_a_role_that_reads_and_loses_it_on_revoke() {
     let s = setup().await;
@@ -186,7 +190,7 @@ async fn a_read_grant_gets_a_role_that_reads_and_loses_it_on_revoke() {
     assert!(s.grant_roles().await.is_empty());
     assert!(session.query_one("SELECT 1", &[]).await.is_err(), "the open session was terminated");
     assert!(s.login(&grant.id, &s.key.password(&grant.id)).await.is_err(), "and no new one starts");
-    assert_eq!(s.audit_kinds().await, ["target.role_created", "target.role_dropped"]);
+    assert_eq!(s.audit_kinds().await, INTENTS_AND_OUTCOMES);
 }
 
 /// What a write grant made (a table, a `SECURITY DEFINER` function, a large object, a default
@@ -422,7 +426,7 @@ async fn over_verified_tls_a_grant_role_is_created_and_dropped() {
     s.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
     assert_eq!(s.pass().await.dropped, 1);
     assert!(s.grant_roles().await.is_empty());
-    assert_eq!(s.audit_kinds().await, ["target.role_created", "target.role_dropped"]);
+    assert_eq!(s.audit_kinds().await, INTENTS_AND_OUTCOMES);
 }
 
 #[tokio::test]
