@@ -15,7 +15,10 @@
 //! - grants that **never got a role**, and roles **created after their grant's end** (their
 //!   `target.role_created` at or after the grant's end; must be 0).
 //!
-//! Percentiles are nearest-rank over the grants that have the record. A quick run:
+//! Percentiles are nearest-rank over the grants that have the record. The connector's
+//! [`Tuning`] can be changed to see what matters: `AIRLOCK_CHURN_CREATING` (4 batches created at
+//! once), `AIRLOCK_CHURN_DROPPING` (3), `AIRLOCK_CHURN_BATCH` (32 roles per transaction) and
+//! `AIRLOCK_CHURN_IDLE` (8 connections kept open; 0 opens one for each piece of work). A quick run:
 //! `AIRLOCK_CHURN_SECONDS=10 AIRLOCK_CHURN_RATE=100 cargo bench -p airlock-postgres --bench churn`.
 
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ use airlock_broker::broker::RequestInput;
 use airlock_broker::clock::{Clock, SystemClock};
 use airlock_core::audit::unix_ms;
 use airlock_core::values::{GrantDuration, Reason};
-use airlock_postgres::reconciler::{Reconciler, Target};
+use airlock_postgres::reconciler::{Reconciler, Target, Tuning};
 use airlock_postgres::roles::RoleKey;
 use airlock_testkit::caller;
 use tokio::sync::{Semaphore, watch};
@@ -47,10 +50,18 @@ async fn main() {
     let targets = Target::from_catalog(&broker.policies().catalog).expect("the target");
     let (stop, stopped) = watch::channel(false);
     let scheduler = tokio::spawn(airlock_broker::scheduler::run(broker.clone(), stopped.clone()));
-    let reconciler = Reconciler::new(broker.clone(), targets, RoleKey::new([9; 32]), Reconciler::DEFAULT_EVERY);
+    let default = Tuning::default();
+    let tuning = Tuning {
+        creating: setting("AIRLOCK_CHURN_CREATING", default.creating as u64) as usize,
+        dropping: setting("AIRLOCK_CHURN_DROPPING", default.dropping as u64) as usize,
+        batch: setting("AIRLOCK_CHURN_BATCH", default.batch as u64) as usize,
+        idle: setting("AIRLOCK_CHURN_IDLE", default.idle as u64) as usize,
+    };
+    let every = Reconciler::DEFAULT_EVERY;
+    let reconciler = Reconciler::tuned(broker.clone(), targets, RoleKey::new([9; 32]), every, tuning);
     let connector = tokio::spawn(reconciler.run(stopped));
 
-    println!("churn: {rate} grants/s of {grant_seconds} s each for {seconds} s");
+    println!("churn: {rate} grants/s of {grant_seconds} s each for {seconds} s; {tuning:?}");
     let total = rate * seconds;
     let permits = Arc::new(Semaphore::new(64));
     let began = Instant::now();

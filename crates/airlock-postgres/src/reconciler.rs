@@ -252,12 +252,14 @@ pub struct Tuning {
     pub dropping: usize,
     /// The most roles created, or ended, in one transaction.
     pub batch: usize,
+    /// Connections kept open between passes (0: a new one for each piece of work).
+    pub idle: usize,
 }
 
 impl Default for Tuning {
-    /// Up to 8 connections per target: 4 creating, 3 ending, 1 listing the roles.
+    /// Up to 8 connections per target, all kept open: 4 creating, 3 ending, 1 listing the roles.
     fn default() -> Self {
-        Self { creating: 4, dropping: 3, batch: 32 }
+        Self { creating: 4, dropping: 3, batch: 32, idle: 8 }
     }
 }
 
@@ -351,8 +353,12 @@ impl Reconciler {
 
     /// A reconciler doing as much at once as `tuning` says.
     pub fn tuned(broker: Broker, targets: Vec<Target>, key: RoleKey, every: Duration, tuning: Tuning) -> Self {
-        let tuning =
-            Tuning { creating: tuning.creating.max(1), dropping: tuning.dropping.max(1), batch: tuning.batch.max(1) };
+        let tuning = Tuning {
+            creating: tuning.creating.max(1),
+            dropping: tuning.dropping.max(1),
+            batch: tuning.batch.max(1),
+            ..tuning
+        };
         let targets = targets
             .into_iter()
             .map(|target| TargetState {
@@ -1102,7 +1108,7 @@ impl Inner {
     /// Puts `client` back in target `t`'s pool, unless it is closed or the pool is full.
     fn give_back(&self, t: usize, client: Client) {
         let mut idle = self.targets[t].idle.lock().unwrap();
-        if !client.is_closed() && idle.len() < self.tuning.creating + self.tuning.dropping + 1 {
+        if !client.is_closed() && idle.len() < self.tuning.idle {
             idle.push(client);
         }
     }

@@ -623,7 +623,7 @@ async fn a_grant_whose_role_fails_does_not_hold_up_its_batch() {
         reads.push(s.grant("read", "30m").await);
     }
     let write = s.grant("write", "10m").await;
-    let one_batch = Tuning { creating: 1, dropping: 1, batch: 32 };
+    let one_batch = Tuning { creating: 1, dropping: 1, ..Tuning::default() };
     let reconciler =
         Reconciler::tuned(s.broker.clone(), s.targets.clone(), s.key.clone(), Duration::from_secs(5), one_batch);
     let pass = reconciler.pass().await.unwrap();
