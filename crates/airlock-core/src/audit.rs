@@ -61,6 +61,18 @@ pub enum EventKind {
     /// The connector could not bring a target in line with the live grants.
     #[serde(rename = "target.failed")]
     TargetFailed,
+    /// The connector is about to create a grant's login role (its outcome follows:
+    /// `target.role_created`, `target.failed` or `target.role_unchanged`).
+    #[serde(rename = "target.role_creating")]
+    TargetRoleCreating,
+    /// The connector is about to end a grant's login role (its outcome follows:
+    /// `target.role_dropped`, `target.failed` or `target.role_unchanged`).
+    #[serde(rename = "target.role_dropping")]
+    TargetRoleDropping,
+    /// A recorded intent to create or drop a role was not carried out: its grant ended first, or
+    /// the connector stopped before it (found at its next pass).
+    #[serde(rename = "target.role_unchanged")]
+    TargetRoleUnchanged,
     /// The standing privileges the connector found on a target, recorded when they change.
     #[serde(rename = "target.standing")]
     TargetStanding,
@@ -171,6 +183,9 @@ impl EventKind {
             EventKind::TargetRoleCreated => "target.role_created",
             EventKind::TargetRoleDropped => "target.role_dropped",
             EventKind::TargetFailed => "target.failed",
+            EventKind::TargetRoleCreating => "target.role_creating",
+            EventKind::TargetRoleDropping => "target.role_dropping",
+            EventKind::TargetRoleUnchanged => "target.role_unchanged",
             EventKind::TargetStanding => "target.standing",
             EventKind::CredentialIssued => "credential.issued",
             EventKind::SessionStarted => "session.started",

@@ -413,6 +413,15 @@ pub struct GrantView {
     pub remaining_seconds: i64,
     /// Set when the grant ended.
     pub ended: Option<ClosureView>,
+    /// Whether the grant can be used now: it is live and, on a resource with a database target,
+    /// the connector has created its database role (its `target.role_created` record). Absent
+    /// where the broker does not work it out (the gateways' endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usable: Option<bool>,
+    /// When the grant became usable: when its database role's creation was recorded, or its
+    /// start on a resource without a database target. Absent until then.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub usable_at: Option<OffsetDateTime>,
 }
 
 /// One audit record, with its place in the chain.
@@ -711,7 +720,17 @@ impl GrantView {
             expires_at: grant.ends_at,
             remaining_seconds: remaining,
             ended: grant.closure.as_ref().map(closure),
+            usable: None,
+            usable_at: None,
         }
+    }
+
+    /// The view saying whether the grant is usable at `now`, given when it became usable
+    /// (`usable_at`, if it has).
+    pub fn usable_since(mut self, grant: &Grant, usable_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Self {
+        self.usable = Some(grant.is_live(now) && usable_at.is_some());
+        self.usable_at = usable_at;
+        self
     }
 }
 

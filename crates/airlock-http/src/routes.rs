@@ -6,12 +6,15 @@ use airlock_broker::breakglass::BreakGlassInput;
 use airlock_broker::broker::RequestInput;
 use airlock_broker::devices::Enrollment;
 use airlock_broker::reports::StoryOf;
-use airlock_core::audit::AuditEvent;
+use std::collections::HashMap;
+
 use airlock_core::audit::export::Report;
+use airlock_core::audit::{AuditEvent, EventKind, time_of_ms};
 use airlock_core::breakglass::Verdict;
 use airlock_core::device::DeviceKey;
 use airlock_core::ids::{DeviceId, DeviceName, GrantId, IncidentId, ResourceName, RoleName, UserName};
 use airlock_core::incident::{NewIncident, Severity, Title};
+use airlock_core::lifecycle::{AccessRequest, Grant};
 use airlock_core::report::Window;
 use airlock_core::report::story::{IncidentReport, Story};
 use airlock_core::report::summary::Summary;
@@ -21,6 +24,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use time::OffsetDateTime;
 
 use crate::AppState;
 use crate::api::*;
@@ -268,8 +272,7 @@ async fn create_request(
         incident: incident_named(body.incident.as_deref())?,
     };
     let (request, grant) = state.broker.create_request(&caller, input).await?;
-    let now = state.broker.clock().now();
-    Ok((StatusCode::CREATED, Json(RequestView::new(&request, grant.as_ref(), now))))
+    Ok((StatusCode::CREATED, Json(request_view(&state, &request, grant.as_ref()).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/requests", security(("token" = [])), params(RequestsQuery),
@@ -282,15 +285,25 @@ async fn list_requests(
     let broker = &state.broker;
     let requests = broker.requests(&caller, query.pending, query.mine, query.limit.unwrap_or(100)).await?;
     let now = broker.clock().now();
-    let mut views = Vec::with_capacity(requests.len());
+    let mut grants = Vec::with_capacity(requests.len());
     for request in &requests {
         let grant = broker
             .store()
             .grant_of_request(&request.id.to_string())
             .await
             .map_err(airlock_broker::BrokerError::from)?;
-        views.push(RequestView::new(request, grant.as_ref(), now));
+        grants.push(grant);
     }
+    let usable = usable_since(&state, &grants.iter().flatten().collect::<Vec<_>>()).await?;
+    let views = requests
+        .iter()
+        .zip(&grants)
+        .map(|(request, grant)| {
+            let mut view = RequestView::new(request, grant.as_ref(), now);
+            view.grant = grant.as_ref().map(|grant| grant_view(grant, now, &usable));
+            view
+        })
+        .collect();
     Ok(Json(views))
 }
 
@@ -302,7 +315,7 @@ async fn get_request(
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let (request, grant) = state.broker.request(&caller, &id).await?;
-    Ok(Json(RequestView::new(&request, grant.as_ref(), state.broker.clock().now())))
+    Ok(Json(request_view(&state, &request, grant.as_ref()).await?))
 }
 
 #[utoipa::path(post, path = "/v1/requests/{id}/approve", security(("token" = [])), params(("id" = String, Path)),
@@ -322,7 +335,7 @@ async fn approve(
         return Err(ApiError::bad_input("comment: longer than 1000 characters"));
     }
     let (request, grant) = state.broker.approve(&caller, &id, comment).await?;
-    Ok(Json(RequestView::new(&request, grant.as_ref(), state.broker.clock().now())))
+    Ok(Json(request_view(&state, &request, grant.as_ref()).await?))
 }
 
 #[utoipa::path(post, path = "/v1/requests/{id}/deny", security(("token" = [])), params(("id" = String, Path)),
@@ -371,11 +384,12 @@ async fn break_glass(
         incident: incident_named(body.incident.as_deref())?,
     };
     let broken = state.broker.break_glass(&caller, input).await?;
+    let request = request_view(&state, &broken.request, Some(&broken.grant)).await?;
     let now = state.broker.clock().now();
     Ok((
         StatusCode::CREATED,
         Json(BreakGlassView {
-            request: RequestView::new(&broken.request, Some(&broken.grant), now),
+            request,
             review: ReviewView::new(&broken.review, now),
             cut_to_ceiling: broken.cut_to_ceiling,
         }),
@@ -492,7 +506,8 @@ async fn list_grants(
 ) -> Result<Json<Vec<GrantView>>, ApiError> {
     let grants = state.broker.grants(&caller, query.active, query.mine, query.limit.unwrap_or(100)).await?;
     let now = state.broker.clock().now();
-    Ok(Json(grants.iter().map(|g| GrantView::new(g, now)).collect()))
+    let usable = usable_since(&state, &grants.iter().collect::<Vec<_>>()).await?;
+    Ok(Json(grants.iter().map(|g| grant_view(g, now, &usable)).collect()))
 }
 
 #[utoipa::path(post, path = "/v1/grants/{id}/credentials", security(("token" = [])), params(("id" = String, Path)),
@@ -597,7 +612,8 @@ async fn revoke(
 ) -> Result<Json<GrantView>, ApiError> {
     let reason = parse("reason", Reason::parse(&body.reason))?;
     let grant = state.broker.revoke(&caller, &id, reason).await?;
-    Ok(Json(GrantView::new(&grant, state.broker.clock().now())))
+    let usable = usable_since(&state, &[&grant]).await?;
+    Ok(Json(grant_view(&grant, state.broker.clock().now(), &usable)))
 }
 
 #[utoipa::path(get, path = "/v1/audit", security(("token" = [])), params(AuditQuery),
@@ -738,4 +754,55 @@ async fn story(
     let window = report_window(state, query);
     let statements = query.statements.unwrap_or(DEFAULT_STATEMENTS_PER_GRANT);
     Ok(Json(state.broker.report_story(caller, of, window, statements).await?))
+}
+
+/// When each of `grants` became usable ([`GrantView::usable_at`]): at its start on a resource
+/// without a database target; else when the connector recorded its database role created,
+/// found through the audit records' index on grant ids (one query for all of them).
+async fn usable_since(state: &AppState, grants: &[&Grant]) -> Result<HashMap<GrantId, OffsetDateTime>, ApiError> {
+    let policies = state.broker.policies();
+    let mut usable = HashMap::new();
+    let mut waiting = Vec::new();
+    for grant in grants {
+        match policies.catalog.resource(&grant.resource).is_some_and(|r| r.postgres.is_some()) {
+            true => waiting.push(grant.id.to_string()),
+            false => {
+                usable.insert(grant.id, grant.starts_at);
+            }
+        }
+    }
+    if waiting.is_empty() {
+        return Ok(usable);
+    }
+    let created = [EventKind::TargetRoleCreated.as_str()];
+    let records =
+        state.broker.store().grant_records(&waiting, &created).await.map_err(airlock_broker::BrokerError::from)?;
+    for record in records {
+        let details: serde_json::Value = serde_json::from_str(&record.details).unwrap_or_default();
+        if let Some(grant) = details["grant"].as_str().and_then(|g| g.parse::<GrantId>().ok()) {
+            usable.entry(grant).or_insert_with(|| time_of_ms(record.at_ms));
+        }
+    }
+    Ok(usable)
+}
+
+/// The view of `grant`, saying whether it is usable at `now`.
+fn grant_view(grant: &Grant, now: OffsetDateTime, usable: &HashMap<GrantId, OffsetDateTime>) -> GrantView {
+    GrantView::new(grant, now).usable_since(grant, usable.get(&grant.id).copied(), now)
+}
+
+/// The view of `request` with its grant, saying whether the grant is usable.
+async fn request_view(
+    state: &AppState,
+    request: &AccessRequest,
+    grant: Option<&Grant>,
+) -> Result<RequestView, ApiError> {
+    let usable = match grant {
+        Some(grant) => usable_since(state, &[grant]).await?,
+        None => HashMap::new(),
+    };
+    let now = state.broker.clock().now();
+    let mut view = RequestView::new(request, grant, now);
+    view.grant = grant.map(|grant| grant_view(grant, now, &usable));
+    Ok(view)
 }

@@ -12,15 +12,18 @@
 //! nobody else ever learns it. PostgreSQL receives only a SCRAM-SHA-256 verifier of it, so the
 //! password is not in the server's statement log either.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use airlock_core::ids::GrantId;
 
 use crate::grant_ca::GATEWAY_LOGIN_ROLE;
 use airlock_core::lifecycle::Grant;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -98,6 +101,58 @@ impl RoleKey {
     }
 }
 
+/// PBKDF2 iterations in the SCRAM verifier PostgreSQL keeps for a grant role. Iterations slow
+/// down guessing a password somebody chose; a grant role's password is 256 bits of HMAC output
+/// ([`RoleKey::password`]) that nobody can guess however fast they try, so PostgreSQL's default of
+/// 4096 would protect nothing and cost ~4 ms of CPU per role created (what limited the connector
+/// at hundreds of grants a second) and as much again at each gateway login.
+pub const SCRAM_ITERATIONS: u32 = 16;
+
+/// The SCRAM-SHA-256 verifier of `password` with `salt`, as PostgreSQL stores it
+/// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, RFC 5802 and 7677), with
+/// [`SCRAM_ITERATIONS`]. `password` is ASCII (hex digits), which SASLprep leaves unchanged.
+pub fn scram_verifier(password: &str, salt: [u8; 16]) -> String {
+    verifier(password, &salt, SCRAM_ITERATIONS)
+}
+
+fn verifier(password: &str, salt: &[u8], iterations: u32) -> String {
+    let keyed = Hmac::<Sha256>::new_from_slice(password.as_bytes()).expect("HMAC takes keys of any length");
+    let mac = |key: &[u8], message: &[u8]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+        mac.update(message);
+        mac.finalize().into_bytes()
+    };
+    // Hi(password, salt, i): PBKDF2-HMAC-SHA-256, one block.
+    let mut block = {
+        let mut mac = keyed.clone();
+        mac.update(salt);
+        mac.update(&1u32.to_be_bytes());
+        mac.finalize().into_bytes()
+    };
+    let mut salted = block;
+    for _ in 1..iterations {
+        let mut mac = keyed.clone();
+        mac.update(&block);
+        block = mac.finalize().into_bytes();
+        salted.iter_mut().zip(block).for_each(|(salted, byte)| *salted ^= byte);
+    }
+    let stored_key = Sha256::digest(mac(&salted, b"Client Key"));
+    let server_key = mac(&salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        BASE64.encode(salt),
+        BASE64.encode(stored_key),
+        BASE64.encode(server_key)
+    )
+}
+
+/// A grant role to create: its grant, the roles it is to be a member of, and its password.
+pub struct NewRole<'g> {
+    pub grant: &'g Grant,
+    pub member_of: Vec<String>,
+    pub password: String,
+}
+
 /// What ending a grant's role did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped {
@@ -127,25 +182,33 @@ impl<'a> TargetRoles<'a> {
 
     /// Creates `grant`'s login role, valid until the grant's end, in `database_roles` only.
     pub async fn create(&self, grant: &Grant, database_roles: &[String], password: &str) -> Result<(), RoleError> {
-        let name = escape_identifier(&role_name(&grant.id));
-        let until = grant.ends_at.format(&Rfc3339).expect("a grant's end is a formattable date");
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        let mut statement = format!(
-            "BEGIN; CREATE ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
-             PASSWORD {} VALID UNTIL {};",
-            escape_literal(&verifier),
-            escape_literal(&until),
-        );
-        for role in database_roles {
-            statement.push_str(&format!(" GRANT {} TO {name};", escape_identifier(role)));
+        let role = NewRole { grant, member_of: database_roles.to_vec(), password: password.to_owned() };
+        self.create_all(std::slice::from_ref(&role)).await
+    }
+
+    /// Creates every role of `roles` in one transaction (one round trip, one commit): all of
+    /// them, or none when any fails.
+    pub async fn create_all(&self, roles: &[NewRole<'_>]) -> Result<(), RoleError> {
+        let mut statement = String::from("BEGIN;");
+        for role in roles {
+            let name = escape_identifier(&role_name(&role.grant.id));
+            let until = role.grant.ends_at.format(&Rfc3339).expect("a grant's end is a formattable date");
+            statement.push_str(&format!(
+                " CREATE ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+                 PASSWORD {} VALID UNTIL {};",
+                escape_literal(&scram_verifier(&role.password, *Uuid::new_v4().as_bytes())),
+                escape_literal(&until),
+            ));
+            for member_of in &role.member_of {
+                statement.push_str(&format!(" GRANT {} TO {name};", escape_identifier(member_of)));
+            }
         }
         statement.push_str(" COMMIT;");
-        if let Err(source) = self.client.batch_execute(&statement).await {
-            // A failed batch leaves the session inside an aborted transaction; end it.
-            let _ = self.client.batch_execute("ROLLBACK").await;
-            return Err(database(format!("creating role for grant {}", grant.id))(source));
-        }
-        Ok(())
+        let what = || match roles {
+            [one] => format!("creating role for grant {}", one.grant.id),
+            _ => format!("creating {} roles together", roles.len()),
+        };
+        self.transaction(&statement, what).await
     }
 
     /// Ends the role `name` so that nothing it did outlives it, and no power it had passes on:
@@ -165,63 +228,93 @@ impl<'a> TargetRoles<'a> {
     /// so a role that cannot be ended now fails fast and is retried. A role already gone is not
     /// an error.
     pub async fn drop(&self, name: &str, keep_tables: bool) -> Result<Dropped, RoleError> {
-        let what = || format!("dropping role {name}");
-        if !self.disarm(name).await? {
-            return Ok(Dropped { sessions_ended: 0 });
+        let dropped = self.drop_all(&[name.to_owned()], keep_tables).await?;
+        Ok(dropped[0])
+    }
+
+    /// Ends every role of `names` as [`TargetRoles::drop`] ends one, each step once for all of
+    /// them (one disarming transaction, one termination, one dropping transaction): all of them,
+    /// or none past the step that failed (a role whose sessions remain fails the whole batch,
+    /// disarmed). Returns what ending each did, in the order of `names`.
+    pub async fn drop_all(&self, names: &[String], keep_tables: bool) -> Result<Vec<Dropped>, RoleError> {
+        let what = || match names {
+            [one] => format!("dropping role {one}"),
+            _ => format!("dropping {} roles together", names.len()),
+        };
+        let present = self.disarm(names).await?;
+        let mut dropped = vec![Dropped { sessions_ended: 0 }; names.len()];
+        if present.is_empty() {
+            return Ok(dropped);
         }
-        let sessions_ended = self.end_sessions(name).await?;
-        let role = escape_identifier(name);
+        let ended = self.end_sessions(&present).await?;
+        for (name, done) in names.iter().zip(&mut dropped) {
+            done.sessions_ended = ended.get(name).copied().unwrap_or(0);
+        }
+        let roles = present.iter().map(|name| escape_identifier(name)).collect::<Vec<_>>().join(", ");
         let mut statement = String::from("BEGIN;");
         if keep_tables {
             // The holding role keeps tables (with their indexes, sequences and types) only.
-            statement.push_str(&drop_code(name));
-            statement.push_str(&format!(" REASSIGN OWNED BY {role} TO {HOLDING_ROLE};"));
+            for name in &present {
+                statement.push_str(&drop_code(name));
+            }
+            statement.push_str(&format!(" REASSIGN OWNED BY {roles} TO {HOLDING_ROLE};"));
         }
-        statement.push_str(&format!(" DROP OWNED BY {role} CASCADE; DROP ROLE {role}; COMMIT;"));
+        statement.push_str(&format!(" DROP OWNED BY {roles} CASCADE; DROP ROLE {roles}; COMMIT;"));
         self.transaction(&statement, what).await?;
-        Ok(Dropped { sessions_ended })
+        Ok(dropped)
     }
 
-    /// Takes `name`'s login and memberships away, and gives the connector its privileges (to
-    /// terminate its sessions and drop what it owns). False when the role does not exist.
-    async fn disarm(&self, name: &str) -> Result<bool, RoleError> {
-        let what = || format!("disarming role {name}");
-        let memberships = self
+    /// Takes the login and memberships of every role of `names` away, and gives the connector
+    /// their privileges (to terminate their sessions and drop what they own), in one
+    /// transaction. Returns the roles that exist.
+    async fn disarm(&self, names: &[String]) -> Result<Vec<String>, RoleError> {
+        let what = || match names {
+            [one] => format!("disarming role {one}"),
+            _ => format!("disarming {} roles together", names.len()),
+        };
+        let rows = self
             .client
             .query(
-                "SELECT m.roleid::regrole::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
-                 WHERE r.rolname = $1 ORDER BY 1",
-                &[&name],
+                "SELECT r.rolname::text, m.roleid::regrole::text FROM pg_roles r
+                 LEFT JOIN pg_auth_members m ON m.member = r.oid
+                 WHERE r.rolname = ANY($1) ORDER BY 1, 2",
+                &[&names],
             )
             .await
             .map_err(database(what()))?;
-        let exists = self
-            .client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-            .await
-            .map_err(database(what()))?;
-        if exists.is_none() {
-            return Ok(false);
-        }
-        let role = escape_identifier(name);
-        let mut statement = format!("BEGIN; ALTER ROLE {role} NOLOGIN;");
-        for row in memberships {
+        let mut present: Vec<String> = Vec::new();
+        let mut statement = String::from("BEGIN;");
+        for row in rows {
+            let name: String = row.get(0);
+            let role = escape_identifier(&name);
+            if present.last() != Some(&name) {
+                statement.push_str(&format!(" ALTER ROLE {role} NOLOGIN;"));
+                present.push(name);
+            }
             // `regrole` text is already a quoted identifier.
-            let member_of: String = row.get(0);
-            statement.push_str(&format!(" REVOKE {member_of} FROM {role};"));
+            if let Some(member_of) = row.get::<_, Option<String>>(1) {
+                statement.push_str(&format!(" REVOKE {member_of} FROM {role};"));
+            }
         }
-        statement.push_str(&format!(" GRANT {role} TO CURRENT_USER; COMMIT;"));
+        if present.is_empty() {
+            return Ok(present);
+        }
+        let roles = present.iter().map(|name| escape_identifier(name)).collect::<Vec<_>>().join(", ");
+        statement.push_str(&format!(" GRANT {roles} TO CURRENT_USER; COMMIT;"));
         self.transaction(&statement, what).await?;
-        Ok(true)
+        Ok(present)
     }
 
-    /// Terminates every session of `name` and waits up to [`SESSIONS_GONE_WITHIN`] until none is
-    /// left; returns how many there were.
-    async fn end_sessions(&self, name: &str) -> Result<i64, RoleError> {
-        let what = || format!("ending the sessions of role {name}");
+    /// Terminates every session of the roles `names` and waits up to [`SESSIONS_GONE_WITHIN`]
+    /// until none is left; returns how many each role had.
+    async fn end_sessions(&self, names: &[String]) -> Result<HashMap<String, i64>, RoleError> {
+        let what = || match names {
+            [one] => format!("ending the sessions of role {one}"),
+            _ => format!("ending the sessions of {} roles", names.len()),
+        };
         let open: i64 = self
             .client
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&name])
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = ANY($1)", &[&names])
             .await
             .map_err(database(what()))?
             .get(0);
@@ -230,28 +323,33 @@ impl<'a> TargetRoles<'a> {
             // a moment to tell their clients why before the server ends them with its own words.
             tokio::time::sleep(GATEWAY_FIRST).await;
         }
-        let ended: i64 = self
+        let ended: HashMap<String, i64> = self
             .client
-            .query_one(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1) ended",
-                &[&name],
+            .query(
+                "SELECT usename::text, count(*) FROM
+                     (SELECT usename, pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)) ended
+                 GROUP BY 1",
+                &[&names],
             )
             .await
             .map_err(database(what()))?
-            .get(0);
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
         let give_up = tokio::time::Instant::now() + SESSIONS_GONE_WITHIN;
         loop {
-            let left: i64 = self
+            let left = self
                 .client
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&name])
+                .query_opt(
+                    "SELECT usename::text, count(*) FROM pg_stat_activity WHERE usename = ANY($1)
+                     GROUP BY 1 ORDER BY 1 LIMIT 1",
+                    &[&names],
+                )
                 .await
-                .map_err(database(what()))?
-                .get(0);
-            if left == 0 {
-                return Ok(ended);
-            }
+                .map_err(database(what()))?;
+            let Some(left) = left else { return Ok(ended) };
             if tokio::time::Instant::now() >= give_up {
-                return Err(RoleError::SessionsRemain { role: name.to_owned(), left });
+                return Err(RoleError::SessionsRemain { role: left.get(0), left: left.get(1) });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -335,6 +433,18 @@ mod tests {
         for other in ["airlock_connector", "airlock_", "postgres", &name.to_uppercase(), &format!("{name}0")] {
             assert_eq!(grant_of_role(other), None, "{other}");
         }
+    }
+
+    /// The verifier is PostgreSQL's: with its 4096 iterations and the same salt, it is exactly
+    /// what tokio-postgres's own `scram_sha_256` makes.
+    #[test]
+    fn verifiers_are_postgresql_scram() {
+        let theirs = postgres_protocol::password::scram_sha_256(b"0123abcd");
+        let salt = theirs.split(['$', ':']).nth(2).unwrap();
+        let salt = BASE64.decode(salt).unwrap();
+        assert_eq!(verifier("0123abcd", &salt, 4096), theirs);
+        let ours = scram_verifier("0123abcd", [1; 16]);
+        assert!(ours.starts_with(&format!("SCRAM-SHA-256${SCRAM_ITERATIONS}:AQEBAQEBAQEBAQEBAQEBAQ==$")), "{ours}");
     }
 
     #[test]

@@ -3,20 +3,23 @@
 //! quickstart policies whose clock starts at the real time (PostgreSQL checks `VALID UNTIL`
 //! against its own clock). The TLS tests give the cluster a certificate from a test CA.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_broker::Broker;
 use airlock_broker::broker::RequestInput;
-use airlock_broker::clock::{Clock, ManualClock};
+use airlock_broker::clock::{Clock, ManualClock, SystemClock};
+use airlock_core::audit::{ChainRecord, EventKind, unix_ms};
 use airlock_core::ids::GrantId;
 use airlock_core::lifecycle::Grant;
 use airlock_core::values::{GrantDuration, Reason};
 use airlock_postgres::cluster::LocalCluster;
-use airlock_postgres::reconciler::{Pass, Reconciler, Target};
+use airlock_postgres::reconciler::{Pass, Reconciler, Target, Tuning};
 use airlock_postgres::roles::{RoleKey, role_name};
 use airlock_postgres::standing::standing;
 use airlock_testkit::{CONNECTOR_PASSWORD, DatabaseTls, caller, eventually};
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio_postgres::{Client, NoTls};
@@ -153,7 +156,29 @@ impl Setup {
         let records = self.broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap();
         records.into_iter().map(|r| r.kind).filter(|k| k.starts_with("target.")).collect()
     }
+
+    /// The kinds of the connector's records about `grant`, in order.
+    async fn kinds_about(&self, grant: &Grant) -> Vec<String> {
+        target_records(&self.broker, grant).await.into_iter().map(|r| r.kind).collect()
+    }
+
+    /// Records `kind` about `grant`'s role as the connector would have.
+    async fn record(&self, kind: EventKind, grant: &Grant) {
+        let details = json!({ "resource": "demo-db", "grant": grant.id, "database_role": role_name(&grant.id) });
+        self.broker.record_target_event(kind, details).await.unwrap();
+    }
 }
+
+/// The connector's records about `grant`, in order.
+async fn target_records(broker: &Broker, grant: &Grant) -> Vec<ChainRecord> {
+    let kinds = ["target.role_creating", "target.role_created", "target.role_dropping", "target.role_dropped"];
+    let kinds = [&kinds[..], &["target.role_unchanged", "target.failed"]].concat();
+    broker.store().grant_records(&[grant.id.to_string()], &kinds).await.unwrap()
+}
+
+/// A role created and dropped: each change's intent, then its outcome.
+const INTENTS_AND_OUTCOMES: [&str; 4] =
+    ["target.role_creating", "target.role_created", "target.role_dropping", "target.role_dropped"];
 
 #[tokio::test]
 async fn a_read_grant_gets_a_role_that_reads_and_loses_it_on_revoke() {
@@ -186,7 +211,7 @@ async fn a_read_grant_gets_a_role_that_reads_and_loses_it_on_revoke() {
     assert!(s.grant_roles().await.is_empty());
     assert!(session.query_one("SELECT 1", &[]).await.is_err(), "the open session was terminated");
     assert!(s.login(&grant.id, &s.key.password(&grant.id)).await.is_err(), "and no new one starts");
-    assert_eq!(s.audit_kinds().await, ["target.role_created", "target.role_dropped"]);
+    assert_eq!(s.audit_kinds().await, INTENTS_AND_OUTCOMES);
 }
 
 /// What a write grant made (a table, a `SECURITY DEFINER` function, a large object, a default
@@ -422,7 +447,7 @@ async fn over_verified_tls_a_grant_role_is_created_and_dropped() {
     s.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
     assert_eq!(s.pass().await.dropped, 1);
     assert!(s.grant_roles().await.is_empty());
-    assert_eq!(s.audit_kinds().await, ["target.role_created", "target.role_dropped"]);
+    assert_eq!(s.audit_kinds().await, INTENTS_AND_OUTCOMES);
 }
 
 #[tokio::test]
@@ -451,4 +476,174 @@ async fn a_target_that_fails_verification_or_refuses_tls_is_not_used() {
         let failed = records.iter().find(|r| r.kind == "target.failed").expect("the failure is audited");
         assert!(failed.details.contains(expect), "{tls:?}: {}", failed.details);
     }
+}
+
+/// A crash between an intent and its outcome, four ways: the next reconciler's first pass
+/// records the outcome the database shows, then converges as usual.
+#[tokio::test]
+async fn intents_a_crash_left_without_outcome_are_resolved_at_the_next_pass() {
+    let s = setup().await;
+    let (dropped, not_dropped) = (s.grant("read", "30m").await, s.grant("read", "30m").await);
+    assert_eq!(s.pass().await.created, 2);
+    for grant in [&dropped, &not_dropped] {
+        s.broker.revoke(&caller("bob", &["sre"]), &grant.id.to_string(), Reason::parse("done").unwrap()).await.unwrap();
+        s.record(EventKind::TargetRoleDropping, grant).await;
+    }
+    let superuser = s.superuser().await;
+    // Stopped after the DROP ROLE (`dropped`), before it (`not_dropped`).
+    superuser.batch_execute(&format!("DROP ROLE {}", role_name(&dropped.id))).await.unwrap();
+    let (created, not_created) = (s.grant("read", "30m").await, s.grant("read", "30m").await);
+    s.record(EventKind::TargetRoleCreating, &created).await;
+    s.record(EventKind::TargetRoleCreating, &not_created).await;
+    // Stopped after the CREATE ROLE (`created`), before it (`not_created`).
+    superuser.batch_execute(&format!("CREATE ROLE {} LOGIN", role_name(&created.id))).await.unwrap();
+
+    let pass = s.pass().await;
+    assert_eq!((pass.created, pass.dropped, pass.failed), (1, 1, 0), "{pass:?}");
+    let (creating, created_, dropping, dropped_, unchanged) = (
+        "target.role_creating",
+        "target.role_created",
+        "target.role_dropping",
+        "target.role_dropped",
+        "target.role_unchanged",
+    );
+    let expect = [
+        (&dropped, vec![creating, created_, dropping, dropped_]),
+        (&not_dropped, vec![creating, created_, dropping, unchanged, dropping, dropped_]),
+        (&created, vec![creating, created_]),
+        (&not_created, vec![creating, unchanged, creating, created_]),
+    ];
+    for (grant, kinds) in expect {
+        assert_eq!(s.kinds_about(grant).await, kinds);
+    }
+    let recovered = target_records(&s.broker, &dropped).await.pop().unwrap();
+    assert!(recovered.details.contains(r#""recovered":true"#), "{}", recovered.details);
+    let mut left = s.grant_roles().await;
+    left.sort();
+    let mut live = vec![role_name(&created.id), role_name(&not_created.id)];
+    live.sort();
+    assert_eq!(left, live);
+    // Nothing more to resolve or do.
+    assert_eq!(s.pass().await, Pass::default());
+    assert_eq!(s.kinds_about(&created).await.len(), 2);
+}
+
+/// When the intent cannot be recorded, the database is not touched; once it can, the role is made.
+#[tokio::test]
+async fn no_role_is_created_while_its_intent_cannot_be_recorded() {
+    let s = setup().await;
+    let store = sqlx::SqlitePool::connect(&format!("sqlite://{}", s._dir.path().join("data/airlock.db").display()))
+        .await
+        .unwrap();
+    let refuse = "CREATE TRIGGER refuse_intents BEFORE INSERT ON audit_events WHEN NEW.kind = 'target.role_creating'
+                  BEGIN SELECT RAISE(ABORT, 'the disk is full'); END";
+    sqlx::query(refuse).execute(&store).await.unwrap();
+    let grant = s.grant("read", "30m").await;
+    let pass = s.pass().await;
+    assert_eq!((pass.created, pass.failed), (0, 1), "{pass:?}");
+    assert!(s.grant_roles().await.is_empty(), "no role without its intent");
+    assert!(s.kinds_about(&grant).await.is_empty());
+
+    sqlx::query("DROP TRIGGER refuse_intents").execute(&store).await.unwrap();
+    assert_eq!(s.pass().await.created, 1);
+    assert_eq!(s.kinds_about(&grant).await, ["target.role_creating", "target.role_created"]);
+}
+
+/// The churn benchmark's invariants at a rate CI runs: 50 grants of 1 or 2 s, started over about
+/// 3 s on the system clock, with the running reconciler (`benches/churn.rs` is the full-size run).
+#[tokio::test]
+async fn under_churn_every_grant_gets_its_role_in_time_with_its_records_and_none_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, catalog) = airlock_testkit::managed_database(dir.path()).await;
+    let broker = airlock_testkit::broker(dir.path(), &catalog, Arc::new(SystemClock) as Arc<dyn Clock>).await;
+    let targets = Target::from_catalog(&broker.policies().catalog).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let reconciler = Reconciler::new(broker.clone(), targets, RoleKey::new([42; 32]), Duration::from_secs(5));
+    let running = tokio::spawn(reconciler.run(stopped));
+    let mut grants = Vec::new();
+    for i in 0..50 {
+        let input = RequestInput {
+            resource: "demo-db".parse().unwrap(),
+            role: "read".parse().unwrap(),
+            duration: GrantDuration::from_secs(1 + i % 2).unwrap(),
+            reason: Reason::parse("churn").unwrap(),
+            incident: None,
+        };
+        let (_, grant) = broker.create_request(&caller("dana", &["eng", "oncall"]), input).await.unwrap();
+        grants.push(grant.unwrap());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let superuser = cluster.connect("postgres").await.unwrap();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = superuser
+            .query_one("SELECT count(*) FROM pg_roles WHERE rolname ~ '^airlock_[0-9a-f]{32}$'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let ended = grants.iter().all(|g| g.ends_at < OffsetDateTime::now_utc());
+        if ended && left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "{left} grant role(s) left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+
+    for grant in &grants {
+        let records = target_records(&broker, grant).await;
+        let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+        // Each grant lived through many passes: its role was made, then ended, each change
+        // recorded as an intent and then its outcome, and nothing else happened to it.
+        assert_eq!(kinds, INTENTS_AND_OUTCOMES, "grant {}", grant.id);
+        let created = &records[1];
+        assert!(created.at_ms < unix_ms(grant.ends_at), "grant {}: its role was created after its end", grant.id);
+        let details: Value = serde_json::from_str(&created.details).unwrap();
+        assert_eq!(details["valid_until"], json!(grant.ends_at.unix_timestamp()));
+    }
+    let kinds: HashMap<String, usize> =
+        broker.store().audit_chain(airlock_store::BROKER_CHAIN).await.unwrap().into_iter().fold(
+            HashMap::new(),
+            |mut counts, record| {
+                *counts.entry(record.kind).or_default() += 1;
+                counts
+            },
+        );
+    assert_eq!(kinds.get("target.failed"), None, "{kinds:?}");
+}
+
+/// Roles are created in batches; one grant whose role cannot be made (its mapped role does not
+/// exist) fails alone, and the others of its batch are made one by one.
+#[tokio::test]
+async fn a_grant_whose_role_fails_does_not_hold_up_its_batch() {
+    let s = setup_editing(|catalog| catalog.replace(r#"["app_writer"]"#, r#"["no_such_role"]"#)).await;
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        reads.push(s.grant("read", "30m").await);
+    }
+    let write = s.grant("write", "10m").await;
+    let one_batch = Tuning { creating: 1, dropping: 1, ..Tuning::default() };
+    let reconciler =
+        Reconciler::tuned(s.broker.clone(), s.targets.clone(), s.key.clone(), Duration::from_secs(5), one_batch);
+    let pass = reconciler.pass().await.unwrap();
+    assert_eq!((pass.created, pass.failed), (3, 1), "{pass:?}");
+    assert_eq!(s.grant_roles().await.len(), 3);
+    for read in &reads {
+        assert_eq!(s.kinds_about(read).await, ["target.role_creating", "target.role_created"]);
+    }
+    assert_eq!(s.kinds_about(&write).await, ["target.role_creating", "target.failed"]);
+    let failed = target_records(&s.broker, &write).await.pop().unwrap();
+    assert!(failed.details.contains("no_such_role"), "{}", failed.details);
+}
+
+/// A grant with less than the margin left gets no role, and no intent is recorded for it.
+#[tokio::test]
+async fn a_grant_about_to_end_gets_no_role() {
+    let s = setup().await;
+    let grant = s.grant("read", "1m").await;
+    s.clock.advance(time::Duration::seconds(60) - time::Duration::milliseconds(50));
+    assert_eq!(s.pass().await, Pass::default());
+    assert!(s.grant_roles().await.is_empty());
+    assert!(s.kinds_about(&grant).await.is_empty());
 }

@@ -150,7 +150,8 @@ pub enum Command {
         duration: String,
         #[arg(long)]
         reason: String,
-        /// Wait until the request is decided (exit 1 unless approved).
+        /// Wait until the request is decided and, once approved, until the grant is usable (its
+        /// database role created; up to 60 s). Exit 1 unless approved and usable.
         #[arg(long)]
         wait: bool,
         /// An open incident the access is for: policies see it, a playbook may approve it at

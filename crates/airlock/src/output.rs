@@ -95,12 +95,24 @@ pub fn request(r: &RequestView) {
             when(g.expires_at),
             remaining(g.remaining_seconds)
         );
+        match (g.usable, g.usable_at) {
+            (Some(true), Some(at)) => println!("usable    since {}", when(at)),
+            (Some(false), None) if g.state == "active" => {
+                println!("usable    not yet: its database role is being created")
+            }
+            _ => {}
+        }
     }
 }
 
 pub fn grants(grants: &[GrantView]) {
-    let mut t = table(&["id", "state", "resource", "role", "holder", "started", "ends", "remaining"]);
+    let mut t = table(&["id", "state", "resource", "role", "holder", "started", "ends", "remaining", "usable"]);
     for g in grants {
+        let usable = match g.usable {
+            Some(true) => "yes",
+            Some(false) if g.state == "active" => "not yet",
+            _ => "-",
+        };
         t.add_row(vec![
             g.id.to_string(),
             g.state.clone(),
@@ -110,6 +122,7 @@ pub fn grants(grants: &[GrantView]) {
             when(g.starts_at),
             when(g.expires_at),
             if g.state == "active" { remaining(g.remaining_seconds) } else { "-".into() },
+            usable.into(),
         ]);
     }
     println!("{t}");

@@ -12,6 +12,10 @@ use crate::{Failure, Outcome, output};
 
 /// How often `request --wait` looks again.
 const WAIT_POLL: Duration = Duration::from_millis(500);
+/// How often `request --wait` looks again once approved, until the grant is usable.
+const USABLE_POLL: Duration = Duration::from_millis(100);
+/// How long `request --wait` waits for an approved grant to become usable.
+const USABLE_WITHIN: Duration = Duration::from_secs(60);
 
 /// A request id or grant id as typed: checked before it goes into a URL.
 pub fn id(text: &str) -> Result<String, Failure> {
@@ -53,6 +57,25 @@ pub async fn request(remote: &Remote, mut body: CreateRequest, wait: bool) -> Ou
         }
         while request.state == "pending" {
             tokio::time::sleep(WAIT_POLL).await;
+            request = client.get(&format!("/v1/requests/{}", request.id)).await?;
+        }
+        // Approved: the grant is usable once its database role exists.
+        let give_up = tokio::time::Instant::now() + USABLE_WITHIN;
+        let mut said = false;
+        while let Some(grant) = request.grant.as_ref().filter(|g| g.usable == Some(false) && g.state == "active") {
+            if tokio::time::Instant::now() >= give_up {
+                show_request(remote, &request);
+                return Err(Failure::Refused(format!(
+                    "grant {} was approved, but its database role was not ready within {} s (see `target.failed` in `airlock audit tail`)",
+                    grant.id,
+                    USABLE_WITHIN.as_secs()
+                )));
+            }
+            if !remote.json && !said {
+                eprintln!("approved; waiting for grant {}'s database role ...", grant.id);
+                said = true;
+            }
+            tokio::time::sleep(USABLE_POLL).await;
             request = client.get(&format!("/v1/requests/{}", request.id)).await?;
         }
     }

@@ -107,11 +107,12 @@ fn quickstart_flow_request_two_approvals_grant_and_revoke() {
     let not_auditor = app.airlock("alice", &["audit", "verify"]);
     assert_exit(&not_auditor, 1);
 
-    let tail = app.airlock("bob", &["audit", "tail", "-n", "3"]);
+    // The connector records each change twice (its intent, then its outcome).
+    let tail = app.airlock("bob", &["audit", "tail", "-n", "5"]);
     assert_exit(&tail, 0);
     assert!(stdout(&tail).contains("grant.revoked"), "{}", stdout(&tail));
     // The connector's records about demo-db's throwaway database interleave with the broker's.
-    let records = app.json("bob", &["audit", "tail", "-n", "6"]);
+    let records = app.json("bob", &["audit", "tail", "-n", "12"]);
     let (target, broker): (Vec<&Value>, Vec<&Value>) =
         records.as_array().unwrap().iter().partition(|r| str_of(r, "kind").starts_with("target."));
     let kinds: Vec<&str> = broker.iter().map(|r| str_of(r, "kind")).collect();
@@ -467,6 +468,15 @@ fn request_wait_returns_once_approved() {
     assert_eq!(request["id"], id.as_str());
     assert_eq!(request["state"], "approved");
     assert_eq!(request["grant"]["state"], "active");
+    // It returned once the grant could be used: its role on the quickstart's database exists.
+    assert_eq!(request["grant"]["usable"], true, "{request:#}");
+    let created = app.json("bob", &["audit", "tail", "-n", "20"]);
+    let created = created
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "target.role_created" && r["details"]["grant"] == request["grant"]["id"]);
+    assert!(created.is_some(), "the role's creation is recorded");
 }
 
 #[test]
