@@ -82,3 +82,43 @@ impl Authority for Broker {
         Broker::unended_sessions(self, gateway).await.map_err(unavailable)
     }
 }
+
+/// For tests: a broker that knows no grant and no unended session, whose appends are the test's
+/// own ([`Appends`]).
+#[cfg(test)]
+pub(crate) mod doubles {
+    use std::collections::HashSet;
+
+    use airlock_core::audit::AuditEvent;
+    use airlock_core::ids::GrantId;
+    use tokio::sync::watch;
+
+    use super::{Authority, AuthorityError, LiveGrant};
+
+    /// What a test's broker does with events it is asked to record.
+    pub(crate) trait Appends: Clone + Send + Sync + 'static {
+        fn append(&self, events: &[AuditEvent]) -> impl Future<Output = Result<(), AuthorityError>> + Send;
+    }
+
+    /// A broker that knows no grant, recording through `A`.
+    #[derive(Clone, Default)]
+    pub(crate) struct NoGrants<A>(pub A);
+
+    impl<A: Appends> Authority for NoGrants<A> {
+        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
+            Ok(None)
+        }
+        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
+            Ok(HashSet::new())
+        }
+        fn grant_changes(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
+            Ok(Vec::new())
+        }
+        async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
+            self.0.append(events).await
+        }
+    }
+}

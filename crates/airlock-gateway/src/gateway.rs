@@ -302,12 +302,10 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
-    use airlock_core::ids::GrantId;
 
     use super::*;
-    use crate::authority::{AuthorityError, LiveGrant};
+    use crate::authority::AuthorityError;
+    use crate::authority::doubles::{Appends, NoGrants};
     use crate::limits::Source;
 
     /// Keeps every event recorded.
@@ -320,20 +318,8 @@ mod tests {
         }
     }
 
-    impl Authority for Events {
-        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
-            Ok(None)
-        }
-        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
-            Ok(HashSet::new())
-        }
-        fn grant_changes(&self) -> watch::Receiver<u64> {
-            watch::channel(0).1
-        }
-        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
-            Ok(Vec::new())
-        }
-        async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
+    impl Appends for Events {
+        async fn append(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
             self.0.lock().unwrap().extend_from_slice(events);
             Ok(())
         }
@@ -342,11 +328,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_limited_source_is_summarised_once_when_its_limit_ends() {
         let events = Events::default();
-        let (recorder, writer) = Recorder::start(events.clone());
+        let (recorder, writer) = Recorder::start(NoGrants(events.clone()));
         let limit = FailureLimit { max_failures: 2, window: Duration::from_secs(60), ..FailureLimit::default() };
         let settings = Settings { login_failures: limit, ..Settings::default() };
         let shared = Arc::new(Shared {
-            authority: events.clone(),
+            authority: NoGrants(events.clone()),
             tls: None,
             targets: HashMap::new(),
             verifier: Verifier { public_key: [0; 32] },

@@ -100,36 +100,22 @@ async fn write(authority: impl Authority, mut receiver: mpsc::Receiver<Queued>) 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
 
     use airlock_core::audit::EventKind;
-    use airlock_core::ids::GrantId;
     use time::OffsetDateTime;
-    use tokio::sync::watch;
 
     use super::*;
-    use crate::authority::{AuthorityError, LiveGrant};
+    use crate::authority::AuthorityError;
+    use crate::authority::doubles::{self, NoGrants};
 
     /// Keeps how many events each append carried; refuses the first append, as a store that is
     /// briefly unavailable would.
     #[derive(Clone, Default)]
     struct Appends(Arc<Mutex<(bool, Vec<usize>)>>);
 
-    impl Authority for Appends {
-        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
-            Ok(None)
-        }
-        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
-            Ok(HashSet::new())
-        }
-        fn grant_changes(&self) -> watch::Receiver<u64> {
-            watch::channel(0).1
-        }
-        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
-            Ok(Vec::new())
-        }
-        async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
+    impl doubles::Appends for Appends {
+        async fn append(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
             let mut appends = self.0.lock().unwrap();
             if !appends.0 {
                 appends.0 = true;
@@ -148,7 +134,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn events_within_the_gathering_time_are_appended_together_and_a_failed_append_is_retried() {
         let appends = Appends::default();
-        let (recorder, writer) = Recorder::start(appends.clone());
+        let (recorder, writer) = Recorder::start(NoGrants(appends.clone()));
         recorder.record(event()).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         recorder.record(event()).await;

@@ -736,31 +736,19 @@ fn rows_of(tag: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, DuplexStream, ReadHalf, WriteHalf};
 
     use super::*;
-    use crate::authority::{Authority, AuthorityError, LiveGrant};
+    use crate::authority::AuthorityError;
+    use crate::authority::doubles::{Appends, NoGrants};
 
     /// A broker that cannot be reached: the relay below records nothing.
     #[derive(Clone)]
     struct Unreachable;
 
-    impl Authority for Unreachable {
-        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
-            Err(AuthorityError("unreachable".into()))
-        }
-        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
-            Err(AuthorityError("unreachable".into()))
-        }
-        fn grant_changes(&self) -> watch::Receiver<u64> {
-            watch::channel(0).1
-        }
-        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
-            Ok(Vec::new())
-        }
-        async fn record(&self, _: &[AuditEvent]) -> Result<(), AuthorityError> {
+    impl Appends for Unreachable {
+        async fn append(&self, _: &[AuditEvent]) -> Result<(), AuthorityError> {
             Err(AuthorityError("unreachable".into()))
         }
     }
@@ -774,7 +762,7 @@ mod tests {
             role: "read".parse().unwrap(),
             allowed: Allowed::default(),
             guard: Arc::new(Guard::new()),
-            recorder: Recorder::start(Unreachable).0,
+            recorder: Recorder::start(NoGrants(Unreachable)).0,
             redact: false,
             // The database here is a test's own bytes: records go to an authority that never
             // takes them, so nothing may wait for a commit.
@@ -795,20 +783,8 @@ mod tests {
         kept: Arc<Mutex<Vec<AuditEvent>>>,
     }
 
-    impl Authority for Gated {
-        async fn live_grant(&self, _: GrantId) -> Result<Option<LiveGrant>, AuthorityError> {
-            Ok(None)
-        }
-        async fn live_grants(&self) -> Result<HashSet<GrantId>, AuthorityError> {
-            Ok(HashSet::new())
-        }
-        fn grant_changes(&self) -> watch::Receiver<u64> {
-            watch::channel(0).1
-        }
-        async fn unended_sessions(&self, _: &str) -> Result<Vec<(String, serde_json::Value)>, AuthorityError> {
-            Ok(Vec::new())
-        }
-        async fn record(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
+    impl Appends for Gated {
+        async fn append(&self, events: &[AuditEvent]) -> Result<(), AuthorityError> {
             self.open.notified().await;
             self.kept.lock().unwrap().extend_from_slice(events);
             Ok(())
@@ -822,7 +798,7 @@ mod tests {
         let (mut client, mut target, (client_read, client_write), (target_read, target_write)) = connections();
         let mut ends = Ends { client_read, client_write, target_read, target_write };
         let gated = Gated::default();
-        let session = Session { recorder: Recorder::start(gated.clone()).0, audit_before: true, ..session() };
+        let session = Session { recorder: Recorder::start(NoGrants(gated.clone())).0, audit_before: true, ..session() };
         let (_cut, mut cut) = watch::channel(None);
         tokio::spawn(async move { relay(&session, &mut ends, &mut cut).await.ending });
 
